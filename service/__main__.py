@@ -1,0 +1,36 @@
+"""``python -m service``: serve with one uvicorn worker (the in-process batcher owns the device)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from service import logs
+from service.errors import StartupError
+from service.manifest import ManifestError
+from service.settings import Settings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    args = parser.parse_args()
+    settings = Settings()
+    logs.configure(settings.log_level)
+    from service.app import create_app
+
+    try:
+        app = create_app(settings)
+    except (StartupError, ManifestError) as exc:
+        print(f"restore: cannot start: {exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, workers=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The FastAPI application: wiring of settings, runtime, middleware, error mapping and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import api
+from service.errors import PROBLEM_JSON, BadRequest, ServiceError
+from service.metrics import Metrics
+from service.middleware import RequestContext
+from service.runtime import EngineFactory, Runtime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+def problem_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error.problem(), status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON)
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        log.warning("request failed", extra={"status": exc.status, "detail": exc.detail})
+    return problem_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return problem_response(BadRequest(details))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    error = ServiceError(str(exc.detail), headers=dict(exc.headers or {}))
+    body = {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "detail": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=error.headers, media_type=PROBLEM_JSON)
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    log.info("client disconnected; its tiles were dropped")
+    return Response(status_code=499)
+
+
+def create_app(settings: Settings | None = None, *, engine_factory: EngineFactory | None = None) -> FastAPI:
+    """Build the app; raises StartupError/ManifestError before serving when the configuration cannot work."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    runtime = Runtime(settings, metrics, engine_factory)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        yield
+        await runtime.stop()
+
+    app = FastAPI(
+        title="restore",
+        version=VERSION,
+        description="Image restoration on ONNX Runtime: POST an image, get it back restored.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(api.ClientDisconnected, _disconnected)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: 200 while the process serves")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: 200 once every model loaded, verified and warmed up")
+    async def readyz() -> JSONResponse:
+        if runtime.ready:
+            return JSONResponse({"status": "ready", "models": sorted(runtime.models)})
+        return JSONResponse({"status": "not ready", "not_ready": runtime.not_ready()}, status_code=503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["operations"], summary="The manifest, with the provider in use and tile settings")
+    async def models() -> dict[str, Any]:
+        return {
+            "models": [
+                {
+                    **state.spec.public(),
+                    "status": state.status,
+                    "provider": state.provider,
+                    "tile": {
+                        "size": settings.tile_size,
+                        "overlap": 2 * state.spec.overlap + settings.tile_overlap,
+                        "margin": state.spec.overlap,
+                        "multiple": state.spec.multiple,
+                    },
+                }
+                for state in runtime.models.values()
+            ],
+            "device": settings.device,
+            "max_batch": settings.max_batch,
+            "max_batch_wait_ms": settings.max_batch_wait_ms,
+            "max_queue_tiles": settings.max_queue,
+        }
+
+    app.include_router(api.router, tags=["models"])
+    endpoints = frozenset(str(r.path) for r in [*app.routes, *api.router.routes] if getattr(r, "path", None))
+    app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)
+    return app

@@ -1,0 +1,249 @@
+"""Bytes to pixels and back, keeping what a photographer cares about: bit depth, alpha, ICC profile.
+
+Pillow does most of the work. Two gaps are filled by other maintained libraries: Pillow decodes a
+16-bit RGB(A) PNG to 8 bits and cannot write 16-bit colour, so 16-bit PNG goes through imagecodecs,
+and 16-bit TIFF through tifffile. EXIF orientation is applied to the pixel array so every path
+returns the upright image.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+
+import imagecodecs
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import BadRequest, CorruptImage, PayloadTooLarge, UnsupportedMediaType
+from service.types import ImageArray, OutputFormat
+
+# We check the pixel count ourselves from the header, before any pixel is decoded, and answer 413:
+# Pillow's own bomb guard would warn or raise with a message clients cannot act on.
+Image.MAX_IMAGE_PIXELS = None
+
+#: Pillow format name -> our name, for the formats we read.
+READABLE = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp"}
+_EXIF_ORIENTATION = 0x0112
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, imagecodecs.PngError, imagecodecs.DeflateError)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    color: ImageArray  # height x width x 1 or 3, uint8 or uint16, upright
+    alpha: ImageArray | None  # height x width, same dtype as color
+    icc_profile: bytes | None
+    source_format: str  # one of READABLE's values
+
+    @property
+    def height(self) -> int:
+        return int(self.color.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.color.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.color.shape[2])
+
+    @property
+    def max_value(self) -> int:
+        return 65535 if self.color.dtype == np.uint16 else 255
+
+
+def decode(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode an upload; every failure is a ServiceError the client can act on."""
+    if not data:
+        raise BadRequest("the request body is empty: send an image")
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except UnidentifiedImageError as exc:
+        if data[:4] in _TIFF_MAGIC:  # e.g. 16-bit gray+alpha, which Pillow has no mode for
+            return _decode_tiff_16(data, max_pixels)
+        raise UnsupportedMediaType("the body is not an image in a format we read (PNG, JPEG, WebP, TIFF, BMP)") from exc
+    except _DECODE_ERRORS as exc:
+        raise CorruptImage(f"cannot parse the image header: {exc}") from exc
+    fmt = READABLE.get(image.format or "")
+    if fmt is None:
+        raise UnsupportedMediaType(f"{image.format} images are not supported; send PNG, JPEG, WebP, TIFF or BMP")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    if width < 1 or height < 1:
+        raise CorruptImage("the image has no pixels")
+    try:
+        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except _DECODE_ERRORS:
+        orientation = 1  # a broken EXIF block should not cost the user their image
+    icc = image.info.get("icc_profile") or None
+    try:
+        color, alpha, icc = _pixels(image, data, fmt, icc)
+    except _DECODE_ERRORS as exc:
+        raise CorruptImage(f"the {fmt.upper()} data is corrupt or truncated: {exc}") from exc
+    color = _orient(color, orientation)
+    alpha = None if alpha is None else _orient(alpha[:, :, None], orientation)[:, :, 0]
+    return DecodedImage(np.ascontiguousarray(color), alpha, icc, fmt)
+
+
+def _pixels(
+    image: Image.Image, data: bytes, fmt: str, icc: bytes | None
+) -> tuple[ImageArray, ImageArray | None, bytes | None]:
+    if fmt == "png" and data[24:25] == b"\x10":  # IHDR bit depth byte
+        return (*_split(imagecodecs.png_decode(data)), icc)
+    if fmt == "tiff" and _tiff_bits(image) == 16:
+        return (*_split(_tiff_16(data)), icc)
+    mode = image.mode
+    if mode in ("F", "I") or mode.startswith("I;"):
+        if mode.startswith("I;16"):
+            return (*_split(np.asarray(image, dtype=np.uint16)), icc)
+        raise UnsupportedMediaType(f"{mode!r} (32-bit) images are not supported; send 8 or 16 bits per channel")
+    if mode == "P":
+        mode = "RGBA" if "transparency" in image.info else "RGB"
+        image = image.convert(mode)
+    elif mode == "PA":
+        image, mode = image.convert("RGBA"), "RGBA"
+    elif mode == "1":
+        image, mode = image.convert("L"), "L"
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        # CMYK, YCbCr, LAB...: the ICC profile (if any) describes the old space, so it cannot follow.
+        image, mode, icc = image.convert("RGB"), "RGB", None
+    return (*_split(np.asarray(image)), icc)
+
+
+def _tiff_bits(image: Image.Image) -> int:
+    bits = getattr(image, "tag_v2", {}).get(258, (8,))
+    return int(bits[0] if isinstance(bits, tuple) else bits)
+
+
+def _decode_tiff_16(data: bytes, max_pixels: int) -> DecodedImage:
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            if page.imagewidth * page.imagelength > max_pixels:
+                raise PayloadTooLarge(
+                    f"the image is {page.imagewidth}x{page.imagelength} pixels; the limit is {max_pixels}"
+                )
+            icc = page.tags.valueof(34675)
+    except _DECODE_ERRORS + (tifffile.TiffFileError,) as exc:
+        raise CorruptImage(f"the TIFF data is corrupt or truncated: {exc}") from exc
+    try:
+        color, alpha = _split(_tiff_16(data))
+    except _DECODE_ERRORS + (tifffile.TiffFileError,) as exc:
+        raise CorruptImage(f"the TIFF data is corrupt or truncated: {exc}") from exc
+    return DecodedImage(np.ascontiguousarray(color), alpha, bytes(icc) if icc else None, "tiff")
+
+
+def _tiff_16(data: bytes) -> np.ndarray:
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        array = page.asarray()
+        if array.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+            array = array.transpose(1, 2, 0)
+    if array.dtype != np.uint16:
+        raise UnsupportedMediaType(f"{array.dtype} TIFF samples are not supported; send 8 or 16 bits per channel")
+    return array
+
+
+def _split(array: np.ndarray) -> tuple[ImageArray, ImageArray | None]:
+    """HxW[xC] -> (colour HxWx1|3, alpha HxW or None)."""
+    if array.ndim == 2:
+        return array[:, :, None], None
+    channels = array.shape[2]
+    if channels == 1:
+        return array, None
+    if channels == 2:
+        return array[:, :, :1], array[:, :, 1]
+    if channels == 3:
+        return array, None
+    if channels == 4:
+        return array[:, :, :3], array[:, :, 3]
+    raise UnsupportedMediaType(f"images with {channels} channels are not supported")
+
+
+def _orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to HxWxC pixels, as Pillow's ImageOps.exif_transpose does."""
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:
+        return array.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(array, -1)
+    if orientation == 7:
+        return array.transpose(1, 0, 2)[::-1, ::-1]
+    if orientation == 8:
+        return np.rot90(array, 1)
+    return array
+
+
+def to_8bit(array: ImageArray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def encode(
+    color: ImageArray,
+    alpha: ImageArray | None,
+    icc_profile: bytes | None,
+    fmt: OutputFormat,
+    *,
+    jpeg_quality: int = 95,
+    webp_quality: int = 95,
+) -> bytes:
+    """Encode HxWx(1|3) pixels (+ alpha). 16 bits survive in PNG and TIFF; JPEG and WebP are 8-bit."""
+    if fmt == "jpeg":
+        alpha = None  # JPEG has no alpha channel
+    if fmt in ("jpeg", "webp"):
+        color, alpha = to_8bit(color), None if alpha is None else to_8bit(alpha)
+    array = color if alpha is None else np.concatenate([color, alpha[:, :, None]], axis=2)
+    if array.dtype == np.uint16:
+        return _encode_16(array, fmt, icc_profile)
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[array.shape[2]]
+    image = Image.fromarray(array[:, :, 0] if mode == "L" else array, mode=mode)
+    options: dict[str, object] = {}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    if fmt == "jpeg":
+        options.update(quality=jpeg_quality, subsampling=0)
+    elif fmt == "webp":
+        options.update(quality=webp_quality, method=4)
+        if mode in ("L", "LA"):
+            image = image.convert("RGBA" if mode == "LA" else "RGB")
+    elif fmt == "tiff":
+        options.update(compression="tiff_adobe_deflate")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt.upper(), **options)
+    return buffer.getvalue()
+
+
+def _encode_16(array: np.ndarray, fmt: OutputFormat, icc_profile: bytes | None) -> bytes:
+    if fmt == "png":
+        png = bytes(imagecodecs.png_encode(np.ascontiguousarray(array)))
+        return _with_iccp(png, icc_profile) if icc_profile else png
+    buffer = io.BytesIO()
+    channels = array.shape[2]
+    tifffile.imwrite(
+        buffer,
+        array[:, :, 0] if channels == 1 else array,
+        photometric="rgb" if channels >= 3 else "minisblack",
+        extrasamples=["unassalpha"] if channels in (2, 4) else None,
+        compression="adobe_deflate",
+        iccprofile=icc_profile,
+    )
+    return buffer.getvalue()
+
+
+def _with_iccp(png: bytes, icc_profile: bytes) -> bytes:
+    """Insert an iCCP chunk right after IHDR (signature 8 bytes + IHDR chunk 25 bytes)."""
+    body = b"ICC Profile\x00\x00" + zlib.compress(icc_profile)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    return png[:33] + chunk + png[33:]

@@ -1,0 +1,85 @@
+"""One exception tree for everything a request can run into, and one table from error to HTTP status.
+
+    ServiceError
+    ├── BadRequest ............ 422  a parameter or multipart field is wrong
+    ├── Unauthorized .......... 401  missing or wrong API key
+    ├── PayloadTooLarge ....... 413  body over the byte limit, image over the pixel limit
+    ├── UnsupportedMediaType .. 415  not an image format we read
+    ├── CorruptImage .......... 422  a format we read, but the data is broken or truncated
+    ├── NotAcceptable ......... 406  no output format satisfies Accept / ?format
+    ├── Overloaded ............ 503  the model's queue is full (with Retry-After)
+    ├── ModelUnavailable ...... 503  the model did not load, or has not finished warming up
+    └── InferenceFailed ....... 500  the runtime itself failed (never caused by input)
+
+Lower-level errors (Pillow, imagecodecs, ONNX Runtime) are translated where they are raised, with
+``raise ... from exc``, so the HTTP layer only ever sees this tree. Errors are rendered as RFC 9457
+``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    slug: ClassVar[str] = "internal"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+    def problem(self) -> dict[str, object]:
+        """The RFC 9457 body; ``type`` is a stable relative URI clients can switch on."""
+        return {
+            "type": f"/problems/{self.slug}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+class BadRequest(ServiceError):
+    status, title, slug = 422, "Invalid request", "invalid-request"
+
+
+class Unauthorized(ServiceError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+
+class PayloadTooLarge(ServiceError):
+    status, title, slug = 413, "Payload too large", "payload-too-large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+
+
+class CorruptImage(ServiceError):
+    status, title, slug = 422, "Corrupt image", "corrupt-image"
+
+
+class NotAcceptable(ServiceError):
+    status, title, slug = 406, "Not acceptable", "not-acceptable"
+
+
+class Overloaded(ServiceError):
+    status, title, slug = 503, "Overloaded", "overloaded"
+
+
+class ModelUnavailable(ServiceError):
+    status, title, slug = 503, "Model unavailable", "model-unavailable"
+
+
+class InferenceFailed(ServiceError):
+    status, title, slug = 500, "Inference failed", "inference-failed"
+
+
+class StartupError(RuntimeError):
+    """Raised before serving when the configuration cannot be honoured (e.g. cuda without a GPU)."""

@@ -1,0 +1,118 @@
+"""Typed per-model metadata read from ``models/onnx/manifest.json`` (one frozen record per model).
+
+The manifest is the single source of truth for what a model expects (channels, receptive-field
+margin, size multiple, noise level), so callers never hard-code per-model facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.types import Task
+
+_TASKS: frozenset[str] = frozenset({"denoise", "edges", "weather"})
+
+
+class ManifestError(ValueError):
+    """The manifest is malformed; raised at start-up, never per request."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    task: Task
+    file: Path
+    sha256: str
+    version: str
+    channels: int
+    sigma: float | None
+    overlap: int
+    multiple: int
+    default: bool
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False)
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any], root: Path) -> ModelSpec:
+        try:
+            task = entry["task"]
+            if task not in _TASKS:
+                raise ManifestError(f"model {entry.get('name')!r}: unknown task {task!r}")
+            channels = int(entry["channels"])
+            if channels not in (1, 3):
+                raise ManifestError(f"model {entry['name']!r}: channels must be 1 or 3")
+            known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+            return cls(
+                name=str(entry["name"]),
+                task=task,
+                file=root / str(entry["file"]),
+                sha256=str(entry["sha256"]).lower(),
+                version=str(entry["version"]),
+                channels=channels,
+                sigma=None if entry.get("sigma") is None else float(entry["sigma"]),
+                overlap=int(entry["overlap"]),
+                multiple=max(1, int(entry["multiple"])),
+                default=bool(entry["default"]),
+                provenance=dict(entry.get("provenance") or {}),
+                metrics=dict(entry.get("metrics") or {}),
+                extra={k: v for k, v in entry.items() if k not in known},
+            )
+        except KeyError as exc:
+            raise ManifestError(f"model {entry.get('name')!r}: missing field {exc}") from exc
+
+    def public(self) -> dict[str, Any]:
+        """The entry as clients see it in /v1/models (file name only, no server paths)."""
+        return {
+            "name": self.name,
+            "task": self.task,
+            "file": self.file.name,
+            "sha256": self.sha256,
+            "version": self.version,
+            "channels": self.channels,
+            "sigma": self.sigma,
+            "overlap": self.overlap,
+            "multiple": self.multiple,
+            "default": self.default,
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+            **self.extra,
+        }
+
+
+def load_manifest(models_dir: Path) -> list[ModelSpec]:
+    """Parse the manifest, failing loudly on duplicate names or missing fields."""
+    path = models_dir / "manifest.json"
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from exc
+    specs = [ModelSpec.from_entry(entry, models_dir) for entry in document.get("models", [])]
+    names = [spec.name for spec in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ManifestError(f"duplicate model names in {path}: {duplicates}")
+    return specs
+
+
+def select_specs(specs: list[ModelSpec], names: tuple[str, ...]) -> list[ModelSpec]:
+    """The models to load: those named, or every default one when no names are given."""
+    if not names:
+        return [spec for spec in specs if spec.default]
+    by_name = {spec.name: spec for spec in specs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ManifestError(f"RESTORE_MODELS names unknown models: {unknown}; known: {sorted(by_name)}")
+    return [by_name[n] for n in names]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

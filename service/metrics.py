@@ -1,0 +1,34 @@
+"""Prometheus metrics, in a registry per app so several apps (tests) never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("restore_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            "restore_request_duration_seconds", "End-to-end request latency", ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.stage = Histogram(
+            "restore_stage_seconds", "Time per request stage (decode, queue, infer, encode)", ["endpoint", "stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge("restore_queue_depth_tiles", "Tiles waiting per model", ["model"], registry=r)
+        self.tiles = Counter("restore_tiles", "Tiles inferred per model", ["model"], registry=r)
+        self.dropped_tiles = Counter(
+            "restore_dropped_tiles", "Tiles dropped because their client went away or their batch failed", ["model"], registry=r
+        )
+        self.rejections = Counter("restore_queue_rejections", "Requests refused with 503 because the queue was full", ["model"], registry=r)
+        self.batch_size = Histogram("restore_batch_size_tiles", "Tiles per inference batch", ["model"], buckets=_BATCH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(
+            "restore_inference_seconds", "Wall time of one batch inference", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.provider = Gauge("restore_execution_provider", "1 for the ONNX Runtime provider a model runs on", ["model", "provider"], registry=r)
+        self.model_ready = Gauge("restore_model_ready", "1 when the model loaded, verified and warmed up", ["model"], registry=r)

@@ -1,0 +1,71 @@
+"""One request's path through a model: pixels -> tiles -> scheduler -> blended pixels."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service.codecs import DecodedImage
+from service.manifest import ModelSpec
+from service.scheduler import ModelScheduler, TileJob
+from service.settings import Settings
+from service.tiling import TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles
+from service.types import ImageArray, Tile
+
+
+@dataclass(frozen=True)
+class Restored:
+    pixels: npt.NDArray[np.float32]  # height x width x channels, float, nominally [0, 1]
+    queue_seconds: float
+    infer_seconds: float
+
+
+class TiledImage:
+    """Per-request state: the padded source and the output accumulator. Never shared between requests."""
+
+    def __init__(self, pixels: ImageArray, plan: TilePlan, max_value: int) -> None:
+        self.plan = plan
+        self._source = pad_to_plan(pixels, plan)
+        self._scale = 1.0 / max_value
+        self.output: npt.NDArray[np.float32] | None = None
+
+    def tile(self, index: int) -> Tile:
+        return extract_tile(self._source, self.plan, index, self._scale)
+
+    def accept(self, index: int, output: Tile) -> None:
+        if self.output is None:
+            self.output = np.zeros((self.plan.height, self.plan.width, output.shape[0]), dtype=np.float32)
+        blend_tile(self.output, output, self.plan, index)
+
+
+def plan_for(spec: ModelSpec, settings: Settings, height: int, width: int) -> TilePlan:
+    return plan_tiles(
+        height, width, tile=settings.tile_size, margin=spec.overlap, feather=settings.tile_overlap, multiple=spec.multiple
+    )
+
+
+async def restore(scheduler: ModelScheduler, spec: ModelSpec, settings: Settings, image: DecodedImage) -> Restored:
+    pixels = image.color
+    if spec.channels == 3 and image.channels == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    work = TiledImage(pixels, plan_for(spec, settings, image.height, image.width), image.max_value)
+    job = TileJob(work.plan.count, work.plan.tile_shape, work.tile, work.accept)
+    await scheduler.run(job)
+    assert work.output is not None  # every tile was delivered
+    return Restored(work.output, job.queue_seconds, job.infer_seconds)
+
+
+def quantize(pixels: npt.NDArray[np.float32], dtype: np.dtype[np.uint8] | np.dtype[np.uint16]) -> ImageArray:
+    """[0, 1] floats to integers, clipping and rounding in place to keep peak memory down."""
+    max_value = float(np.iinfo(dtype).max)
+    np.clip(pixels, 0.0, 1.0, out=pixels)
+    pixels *= max_value
+    pixels += 0.5
+    return pixels.astype(dtype)
+
+
+async def quantize_async(pixels: npt.NDArray[np.float32], dtype: np.dtype[np.uint8] | np.dtype[np.uint16]) -> ImageArray:
+    return await asyncio.to_thread(quantize, pixels, dtype)

@@ -1,0 +1,125 @@
+"""Loads the models named by the manifest, verifies and warms each, and owns their schedulers.
+
+Loading happens in the background after start-up so /healthz answers at once and /readyz reports
+progress; one model failing (bad checksum, unreadable file) never stops the others from serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from service.engine import Engine, OrtEngine, resolve_providers
+from service.errors import BadRequest, ModelUnavailable
+from service.manifest import ModelSpec, load_manifest, select_specs, sha256_of
+from service.metrics import Metrics
+from service.scheduler import ModelScheduler
+from service.settings import Settings
+from service.types import Task
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ModelSpec], Engine]
+
+
+@dataclass
+class ModelState:
+    spec: ModelSpec
+    status: Literal["loading", "ready", "failed"] = "loading"
+    detail: str = "waiting to load"
+    scheduler: ModelScheduler | None = None
+
+    @property
+    def provider(self) -> str | None:
+        return None if self.scheduler is None else self.scheduler.engine.provider
+
+
+class Runtime:
+    def __init__(self, settings: Settings, metrics: Metrics, engine_factory: EngineFactory | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        specs = select_specs(load_manifest(settings.models_dir), settings.models)
+        if engine_factory is None:
+            providers = resolve_providers(settings.device)  # raises StartupError before we serve
+            engine_factory = lambda spec: OrtEngine(spec.file, settings, providers)  # noqa: E731
+        self._engine_factory = engine_factory
+        self.models: dict[str, ModelState] = {spec.name: ModelState(spec) for spec in specs}
+        self._loader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._loader = asyncio.get_running_loop().create_task(self._load_all(), name="model-loader")
+
+    async def stop(self) -> None:
+        if self._loader is not None:
+            self._loader.cancel()
+            await asyncio.gather(self._loader, return_exceptions=True)
+        await asyncio.gather(*(s.scheduler.stop() for s in self.models.values() if s.scheduler is not None))
+
+    @property
+    def ready(self) -> bool:
+        return all(state.status == "ready" for state in self.models.values())
+
+    def not_ready(self) -> dict[str, str]:
+        return {name: f"{s.status}: {s.detail}" for name, s in self.models.items() if s.status != "ready"}
+
+    async def _load_all(self) -> None:
+        for state in self.models.values():
+            state.detail = "loading"
+            try:
+                engine = await asyncio.to_thread(self._load, state.spec)
+            except Exception as exc:  # any failure is reported per model; the others still load
+                state.status, state.detail = "failed", str(exc)
+                self.metrics.model_ready.labels(state.spec.name).set(0)
+                log.error("model failed to load", extra={"model": state.spec.name, "error": str(exc)})
+                continue
+            s = self.settings
+            state.scheduler = ModelScheduler(
+                state.spec.name, engine, self.metrics, max_batch=s.max_batch, max_wait_s=s.max_batch_wait_ms / 1000,
+                max_queue=s.max_queue, retry_after_s=s.retry_after_s,
+            )
+            state.scheduler.start()
+            state.status, state.detail = "ready", "loaded, verified, warmed up"
+            self.metrics.model_ready.labels(state.spec.name).set(1)
+            self.metrics.provider.labels(state.spec.name, engine.provider).set(1)
+            log.info("model ready", extra={"model": state.spec.name, "provider": engine.provider})
+
+    def _load(self, spec: ModelSpec) -> Engine:
+        if not spec.file.is_file():
+            raise FileNotFoundError(f"{spec.file.name} is missing")
+        digest = sha256_of(spec.file)
+        if digest != spec.sha256:
+            raise ValueError(f"sha256 mismatch for {spec.file.name}: manifest {spec.sha256[:12]}..., file {digest[:12]}...")
+        engine = self._engine_factory(spec)
+        side = math.ceil(self.settings.warmup_size / spec.multiple) * spec.multiple
+        out = engine.infer(np.zeros((1, spec.channels, side, side), dtype=np.float32))
+        if out.shape[0] != 1 or out.shape[2:] != (side, side) or not np.all(np.isfinite(out)):
+            raise ValueError(f"warm-up produced shape {out.shape} or non-finite values")
+        return engine
+
+    def select(self, task: Task, *, channels: int, sigma: float | None = None) -> ModelState:
+        """The model serving ``task`` for an image with ``channels``; errors name what is available."""
+        candidates = [s for s in self.models.values() if s.spec.task == task and s.spec.channels in (channels, 3)]
+        exact = [s for s in candidates if s.spec.channels == channels] or candidates
+        matching = [s for s in exact if s.spec.sigma == sigma]
+        if not matching:
+            if not exact:
+                raise ModelUnavailable(f"no {task} model is configured for {channels}-channel images")
+            offered = sorted({s.spec.sigma for s in exact if s.spec.sigma is not None})
+            kind = "gray" if channels == 1 else "colour"
+            raise BadRequest(
+                f"sigma={sigma:g} has no {kind} model; use one of {[int(v) for v in offered]} or omit sigma for the blind model"
+                if sigma is not None else f"no blind {task} model is loaded for {kind} images; pass sigma in {offered}"
+            )
+        state = sorted(matching, key=lambda s: not s.spec.default)[0]
+        if state.status != "ready" or state.scheduler is None:
+            raise ModelUnavailable(
+                f"model {state.spec.name} is not ready ({state.status}: {state.detail})",
+                headers={"Retry-After": "5"} if state.status == "loading" else None,
+            )
+        return state

@@ -1,0 +1,141 @@
+"""Cut an image into same-shaped overlapping tiles and blend model outputs back without seams.
+
+Pure functions over numpy arrays; no state is kept between requests.
+
+Why this is exact: a convolutional network whose receptive-field radius is ``margin`` computes the
+same value for a pixel whether it sees the whole image or a tile, as long as the pixel is at least
+``margin`` pixels from every tile edge that is not also an image edge. Each tile's blending weight is
+zero inside that contaminated band and rises linearly over ``feather`` pixels after it, so every
+output pixel is a convex combination of values that each equal the whole-image result. Neighbouring
+tiles overlap by ``2 * margin + feather`` so the weights never all vanish.
+
+Weights are separable and normalised per axis, so the sum over tiles is one at every pixel and no
+full-size weight buffer is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service.types import ImageArray, Tile, Weights1D, Weights2D
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    length: int  # padded length along this axis
+    size: int  # tile length along this axis
+    starts: tuple[int, ...]
+    weights: tuple[Weights1D, ...]  # normalised: sum over tiles is 1 at every position
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    height: int  # original image size
+    width: int
+    rows: AxisPlan
+    cols: AxisPlan
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return self.rows.size, self.cols.size
+
+    @property
+    def count(self) -> int:
+        return len(self.rows.starts) * len(self.cols.starts)
+
+    def origin(self, index: int) -> tuple[int, int]:
+        r, c = divmod(index, len(self.cols.starts))
+        return self.rows.starts[r], self.cols.starts[c]
+
+    def weight(self, index: int) -> Weights2D:
+        r, c = divmod(index, len(self.cols.starts))
+        return np.outer(self.rows.weights[r], self.cols.weights[c])
+
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _axis_starts(length: int, size: int, overlap: int, multiple: int) -> list[int]:
+    if length <= size:
+        return [0]
+    count = math.ceil((length - overlap) / (size - overlap))
+    span = length - size
+    starts = [round(i * span / (count - 1) / multiple) * multiple for i in range(count)]
+    return sorted(set(starts))
+
+
+def _axis_weights(length: int, size: int, starts: list[int], margin: int, feather: int) -> list[Weights1D]:
+    position = np.arange(size, dtype=np.float64)
+    raw = []
+    for start in starts:
+        left = position if start > 0 else np.full(size, np.inf)
+        right = size - 1 - position if start + size < length else np.full(size, np.inf)
+        distance = np.minimum(left, right)
+        raw.append(np.clip((distance - margin + 1) / (feather + 1), 0.0, 1.0))
+    total = np.zeros(length)
+    for start, w in zip(starts, raw):
+        total[start : start + size] += w
+    if np.any(total <= 0):
+        raise ValueError("tile overlap too small for the model's receptive-field margin")
+    return [(w / total[s : s + size]).astype(np.float32) for s, w in zip(starts, raw)]
+
+
+def plan_axis(length: int, tile: int, margin: int, feather: int, multiple: int) -> AxisPlan:
+    padded = round_up(length, multiple)
+    size = min(padded, max(multiple, tile // multiple * multiple))
+    overlap = 2 * margin + feather
+    if padded > size and size <= overlap:
+        raise ValueError(f"tile size {size} must exceed the overlap {overlap} (2 x margin + feather)")
+    starts = _axis_starts(padded, size, overlap, multiple)
+    return AxisPlan(padded, size, tuple(starts), tuple(_axis_weights(padded, size, starts, margin, feather)))
+
+
+def plan_tiles(height: int, width: int, *, tile: int, margin: int, feather: int, multiple: int = 1) -> TilePlan:
+    """Tile ``height x width``: every tile has the same shape, min(tile, padded side) per axis.
+
+    Border tiles are shifted inward rather than padded, so an image at least one tile large is
+    never padded; an image smaller than a tile is processed whole, at its own size. Only the size
+    multiple a model needs (e.g. 16 for a 4-level U-Net) is reached by reflect padding.
+    """
+    if height < 1 or width < 1:
+        raise ValueError("empty image")
+    return TilePlan(
+        height,
+        width,
+        plan_axis(height, tile, margin, feather, multiple),
+        plan_axis(width, tile, margin, feather, multiple),
+    )
+
+
+def pad_to_plan(image: ImageArray, plan: TilePlan) -> ImageArray:
+    """Reflect-pad (bottom/right) to the multiple the model needs; a no-op for multiple 1."""
+    pad_h, pad_w = plan.rows.length - plan.height, plan.cols.length - plan.width
+    if pad_h == 0 and pad_w == 0:
+        return image
+    mode = "reflect" if plan.height > pad_h and plan.width > pad_w else "symmetric"
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def extract_tile(image: ImageArray, plan: TilePlan, index: int, scale: float) -> Tile:
+    """The model input for tile ``index``: CHW float32 in [0, 1] (``scale`` is 1/255 or 1/65535)."""
+    top, left = plan.origin(index)
+    h, w = plan.tile_shape
+    region = image[top : top + h, left : left + w, :]
+    return np.ascontiguousarray(region.transpose(2, 0, 1), dtype=np.float32) * np.float32(scale)
+
+
+def blend_tile(accumulator: npt.NDArray[np.float32], output: Tile, plan: TilePlan, index: int) -> None:
+    """Add one model output (CHW) into the HWC float32 accumulator, cropped to the original size."""
+    top, left = plan.origin(index)
+    h = min(plan.tile_shape[0], plan.height - top)
+    w = min(plan.tile_shape[1], plan.width - left)
+    if h <= 0 or w <= 0:
+        return
+    weight = plan.weight(index)[:h, :w, None]
+    accumulator[top : top + h, left : left + w, :] += output[:, :h, :w].transpose(1, 2, 0) * weight

@@ -1,0 +1,71 @@
+"""export/manifest.py: round trip, sorted upsert, loud failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from export.manifest import ManifestError, read_manifest, upsert_entries, write_manifest
+
+
+def _entry(name: str, **overrides: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name, "task": "denoise", "file": f"{name}.onnx", "sha256": "0" * 64,
+        "version": "1.0.0", "channels": 1, "sigma": 25, "overlap": 17, "multiple": 1,
+        "default": True, "provenance": {"source": "converted"}, "metrics": {},
+    }
+    entry.update(overrides)
+    return entry
+
+
+def test_round_trip_sorted(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    write_manifest(path, [_entry("b"), _entry("a", sigma=None)])
+    document = json.loads(path.read_text())
+    assert [e["name"] for e in document["models"]] == ["a", "b"]
+    assert read_manifest(path) == document["models"]
+
+
+def test_absent_manifest_is_empty(tmp_path: Path) -> None:
+    assert read_manifest(tmp_path / "manifest.json") == []
+
+
+def test_upsert_replaces_by_name() -> None:
+    merged = upsert_entries([_entry("b"), _entry("a")], [_entry("a", version="2.0.0"), _entry("c")])
+    assert [e["name"] for e in merged] == ["a", "b", "c"]
+    assert merged[0]["version"] == "2.0.0"
+
+
+def test_duplicates_fail(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="duplicate"):
+        upsert_entries([], [_entry("a"), _entry("a")])
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"models": [_entry("a"), _entry("a")]}))
+    with pytest.raises(ManifestError, match="duplicate"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"channels": 2},
+        {"sigma": -1},
+        {"overlap": -1},
+        {"multiple": 0},
+        {"file": "../outside.onnx"},
+        {"metrics": []},
+    ],
+)
+def test_invalid_entries_fail(bad: dict[str, Any]) -> None:
+    with pytest.raises(ManifestError):
+        upsert_entries([], [_entry("a", **bad)])
+
+
+def test_missing_keys_fail() -> None:
+    entry = _entry("a")
+    del entry["sha256"]
+    with pytest.raises(ManifestError, match="sha256"):
+        upsert_entries([], [entry])

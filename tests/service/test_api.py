@@ -1,0 +1,297 @@
+"""The HTTP contract of /denoise and the operational endpoints, on the committed DnCNN models."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from service import codecs
+from service.engine import OrtEngine
+from service.settings import Settings
+from tests.conftest import MODELS_DIR, BoxEngine, encode_pil, noisy_image, serve, write_fake_manifest
+from tests.service.test_codecs import decompression_bomb
+
+pytestmark = pytest.mark.anyio
+SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(Settings(max_body_bytes=2 * 1024 * 1024)) as c:
+        yield c
+
+
+def decode(response: httpx.Response) -> codecs.DecodedImage:
+    return codecs.decode(response.content, 10**8)
+
+
+async def test_ready_and_models_listing(client: httpx.AsyncClient) -> None:
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    listing = (await client.get("/v1/models")).json()
+    manifest = json.loads((MODELS_DIR / "manifest.json").read_text())
+    assert {m["name"] for m in listing["models"]} == {m["name"] for m in manifest["models"] if m["default"]}
+    assert all(m["provider"] == "CPUExecutionProvider" and m["status"] == "ready" for m in listing["models"])
+    assert all(m["tile"]["overlap"] >= 2 * m["overlap"] for m in listing["models"])
+
+
+@pytest.mark.parametrize("channels,model", [(1, "dncnn-gray-blind"), (3, "dncnn-color-blind")])
+async def test_denoise_picks_the_model_for_the_image_and_reduces_noise(
+    client: httpx.AsyncClient, channels: int, model: str
+) -> None:
+    rng = np.random.default_rng(1)
+    clean = noisy_image(48, 64, channels, seed=5, noise=0.0)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    response = await client.post("/denoise", content=encode_pil(noisy, "PNG"), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["x-model"] == model
+    out = decode(response).color
+    assert out.shape == clean.shape
+    error_before = np.abs(noisy.astype(float) - clean).mean()
+    error_after = np.abs(out.astype(float) - clean).mean()
+    assert error_after < 0.6 * error_before
+
+
+@pytest.mark.parametrize("sigma,model", [(15, "dncnn-gray-s15"), (25, "dncnn-gray-s25"), (50, "dncnn-gray-s50")])
+async def test_sigma_selects_the_specific_model(client: httpx.AsyncClient, sigma: int, model: str) -> None:
+    png = encode_pil(noisy_image(20, 20, 1), "PNG")
+    response = await client.post(f"/denoise?sigma={sigma}", files={"image": ("x.png", png, "image/png")})
+    assert response.status_code == 200 and response.headers["x-model"] == model
+
+
+@pytest.mark.parametrize("query", ["sigma=17", "sigma=abc", "sigma=-5", "format=gif"])
+async def test_bad_parameters_are_422_problems(client: httpx.AsyncClient, query: str) -> None:
+    png = encode_pil(noisy_image(8, 8, 1), "PNG")
+    response = await client.post(f"/denoise?{query}", content=png, headers={"Content-Type": "image/png"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    assert set(response.json()) >= {"type", "title", "status", "detail"}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF", "BMP"])
+async def test_every_input_format_comes_back_in_kind(client: httpx.AsyncClient, fmt: str) -> None:
+    data = encode_pil(noisy_image(16, 24, 3), fmt)
+    response = await client.post("/denoise", content=data, headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    expected = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "TIFF": "tiff", "BMP": "png"}[fmt]
+    assert response.headers["content-type"] == f"image/{expected}"
+    assert Image.open(io.BytesIO(response.content)).size == (24, 16)
+
+
+async def test_format_negotiation(client: httpx.AsyncClient) -> None:
+    png = encode_pil(noisy_image(16, 16, 3), "PNG")
+    headers = {"Content-Type": "image/png"}
+    by_accept = await client.post("/denoise", content=png, headers={**headers, "Accept": "image/webp"})
+    assert by_accept.headers["content-type"] == "image/webp"
+    by_query = await client.post("/denoise?format=jpeg", content=png, headers={**headers, "Accept": "image/webp"})
+    assert by_query.headers["content-type"] == "image/jpeg"
+    refused = await client.post("/denoise", content=png, headers={**headers, "Accept": "application/json"})
+    assert refused.status_code == 406 and refused.headers["content-type"] == PROBLEM
+
+
+async def test_alpha_passes_through_untouched_and_icc_is_kept(client: httpx.AsyncClient) -> None:
+    rgba = np.dstack([noisy_image(20, 30, 3), noisy_image(20, 30, 1, seed=7)])
+    data = encode_pil(rgba, "PNG", icc_profile=SRGB_ICC)
+    response = await client.post("/denoise", content=data, headers={"Content-Type": "image/png"})
+    out = decode(response)
+    np.testing.assert_array_equal(out.alpha, rgba[:, :, 3])
+    assert out.icc_profile == SRGB_ICC
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+async def test_16bit_in_gives_16bit_out(client: httpx.AsyncClient, fmt: str) -> None:
+    color = noisy_image(20, 18, 3, dtype=np.uint16)
+    data = codecs.encode(color, None, None, fmt)  # type: ignore[arg-type]
+    response = await client.post("/denoise", content=data)
+    out = decode(response)
+    assert out.color.dtype == np.uint16 and out.color.shape == color.shape
+    assert len(np.unique(out.color)) > 256  # real 16-bit precision, not 8-bit values scaled up
+
+
+async def test_exif_orientation_is_applied(client: httpx.AsyncClient) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode_pil(noisy_image(10, 30, 3), "JPEG", exif=exif.tobytes(), quality=95)
+    response = await client.post("/denoise", content=data)
+    assert Image.open(io.BytesIO(response.content)).size == (10, 30)
+
+
+async def test_cmyk_jpeg_is_served(client: httpx.AsyncClient) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(noisy_image(16, 16, 3)).convert("CMYK").save(buffer, "JPEG")
+    response = await client.post("/denoise", content=buffer.getvalue())
+    assert response.status_code == 200 and decode(response).channels == 3
+
+
+@pytest.mark.parametrize(
+    "body,content_type,status",
+    [
+        (b"", "image/png", 422),
+        (b"hello, world", "text/plain", 415),
+        (b"hello, world", "application/octet-stream", 415),
+        ("gif", "image/gif", 415),
+        ("png-truncated", "image/png", 422),
+        ("jpeg-truncated", "image/jpeg", 422),
+        ("bomb", "image/png", 413),
+        ("oversize", "image/png", 413),
+    ],
+)
+async def test_bad_input_gets_a_clear_problem(client: httpx.AsyncClient, body: object, content_type: str, status: int) -> None:
+    png = encode_pil(noisy_image(64, 64, 3), "PNG")
+    jpeg = encode_pil(noisy_image(64, 64, 3), "JPEG")
+    payload = {
+        "gif": encode_pil(noisy_image(4, 4, 3), "GIF"),
+        "png-truncated": png[: len(png) // 2],
+        "jpeg-truncated": jpeg[: len(jpeg) // 2],
+        "bomb": decompression_bomb(200_000, 200_000),
+        "oversize": b"\x89PNG" + bytes(3 * 1024 * 1024),
+    }.get(body, body)  # type: ignore[call-overload]
+    response = await client.post("/denoise", content=payload, headers={"Content-Type": content_type})
+    assert response.status_code == status
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["status"] == status
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_multipart_without_image_field_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/denoise", files={"picture": ("x.png", b"123", "image/png")})
+    assert response.status_code == 422 and "image" in response.json()["detail"]
+
+
+async def test_request_id_is_echoed_and_server_timing_sent(client: httpx.AsyncClient) -> None:
+    png = encode_pil(noisy_image(8, 8, 1), "PNG")
+    response = await client.post("/denoise", content=png, headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    stages = [part.split(";")[0].strip() for part in response.headers["server-timing"].split(",")]
+    assert stages == ["decode", "queue", "infer", "encode"]
+    generated = await client.get("/healthz")
+    assert len(generated.headers["x-request-id"]) == 32
+
+
+async def test_metrics_expose_requests_queue_tiles_batches_and_provider(client: httpx.AsyncClient) -> None:
+    await client.post("/denoise", content=encode_pil(noisy_image(8, 8, 1), "PNG"))
+    text = (await client.get("/metrics")).text
+    for needle in (
+        'restore_requests_total{endpoint="/denoise",status="200"}',
+        "restore_request_duration_seconds_bucket",
+        'restore_queue_depth_tiles{model="dncnn-gray-blind"}',
+        'restore_tiles_total{model="dncnn-gray-blind"}',
+        "restore_batch_size_tiles_bucket",
+        "restore_inference_seconds_bucket",
+        'restore_execution_provider{model="dncnn-gray-blind",provider="CPUExecutionProvider"} 1.0',
+    ):
+        assert needle in text, needle
+
+
+async def test_openapi_documents_the_endpoint(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    operation = schema["paths"]["/denoise"]["post"]
+    assert "multipart/form-data" in operation["requestBody"]["content"]
+    assert {p["name"] for p in operation["parameters"]} >= {"sigma", "format"}
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_api_keys_guard_model_endpoints_only() -> None:
+    models = ("dncnn-gray-blind",)
+    async with serve(Settings(api_keys=("k1", "k2"), models=models)) as client:
+        png = encode_pil(noisy_image(8, 8, 1), "PNG")
+        assert (await client.post("/denoise", content=png)).status_code == 401
+        wrong = await client.post("/denoise", content=png, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        ok = await client.post("/denoise", content=png, headers={"Authorization": "Bearer k2"})
+        assert ok.status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await client.get(path)).status_code == 200
+
+
+async def test_corrupted_model_is_not_ready_while_the_others_serve(tmp_path: Path) -> None:
+    models = tmp_path / "onnx"
+    shutil.copytree(MODELS_DIR, models)
+    target = models / "dncnn-color-blind.onnx"
+    target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
+    settings = Settings(models_dir=models, models=("dncnn-gray-blind", "dncnn-color-blind"))
+    async with serve(settings, wait_ready=False) as client:
+        for _ in range(200):
+            ready = await client.get("/readyz")
+            if "loading" not in ready.text and "waiting" not in ready.text:
+                break
+            await asyncio.sleep(0.05)
+        assert ready.status_code == 503
+        assert list(ready.json()["not_ready"]) == ["dncnn-color-blind"]
+        assert "sha256" in ready.json()["not_ready"]["dncnn-color-blind"]
+        gray = await client.post("/denoise", content=encode_pil(noisy_image(8, 8, 1), "PNG"))
+        assert gray.status_code == 200
+        color = await client.post("/denoise", content=encode_pil(noisy_image(8, 8, 3), "PNG"))
+        assert color.status_code == 503 and color.headers["content-type"] == PROBLEM
+
+
+async def test_not_ready_until_warm_up_finishes(tmp_path: Path) -> None:
+    gate = threading.Event()
+    root = write_fake_manifest(tmp_path, [{"name": "fake"}])
+    async with serve(Settings(models_dir=root), lambda spec: BoxEngine(gate=gate), wait_ready=False) as client:
+        first = await client.get("/readyz")
+        assert first.status_code == 503 and "fake" in first.json()["not_ready"]
+        busy = await client.post("/denoise", content=encode_pil(noisy_image(8, 8, 1), "PNG"))
+        assert busy.status_code == 503 and "Retry-After" in busy.headers
+        gate.set()
+        for _ in range(100):
+            if (await client.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_full_queue_gives_503_with_retry_after_while_health_answers(tmp_path: Path) -> None:
+    gate = threading.Event()
+    engine = BoxEngine(radius=1)
+    root = write_fake_manifest(tmp_path, [{"name": "fake"}])
+    settings = Settings(models_dir=root, max_queue=4, tile_size=32, tile_overlap=2)
+
+    def factory(spec: object) -> BoxEngine:
+        return engine
+
+    async with serve(settings, factory) as client:
+        engine.gate = gate
+        big = encode_pil(noisy_image(100, 100, 1), "PNG")  # 16 tiles of 32 px: over the queue
+        small = encode_pil(noisy_image(40, 40, 1), "PNG")  # 4 tiles: fills it
+        too_big = await client.post("/denoise", content=big)
+        assert too_big.status_code == 413
+        first = asyncio.create_task(client.post("/denoise", content=small))
+        await asyncio.sleep(0.3)
+        second = asyncio.create_task(client.post("/denoise", content=small))
+        await asyncio.sleep(0.1)
+        refused = await client.post("/denoise", content=small)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["title"] == "Overloaded"
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+        gate.set()
+        assert (await first).status_code == 200
+        assert (await second).status_code == 200
+
+
+def test_cuda_device_without_gpu_refuses_to_start() -> None:
+    from service.app import create_app
+    from service.errors import StartupError
+
+    with pytest.raises(StartupError, match="cuda"):
+        create_app(Settings(device="cuda"))
+
+
+def test_engine_uses_requested_threads() -> None:
+    engine = OrtEngine(MODELS_DIR / "dncnn-gray-s25.onnx", Settings(intra_op_threads=1), ["CPUExecutionProvider"])
+    out = engine.infer(np.zeros((2, 1, 9, 11), np.float32))
+    assert out.shape == (2, 1, 9, 11) and engine.provider == "CPUExecutionProvider"

@@ -1,0 +1,128 @@
+"""Tiling must be invisible: same result as whole-image inference, same-shaped tiles, no seams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.tiling import TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles
+from tests.conftest import MODELS_DIR, box_filter, noisy_image
+
+
+def run_tiled(image: np.ndarray, plan: TilePlan, infer) -> np.ndarray:  # type: ignore[no-untyped-def]
+    padded = pad_to_plan(image, plan)
+    out = np.zeros((plan.height, plan.width, image.shape[2]), np.float32)
+    for index in range(plan.count):
+        tile = extract_tile(padded, plan, index, 1 / 255)
+        blend_tile(out, infer(tile[None])[0], plan, index)
+    return out
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (64, 64), (65, 129), (300, 211), (1536, 2048)])
+def test_plan_covers_image_with_same_shaped_tiles_and_unit_weights(size: tuple[int, int]) -> None:
+    plan = plan_tiles(*size, tile=128, margin=17, feather=16)
+    coverage = np.zeros(size, np.float64)
+    for index in range(plan.count):
+        top, left = plan.origin(index)
+        h, w = plan.tile_shape
+        assert top + h <= plan.rows.length and left + w <= plan.cols.length
+        coverage[top : top + h, left : left + w] += plan.weight(index)[: size[0] - top, : size[1] - left]
+    assert plan.tile_shape == (min(128, size[0]), min(128, size[1]))
+    np.testing.assert_allclose(coverage, 1.0, atol=1e-5)
+
+
+def test_tiles_are_aligned_to_the_size_multiple() -> None:
+    plan = plan_tiles(100, 1000, tile=256, margin=8, feather=8, multiple=16)
+    assert plan.rows.length == 112 and plan.cols.length == 1008
+    assert all(s % 16 == 0 for s in plan.rows.starts + plan.cols.starts)
+    assert plan.tile_shape[0] % 16 == 0 and plan.tile_shape[1] % 16 == 0
+
+
+def test_tile_smaller_than_overlap_is_refused() -> None:
+    with pytest.raises(ValueError, match="overlap"):
+        plan_tiles(500, 500, tile=32, margin=17, feather=8)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 9), (33, 47), (129, 257), (511, 300)])
+def test_tiled_box_filter_equals_whole_image(size: tuple[int, int]) -> None:
+    """With a known receptive field the blend is exact, not just close."""
+    radius = 5
+    image = noisy_image(*size, channels=3)
+    plan = plan_tiles(*size, tile=64, margin=radius, feather=4)
+    tiled = run_tiled(image, plan, lambda b: box_filter(b, radius))
+    whole = box_filter(image.transpose(2, 0, 1)[None].astype(np.float32) / 255, radius)[0].transpose(1, 2, 0)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_a_margin_smaller_than_the_receptive_field_is_detectable() -> None:
+    """Guards the test above: an overlap that ignores the receptive field does leave differences."""
+    image = noisy_image(200, 200)
+    plan = plan_tiles(200, 200, tile=64, margin=0, feather=1)
+    tiled = run_tiled(image, plan, lambda b: box_filter(b, 6))
+    whole = box_filter(image.transpose(2, 0, 1)[None].astype(np.float32) / 255, 6)[0].transpose(1, 2, 0)
+    assert np.abs(tiled - whole).max() > 1e-3
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+onnx_models = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def dncnn_session():  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    path = MODELS_DIR / "dncnn-gray-s25.onnx"
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (97, 131), (301, 257)])
+def test_dncnn_tiled_matches_whole_image_on_8bit_output(dncnn_session, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    """Small tiles (96 px) force many tile borders even on small images."""
+    image = noisy_image(*size, channels=1, seed=3)
+    infer = lambda b: dncnn_session.run(None, {"input": b})[0]  # noqa: E731
+    plan = plan_tiles(*size, tile=96, margin=17, feather=8)
+    tiled = np.round(np.clip(run_tiled(image, plan, infer), 0, 1) * 255)
+    whole = infer(image.transpose(2, 0, 1)[None].astype(np.float32) / 255)[0].transpose(1, 2, 0)
+    whole = np.round(np.clip(whole, 0, 1) * 255)
+    assert psnr(tiled, whole) >= 50
+
+
+def seam_ratio(out: np.ndarray, plan: TilePlan, margin: int, feather: int) -> float:
+    """Mean |horizontal gradient| at tile borders and blend transitions over the mean elsewhere."""
+    gradient = np.abs(np.diff(out, axis=1)).mean(axis=0)  # column c holds the step c -> c+1
+    borders: set[int] = set()
+    width = plan.tile_shape[1]
+    for start in plan.cols.starts[1:]:
+        borders.update({start - 1, start + margin - 1, start + margin + feather // 2, start + 2 * margin + feather - 1})
+    for start in plan.cols.starts[:-1]:
+        borders.add(start + width - 1)
+    borders = {b for b in borders if 0 <= b < gradient.size}
+    inside = np.delete(gradient, sorted(borders))
+    return float(gradient[sorted(borders)].mean() / inside.mean())
+
+
+def flat_noisy(height: int, width: int, seed: int) -> np.ndarray:
+    """Statistically the same everywhere, so any difference at borders is the tiler's doing."""
+    rng = np.random.default_rng(seed)
+    return np.clip(128 + rng.normal(0, 25, (height, width, 1)), 0, 255).astype(np.uint8)
+
+
+def test_dncnn_tiled_output_has_no_seams(dncnn_session) -> None:  # type: ignore[no-untyped-def]
+    image = flat_noisy(256, 600, seed=4)
+    infer = lambda b: dncnn_session.run(None, {"input": b})[0]  # noqa: E731
+    plan = plan_tiles(*image.shape[:2], tile=96, margin=17, feather=8)
+    ratio = seam_ratio(run_tiled(image, plan, infer)[:, :, 0], plan, 17, 8)
+    assert abs(ratio - 1) <= 0.05
+
+
+def test_seam_measure_sees_seams_of_naive_tiling(dncnn_session) -> None:  # type: ignore[no-untyped-def]
+    """The measure above is able to fail: tiles without a receptive-field margin show their borders."""
+    image = flat_noisy(256, 600, seed=4)
+    infer = lambda b: dncnn_session.run(None, {"input": b})[0]  # noqa: E731
+    plan = plan_tiles(*image.shape[:2], tile=96, margin=0, feather=1)
+    ratio = seam_ratio(run_tiled(image, plan, infer)[:, :, 0], plan, 0, 1)
+    assert abs(ratio - 1) > 0.05
