@@ -104,12 +104,12 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
                         "overlap": 2 * state.spec.overlap + settings.tile_overlap,
                         "margin": state.spec.overlap,
                         "multiple": state.spec.multiple,
+                        "max_batch": settings.batch_limit(state.provider or ""),
                     },
                 }
                 for state in runtime.models.values()
             ],
             "device": settings.device,
-            "max_batch": settings.max_batch,
             "max_batch_wait_ms": settings.max_batch_wait_ms,
             "max_queue_tiles": settings.max_queue,
         }

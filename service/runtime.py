@@ -80,7 +80,7 @@ class Runtime:
                 continue
             s = self.settings
             state.scheduler = ModelScheduler(
-                state.spec.name, engine, self.metrics, max_batch=s.max_batch, max_wait_s=s.max_batch_wait_ms / 1000,
+                state.spec.name, engine, self.metrics, max_batch=s.batch_limit(engine.provider), max_wait_s=s.max_batch_wait_ms / 1000,
                 max_queue=s.max_queue, retry_after_s=s.retry_after_s,
             )
             state.scheduler.start()

@@ -23,12 +23,18 @@ class Settings(BaseSettings):
     models: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated model names to load; empty loads every manifest entry marked default."
     )
-    tile_size: int = Field(512, ge=32, le=4096, description="Tile side in pixels (rounded down to the model's multiple).")
+    tile_size: int = Field(
+        1024, ge=32, le=4096,
+        description="Tile side in pixels (rounded down to the model's multiple); bounds per-batch memory.",
+    )
     tile_overlap: int = Field(
         16, ge=1, le=512,
         description="Cross-fade width between neighbouring tiles, added to twice the model's receptive-field margin.",
     )
-    max_batch: int = Field(4, ge=1, le=256, description="Most tiles in one inference batch.")
+    max_batch: int = Field(
+        0, ge=0, le=256,
+        description="Most tiles in one inference batch; 0 = 8 on CUDA, 1 on CPU (where batching buys no speed).",
+    )
     max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a partial batch waits for more tiles.")
     max_queue: int = Field(2048, ge=1, description="Most tiles waiting per model; beyond it requests get 503.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body.")
@@ -52,3 +58,9 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    def batch_limit(self, provider: str) -> int:
+        """The batch size to use on ``provider`` (resolves max_batch=0)."""
+        if self.max_batch:
+            return self.max_batch
+        return 8 if provider == "CUDAExecutionProvider" else 1

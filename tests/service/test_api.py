@@ -257,7 +257,7 @@ async def test_full_queue_gives_503_with_retry_after_while_health_answers(tmp_pa
     gate = threading.Event()
     engine = BoxEngine(radius=1)
     root = write_fake_manifest(tmp_path, [{"name": "fake"}])
-    settings = Settings(models_dir=root, max_queue=4, tile_size=32, tile_overlap=2)
+    settings = Settings(models_dir=root, max_queue=4, tile_size=32, tile_overlap=2, max_batch=4)
 
     def factory(spec: object) -> BoxEngine:
         return engine
@@ -295,3 +295,50 @@ def test_engine_uses_requested_threads() -> None:
     engine = OrtEngine(MODELS_DIR / "dncnn-gray-s25.onnx", Settings(intra_op_threads=1), ["CPUExecutionProvider"])
     out = engine.infer(np.zeros((2, 1, 9, 11), np.float32))
     assert out.shape == (2, 1, 9, 11) and engine.provider == "CPUExecutionProvider"
+
+
+async def test_client_that_disconnects_has_its_tiles_dropped(tmp_path: Path) -> None:
+    """Drive the ASGI app directly so the client can vanish after sending its body."""
+    from service.app import create_app
+
+    gate = threading.Event()
+    engine = BoxEngine(radius=1)
+    root = write_fake_manifest(tmp_path, [{"name": "fake"}])
+    app = create_app(Settings(models_dir=root, tile_size=32, tile_overlap=2, max_batch=1), engine_factory=lambda s: engine)
+    body = encode_pil(noisy_image(90, 90, 1), "PNG")
+    async with app.router.lifespan_context(app):
+        for _ in range(100):
+            if app.state.runtime.ready:
+                break
+            await asyncio.sleep(0.02)
+        engine.gate = gate
+        leave = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict] = []  # type: ignore[type-arg]
+
+        async def receive() -> dict:  # type: ignore[type-arg]
+            if messages:
+                return messages.pop(0)
+            await leave.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:  # type: ignore[type-arg]
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/denoise", "raw_path": b"/denoise", "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1), "server": ("test", 80),
+        }
+        call = asyncio.create_task(app(scope, receive, send))
+        await asyncio.sleep(0.3)  # tiles queued, one batch held by the gate
+        leave.set()
+        await asyncio.sleep(0.1)
+        gate.set()
+        await call
+        runtime = app.state.runtime
+        assert runtime.models["fake"].scheduler.depth == 0
+        dropped = runtime.metrics.dropped_tiles.labels("fake")._value.get()
+        assert dropped >= 8  # 16 tiles, at most a couple inferred before the client left
+        assert len(engine.batches) <= 3

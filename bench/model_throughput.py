@@ -1,0 +1,78 @@
+"""Megapixels per second of every DnCNN in the manifest: ONNX Runtime vs PyTorch eager, same weights.
+
+    python -m bench.model_throughput [--size 512] [--repeats 3] [--device cpu|cuda]
+
+The PyTorch model is rebuilt from the ONNX file's own initializers, so both runtimes compute with
+exactly the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from export.dncnn import dncnn_from_onnx
+from service.engine import available_cpus
+
+MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
+
+
+def timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--models", nargs="*")
+    args = parser.parse_args()
+    threads = available_cpus()
+    torch.set_num_threads(threads)
+    manifest = json.loads((MODELS / "manifest.json").read_text())["models"]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    megapixels = args.size * args.size / 1e6
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {threads} threads, "
+          f"{args.size}x{args.size} batch 1, median of {args.repeats}, device {args.device}")
+    print("| model | ORT MP/s | PyTorch eager MP/s | ORT speed-up |")
+    print("|---|---|---|---|")
+    for entry in manifest:
+        if args.models and entry["name"] not in args.models:
+            continue
+        path = MODELS / entry["file"]
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        x = np.random.default_rng(0).random((1, entry["channels"], args.size, args.size), dtype=np.float32)
+        ort_s = timed(lambda: session.run(None, {"input": x}), args.repeats)
+        module = dncnn_from_onnx(onnx.load(str(path))).to(args.device)
+        tx = torch.from_numpy(x).to(args.device)
+
+        def eager() -> None:
+            with torch.inference_mode():
+                module(tx)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+
+        torch_s = timed(eager, args.repeats)
+        print(f"| {entry['name']} | {megapixels / ort_s:.3f} | {megapixels / torch_s:.3f} | {torch_s / ort_s:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""End-to-end service measurements against a real server process on loopback.
+
+    python -m bench.service_bench overhead     # 1 MP PNG end to end vs raw ORT on the same pixels
+    python -m bench.service_bench concurrency  # throughput at 1/4/16 concurrent clients
+    python -m bench.service_bench fairness     # a 0.25 MP request during a 4 MP request
+    python -m bench.service_bench memory       # peak RSS of the server for a 50 MP request
+
+Each starts ``python -m service`` on a free port with the models it needs, waits for /readyz,
+runs, prints a markdown block, and stops the server. Requests are bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from service.engine import available_cpus
+
+REPO = Path(__file__).resolve().parents[1]
+COLOR = "dncnn-color-blind"
+GRAY = "dncnn-gray-s25"
+
+
+def scene(height: int, width: int, channels: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 0.5 + 0.3 * np.sin(x / 23.0) * np.cos(y / 17.0)
+    planes = [np.clip(base + 0.05 * c + rng.normal(0, 0.1, base.shape).astype(np.float32), 0, 1) for c in range(channels)]
+    return (np.stack(planes, axis=2) * 255 + 0.5).astype(np.uint8)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server(models: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    environment = {**os.environ, "RESTORE_MODELS": models, "RESTORE_LOG_LEVEL": "warning", **env}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=environment
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("server never became ready")
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def post(url: str, body: bytes, timeout: float = 1800) -> tuple[float, httpx.Response]:
+    start = time.perf_counter()
+    response = httpx.post(f"{url}/denoise", content=body, headers={"Content-Type": "image/png"}, timeout=timeout)
+    response.raise_for_status()
+    return time.perf_counter() - start, response
+
+
+def ort_seconds(model: str, array: np.ndarray, repeats: int) -> float:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = available_cpus()
+    session = ort.InferenceSession(str(REPO / "models" / "onnx" / f"{model}.onnx"), options, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(array.transpose(2, 0, 1)[None], dtype=np.float32) / 255
+    session.run(None, {"input": x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def overhead(repeats: int) -> None:
+    for height, width in ((1024, 1024), (1536, 2048)):
+        image = scene(height, width, 3)
+        body = png(image)
+        with server(COLOR) as (url, _):
+            post(url, body)
+            runs = [post(url, body) for _ in range(repeats)]
+        e2e = statistics.median(t for t, _ in runs)
+        timing = runs[-1][1].headers["server-timing"]
+        raw = ort_seconds(COLOR, image, repeats)
+        print(f"| {width}x{height} RGB PNG | {e2e:.2f} s | {raw:.2f} s | {100 * (e2e / raw - 1):+.1f}% | `{timing}` |", flush=True)
+
+
+def concurrency(requests_per_client: int) -> None:
+    image = scene(256, 256, 3)
+    body = png(image)
+
+    async def client(http: httpx.AsyncClient, url: str, latencies: list[float]) -> None:
+        for _ in range(requests_per_client):
+            start = time.perf_counter()
+            response = await http.post(f"{url}/denoise", content=body, headers={"Content-Type": "image/png"})
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - start)
+
+    async def level(url: str, clients: int) -> tuple[float, list[float]]:
+        latencies: list[float] = []
+        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
+            start = time.perf_counter()
+            await asyncio.gather(*(client(http, url, latencies) for _ in range(clients)))
+            return time.perf_counter() - start, latencies
+
+    with server(COLOR) as (url, _):
+        post(url, body)
+        for clients in (1, 4, 16):
+            wall, latencies = asyncio.run(level(url, clients))
+            count = len(latencies)
+            mp = count * image.shape[0] * image.shape[1] / 1e6
+            print(
+                f"| {clients} | {count} | {count / wall:.2f} | {mp / wall:.3f} | {statistics.median(latencies):.2f} s "
+                f"| {max(latencies):.2f} s |",
+                flush=True,
+            )
+
+
+def fairness() -> None:
+    big, small = png(scene(2048, 2048, 3, seed=1)), png(scene(512, 512, 3, seed=2))
+
+    async def scenario(url: str) -> tuple[float, float, float]:
+        async with httpx.AsyncClient(timeout=1800) as http:
+            headers = {"Content-Type": "image/png"}
+            start = time.perf_counter()
+            big_task = asyncio.create_task(http.post(f"{url}/denoise", content=big, headers=headers))
+            await asyncio.sleep(2.0)
+            small_start = time.perf_counter()
+            small_response = await http.post(f"{url}/denoise", content=small, headers=headers)
+            small_done = time.perf_counter()
+            big_response = await big_task
+            big_done = time.perf_counter()
+            small_response.raise_for_status(), big_response.raise_for_status()
+            return small_done - small_start, big_done - start, small_done - start
+
+    with server(COLOR, RESTORE_TILE_SIZE="512") as (url, _):
+        post(url, small)
+        solo = statistics.median(post(url, small)[0] for _ in range(3))
+        metrics_before = httpx.get(f"{url}/metrics").text
+        small_latency, big_latency, small_finished_at = asyncio.run(scenario(url))
+        batches = _histogram(httpx.get(f"{url}/metrics").text, COLOR) - _histogram(metrics_before, COLOR)
+    batch_count, batch_seconds = batches
+    per_batch = batch_seconds / batch_count
+    print(f"| solo 0.25 MP latency | {solo:.2f} s |")
+    print(f"| 0.25 MP latency while 4 MP in flight | {small_latency:.2f} s |")
+    print(f"| bound: solo + 2 batches | {solo + 2 * per_batch:.2f} s (mean batch {per_batch:.2f} s over {batch_count:.0f}) |")
+    print(f"| small finished at / big finished at | {small_finished_at:.2f} s / {big_latency:.2f} s |")
+
+
+def _histogram(text: str, model: str) -> np.ndarray:
+    count = total = 0.0
+    for line in text.splitlines():
+        if line.startswith(f'restore_inference_seconds_count{{model="{model}"}}'):
+            count = float(line.split()[-1])
+        if line.startswith(f'restore_inference_seconds_sum{{model="{model}"}}'):
+            total = float(line.split()[-1])
+    return np.array([count, total])
+
+
+def memory(megapixels: float) -> None:
+    side = int((megapixels * 1e6) ** 0.5)
+    body = png(scene(side, side, 1, seed=3))
+    with server(GRAY) as (url, process):
+        seconds, response = post(url, body)
+        status = Path(f"/proc/{process.pid}/status").read_text()
+    peak = next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+    print(f"| {side}x{side} gray PNG ({side * side / 1e6:.1f} MP, {len(body) / 2**20:.1f} MiB) | {int(peak) / 2**20:.2f} GiB | "
+          f"{seconds:.0f} s | `{response.headers['server-timing']}` |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["overhead", "concurrency", "fairness", "memory"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--megapixels", type=float, default=50.0)
+    args = parser.parse_args()
+    if args.what == "overhead":
+        overhead(args.repeats)
+    elif args.what == "concurrency":
+        concurrency(args.repeats)
+    elif args.what == "fairness":
+        fairness()
+    else:
+        memory(args.megapixels)
+
+
+if __name__ == "__main__":
+    main()

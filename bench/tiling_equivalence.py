@@ -1,0 +1,62 @@
+"""Production tiling vs whole-image inference of the same ONNX model: PSNR on 8-bit output and seams.
+
+    python -m bench.tiling_equivalence [--model dncnn-gray-s25] [--tile 1024]
+
+Uses the service's own tiler and blender (service.pipeline.TiledImage) with the production tile
+size and overlap; the whole-image reference is one ORT call on the full image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import onnxruntime as ort
+
+from service.engine import available_cpus
+from service.manifest import load_manifest
+from service.pipeline import TiledImage, plan_for, quantize
+from service.settings import DEFAULT_MODELS_DIR, Settings
+
+SIZES = [(1, 1), (7, 5), (333, 517), (1023, 1025), (1536, 2048)]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="dncnn-gray-s25")
+    parser.add_argument("--tile", type=int, default=Settings().tile_size)
+    args = parser.parse_args()
+    settings = Settings(tile_size=args.tile)
+    spec = next(s for s in load_manifest(DEFAULT_MODELS_DIR) if s.name == args.model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = available_cpus()
+    session = ort.InferenceSession(str(spec.file), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    print(f"model {spec.name}, tile {args.tile}, overlap {2 * spec.overlap + settings.tile_overlap}")
+    print("| size | tiles | PSNR tiled vs whole (8-bit) | max abs diff (8-bit levels) |")
+    print("|---|---|---|---|")
+    for height, width in SIZES:
+        y, x = np.mgrid[0:height, 0:width]
+        clean = 128 + 60 * np.sin(x / 31) * np.cos(y / 23)
+        image = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)[:, :, None]
+        image = np.repeat(image, spec.channels, axis=2)
+        work = TiledImage(image, plan_for(spec, settings, height, width), 255)
+        for index in range(work.plan.count):
+            work.accept(index, session.run(None, {"input": work.tile(index)[None]})[0][0])
+        assert work.output is not None
+        tiled = quantize(work.output, np.dtype(np.uint8))
+        whole = session.run(None, {"input": image.transpose(2, 0, 1)[None].astype(np.float32) / 255})[0][0]
+        whole_q = quantize(np.ascontiguousarray(whole.transpose(1, 2, 0)), np.dtype(np.uint8))
+        diff = int(np.abs(tiled.astype(int) - whole_q.astype(int)).max())
+        print(f"| {width}x{height} | {work.plan.count} | {psnr(tiled, whole_q):.2f} dB | {diff} |", flush=True)
+    print(json.dumps({"model": spec.name, "tile": args.tile}))
+
+
+if __name__ == "__main__":
+    main()
