@@ -27,7 +27,7 @@ from export.dncnn_matconvnet import (
     load_matconvnet_layers,
     matconvnet_to_state_dict,
 )
-from export.manifest import MANIFEST_NAME, read_manifest, upsert_entries, write_manifest
+from export.manifest import MANIFEST_NAME, Entry, update_manifest, upsert_entries
 from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.dncnn import DnCNN, build_dncnn, dncnn_config
 
@@ -138,7 +138,7 @@ def convert_release(
     return path, model, diff
 
 
-def manifest_entry(release: DnCNNRelease, path: Path, command: str) -> dict[str, object]:
+def manifest_entry(release: DnCNNRelease, path: Path, command: str) -> Entry:
     """Manifest entry for an exported release (metrics are filled by models.eval_denoise)."""
     cfg = dncnn_config(release.config)
     return {
@@ -160,6 +160,18 @@ def manifest_entry(release: DnCNNRelease, path: Path, command: str) -> dict[str,
         },
         "metrics": {},
     }
+
+
+def _merge_keeping_metrics(current: list[Entry], updates: list[Entry]) -> list[Entry]:
+    """Upsert ``updates``; an entry whose file hash is unchanged keeps its measured metrics."""
+    previous = {e["name"]: e for e in current}
+    merged = []
+    for entry in updates:
+        old = previous.get(entry["name"])
+        if old is not None and old["sha256"] == entry["sha256"]:
+            entry = {**entry, "metrics": old["metrics"]}
+        merged.append(entry)
+    return upsert_entries(current, merged)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -193,16 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown models {sorted(unknown)}; known: {sorted(by_name)}")
     selected = [by_name[n] for n in args.models] if args.models else list(RELEASES)
 
-    manifest_path = args.out / MANIFEST_NAME
-    existing = {e["name"]: e for e in read_manifest(manifest_path)}
     updates = []
     for release in selected:
         path, model, diff = convert_release(release, args.weights, args.out)
-        entry = manifest_entry(release, path, command)
-        previous = existing.get(release.name)
-        if previous is not None and previous["sha256"] == entry["sha256"]:
-            entry["metrics"] = previous["metrics"]
-        updates.append(entry)
+        updates.append(manifest_entry(release, path, command))
         size_mib = path.stat().st_size / 2**20
         print(f"{release.name}: {path} ({size_mib:.2f} MiB), ORT parity {diff:.2e}")
         if release.name == KAIR_CHECK[0] and (args.weights / KAIR_CHECK[1]).exists():
@@ -216,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 release, args.weights, args.fp32_dir, fp16_storage=False
             )
             print(f"  fp32 variant: {fp32_path}, ORT parity {fp32_diff:.2e}")
-    write_manifest(manifest_path, upsert_entries(existing.values(), updates))
+    manifest_path = args.out / MANIFEST_NAME
+    update_manifest(manifest_path, lambda current: _merge_keeping_metrics(current, updates))
     print(f"manifest: {manifest_path} ({len(updates)} entries updated)")
     return 0
 

@@ -9,25 +9,33 @@ Shape::
 ``file`` is relative to the manifest's folder. Entries stay sorted by name so diffs are stable;
 duplicate names are an error, never silently merged. Writing goes through a temporary file and a
 rename so a crash cannot leave half a manifest.
+
+Several tools write this one file (each model's export, the evaluations), sometimes at the same
+time: writers should go through ``update_manifest``, which re-reads the file and applies their
+change under an exclusive lock, so a long job never writes back a stale copy over another's entry.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 __all__ = [
     "MANIFEST_NAME",
     "REQUIRED_KEYS",
+    "Entry",
     "ManifestError",
     "read_manifest",
     "write_manifest",
     "upsert_entries",
     "validate_entry",
     "entries_by_name",
+    "update_manifest",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -101,6 +109,7 @@ def write_manifest(path: str | Path, entries: Iterable[Entry]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the manifest is a world-readable artefact
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -115,3 +124,29 @@ def upsert_entries(existing: Iterable[Entry], updates: Iterable[Entry]) -> list[
     merged = entries_by_name(existing)
     merged.update(entries_by_name(updates))
     return [merged[name] for name in sorted(merged)]
+
+
+@contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Exclusive advisory lock on the manifest's folder (the file itself is replaced on write)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def update_manifest(
+    path: str | Path, change: Callable[[list[Entry]], Iterable[Entry]]
+) -> list[Entry]:
+    """Read, change and write the manifest as one locked step; returns the entries written.
+
+    ``change`` receives the entries as they are on disk *now* and returns the new full list.
+    """
+    path = Path(path)
+    with _directory_lock(path.parent):
+        entries = list(change(read_manifest(path)))
+        write_manifest(path, entries)
+    return read_manifest(path)

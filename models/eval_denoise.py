@@ -48,6 +48,12 @@ COLOR_SETS = ("CBSD68",)
 THREADS = 2
 # Paper (Zhang et al. 2017, Tables II/III and the README of cszn/DnCNN); the CBSD68 value is the
 # paper's CDnCNN-B at sigma 25 (the shared README measured 31.22 with the same model).
+METRICS_NOTE = (
+    "mean PSNR in dB (models.eval_denoise protocol: noise added in float, seed "
+    f"{NOISE_SEED} per image, output clipped and rounded to 8 bit); weights stored as "
+    "float16, computed in float32; fp16_storage_delta_db = PSNR(fp16-stored) - "
+    "PSNR(fp32-stored) where measured (dncnn-gray-s25)"
+)
 PAPER_PSNR: dict[tuple[str, str, int], float] = {
     ("S", "BSD68", 15): 31.73, ("S", "BSD68", 25): 29.23, ("S", "BSD68", 50): 26.23,
     ("B", "BSD68", 15): 31.61, ("B", "BSD68", 25): 29.16, ("B", "BSD68", 50): 26.23,
@@ -173,6 +179,26 @@ def _markdown(rows: list[tuple[Job, float, float | None]]) -> str:
     return "\n".join(lines)
 
 
+def _with_metrics(
+    current: list[dict[str, Any]], results: dict[str, dict[str, Any]], evaluated: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Merge measured metrics into the manifest as it is on disk now (other tools may have
+    written it meanwhile); refuse if an evaluated file was re-exported during the run."""
+    merged = []
+    for entry in current:
+        name = entry["name"]
+        if name in results:
+            if entry["sha256"] != evaluated[name]:
+                raise SystemExit(f"{name} was re-exported during the evaluation; run it again")
+            metrics = {**entry["metrics"], **results[name], "note": METRICS_NOTE}
+            entry = {**entry, "metrics": metrics}
+        merged.append(entry)
+    missing = results.keys() - {e["name"] for e in current}
+    if missing:
+        raise SystemExit(f"{sorted(missing)} left the manifest during the evaluation")
+    return merged
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m models.eval_denoise", description=__doc__.split("\n")[0]
@@ -199,7 +225,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so the evaluation itself needs only numpy, Pillow and onnxruntime.
-    from export.manifest import read_manifest, upsert_entries, write_manifest
+    from export.manifest import read_manifest, update_manifest
     from export.onnx_export import sha256_file
 
     args = _parse_args(argv)
@@ -248,19 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(_markdown(rows))
     if args.write_manifest:
-        updated = []
-        for entry in entries:
-            if entry["name"] not in results:
-                continue
-            metrics = {**entry["metrics"], **results[entry["name"]]}
-            metrics["note"] = (
-                "mean PSNR in dB (models.eval_denoise protocol: noise added in float, seed "
-                f"{NOISE_SEED} per image, output clipped and rounded to 8 bit); weights stored as "
-                "float16, computed in float32; fp16_storage_delta_db = PSNR(fp16-stored) - "
-                "PSNR(fp32-stored) where measured"
-            )
-            updated.append({**entry, "metrics": metrics})
-        write_manifest(args.manifest, upsert_entries(entries, updated))
+        evaluated = {e["name"]: e["sha256"] for e in entries if e["name"] in results}
+        update_manifest(args.manifest, lambda current: _with_metrics(current, results, evaluated))
         print(f"\nmetrics written to {args.manifest}", file=sys.stderr)
     return 0
 

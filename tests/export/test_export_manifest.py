@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from export.manifest import ManifestError, read_manifest, upsert_entries, write_manifest
+from export.manifest import (
+    ManifestError,
+    read_manifest,
+    update_manifest,
+    upsert_entries,
+    write_manifest,
+)
 
 
 def _entry(name: str, **overrides: Any) -> dict[str, Any]:
@@ -69,3 +75,14 @@ def test_missing_keys_fail() -> None:
     del entry["sha256"]
     with pytest.raises(ManifestError, match="sha256"):
         upsert_entries([], [entry])
+
+
+def test_update_manifest_rereads_and_is_readable(tmp_path: Path) -> None:
+    path = tmp_path / "onnx" / "manifest.json"
+    write_manifest(path, [_entry("a")])
+    stale = read_manifest(path)
+    write_manifest(path, stale + [_entry("b")])  # another tool adds an entry meanwhile
+    written = update_manifest(path, lambda current: upsert_entries(current, [_entry("c")]))
+    assert [e["name"] for e in written] == ["a", "b", "c"]
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not [p for p in path.parent.iterdir() if p.name != "manifest.json"]  # no temp left

@@ -66,3 +66,18 @@ def test_end_to_end_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixture
     metrics = json.loads((onnx_dir / "manifest.json").read_text())["models"][0]["metrics"]
     assert set(metrics) >= {"BSD68", "Set12", "note"}
     assert 18 < metrics["BSD68"]["25"] < 24  # noisy image at sigma 25: about 20.2 dB
+
+
+def test_metrics_merge_keeps_entries_written_meanwhile() -> None:
+    base = {"task": "denoise", "metrics": {"old": 1}}
+    current = [
+        {**base, "name": "a", "sha256": "1"},
+        {**base, "name": "hed", "sha256": "9"},  # added by another tool during the run
+    ]
+    merged = eval_denoise._with_metrics(current, {"a": {"BSD68": {"25": 29.0}}}, {"a": "1"})
+    assert [e["name"] for e in merged] == ["a", "hed"]
+    assert merged[0]["metrics"]["BSD68"] == {"25": 29.0}
+    assert merged[0]["metrics"]["old"] == 1
+    assert merged[1] == current[1]
+    with pytest.raises(SystemExit, match="re-exported"):
+        eval_denoise._with_metrics(current, {"a": {}}, {"a": "2"})
