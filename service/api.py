@@ -117,6 +117,7 @@ async def serve_image(request: Request, *, task: str, sigma: float | None, fmt_q
     body = await asyncio.to_thread(
         codecs.encode, pixels, image.alpha, image.icc_profile, fmt,
         jpeg_quality=settings.jpeg_quality, webp_quality=settings.webp_quality,
+        png_compress_level=settings.png_compress_level,
     )
     timer.add("encode", time.perf_counter() - started)
     for stage, seconds in timer.stages.items():

@@ -198,6 +198,7 @@ def encode(
     *,
     jpeg_quality: int = 95,
     webp_quality: int = 95,
+    png_compress_level: int = 3,
 ) -> bytes:
     """Encode HxWx(1|3) pixels (+ alpha). 16 bits survive in PNG and TIFF; JPEG and WebP are 8-bit."""
     if fmt == "jpeg":
@@ -220,6 +221,8 @@ def encode(
             image = image.convert("RGBA" if mode == "LA" else "RGB")
     elif fmt == "tiff":
         options.update(compression="tiff_adobe_deflate")
+    else:
+        options.update(compress_level=png_compress_level)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt.upper(), **options)
     return buffer.getvalue()

@@ -49,8 +49,11 @@ class Settings(BaseSettings):
     )
     warmup_size: int = Field(64, ge=1, le=4096, description="Side of the warm-up tile each model runs before ready.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 when a queue is full.")
-    jpeg_quality: int = Field(95, ge=1, le=100)
-    webp_quality: int = Field(95, ge=1, le=100)
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG output quality (always 4:4:4 chroma).")
+    webp_quality: int = Field(95, ge=1, le=100, description="WebP output quality.")
+    png_compress_level: int = Field(
+        3, ge=0, le=9, description="zlib level for 8-bit PNG output: 3 encodes about twice as fast as 6 for ~10% larger files."
+    )
 
     @field_validator("models", "api_keys", mode="before")
     @classmethod

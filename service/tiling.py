@@ -24,6 +24,10 @@ import numpy.typing as npt
 from service.types import ImageArray, Tile, Weights1D, Weights2D
 
 
+#: Tile sides are rounded up to a multiple of this, so the shapes in use stay few.
+TILE_GRANULE = 64
+
+
 @dataclass(frozen=True)
 class AxisPlan:
     length: int  # padded length along this axis
@@ -90,17 +94,26 @@ def plan_axis(length: int, tile: int, margin: int, feather: int, multiple: int) 
     padded = round_up(length, multiple)
     size = min(padded, max(multiple, tile // multiple * multiple))
     overlap = 2 * margin + feather
-    if padded > size and size <= overlap:
-        raise ValueError(f"tile size {size} must exceed the overlap {overlap} (2 x margin + feather)")
+    if padded > size:
+        if size <= overlap:
+            raise ValueError(f"tile size {size} must exceed the overlap {overlap} (2 x margin + feather)")
+        # As few tiles as the full size needs, each shrunk to what that count needs (on a coarse
+        # grid so requests of similar sizes still share a shape and can be batched together).
+        count = math.ceil((padded - overlap) / (size - overlap))
+        needed = math.ceil((padded + (count - 1) * overlap) / count)
+        size = min(size, round_up(needed, math.lcm(TILE_GRANULE, multiple)))
     starts = _axis_starts(padded, size, overlap, multiple)
     return AxisPlan(padded, size, tuple(starts), tuple(_axis_weights(padded, size, starts, margin, feather)))
 
 
 def plan_tiles(height: int, width: int, *, tile: int, margin: int, feather: int, multiple: int = 1) -> TilePlan:
-    """Tile ``height x width``: every tile has the same shape, min(tile, padded side) per axis.
+    """Tile ``height x width``: every tile of the image has the same shape, at most ``tile`` per axis.
 
     Border tiles are shifted inward rather than padded, so an image at least one tile large is
-    never padded; an image smaller than a tile is processed whole, at its own size. Only the size
+    never padded; an image smaller than a tile is processed whole, at its own size. A larger
+    image gets the fewest tiles of side ``tile`` that cover it, then the side is shrunk (to a
+    multiple of TILE_GRANULE) as far as that count allows, which keeps the work spent on
+    overlap small: 2048 px at tile 1024 takes three 768 px tiles, not three 1024 px ones. Only the size
     multiple a model needs (e.g. 16 for a 4-level U-Net) is reached by reflect padding.
     """
     if height < 1 or width < 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -27,8 +29,23 @@ def test_plan_covers_image_with_same_shaped_tiles_and_unit_weights(size: tuple[i
         h, w = plan.tile_shape
         assert top + h <= plan.rows.length and left + w <= plan.cols.length
         coverage[top : top + h, left : left + w] += plan.weight(index)[: size[0] - top, : size[1] - left]
-    assert plan.tile_shape == (min(128, size[0]), min(128, size[1]))
+    for side, tile_side in zip(size, plan.tile_shape):
+        assert tile_side == side if side <= 128 else tile_side <= 128
     np.testing.assert_allclose(coverage, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("margin,multiple", [(20, 1), (17, 1), (110, 16)])
+def test_large_images_get_the_fewest_tiles_each_no_larger_than_needed(margin: int, multiple: int) -> None:
+    """Overlap work stays what the receptive field forces: no extra tile, no tile a granule too big."""
+    overlap = 2 * margin + 16
+    for length in range(1025, 12000, 7):
+        axis = plan_tiles(length, 8, tile=1024, margin=margin, feather=16, multiple=multiple).rows
+        count = len(axis.starts)
+        assert count == math.ceil((axis.length - overlap) / (1024 - overlap))
+        needed = math.ceil((axis.length + (count - 1) * overlap) / count)
+        assert needed <= axis.size < needed + math.lcm(64, multiple)
+    dncnn_2048 = plan_tiles(2048, 8, tile=1024, margin=20, feather=16).rows
+    assert len(dncnn_2048.starts) * dncnn_2048.size <= 1.15 * 2048
 
 
 def test_tiles_are_aligned_to_the_size_multiple() -> None:
