@@ -55,7 +55,7 @@ def main() -> None:
     print("| model | ORT MP/s | PyTorch eager MP/s | ORT speed-up |")
     print("|---|---|---|---|")
     for entry in manifest:
-        if args.models and entry["name"] not in args.models:
+        if entry["task"] != "denoise" or (args.models and entry["name"] not in args.models):
             continue
         path = MODELS / entry["file"]
         session = ort.InferenceSession(str(path), options, providers=providers)

@@ -50,6 +50,12 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def jpeg(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,9 +87,9 @@ def server(models: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[byte
         process.wait(timeout=30)
 
 
-def post(url: str, body: bytes, timeout: float = 1800) -> tuple[float, httpx.Response]:
+def post(url: str, body: bytes, timeout: float = 1800, query: str = "") -> tuple[float, httpx.Response]:
     start = time.perf_counter()
-    response = httpx.post(f"{url}/denoise", content=body, headers={"Content-Type": "image/png"}, timeout=timeout)
+    response = httpx.post(f"{url}/denoise{query}", content=body, headers={"Content-Type": "application/octet-stream"}, timeout=timeout)
     response.raise_for_status()
     return time.perf_counter() - start, response
 
@@ -187,14 +193,18 @@ def _histogram(text: str, model: str) -> np.ndarray:
     return np.array([count, total])
 
 
-def memory(megapixels: float) -> None:
+def memory(megapixels: float, channels: int) -> None:
     side = int((megapixels * 1e6) ** 0.5)
-    body = png(scene(side, side, 1, seed=3))
-    with server(GRAY) as (url, process):
-        seconds, response = post(url, body)
+    image = scene(side, side, channels, seed=3)
+    # A noisy 50 MP RGB PNG would exceed the 64 MiB body limit; a camera would send JPEG anyway.
+    body = png(image) if channels == 1 else jpeg(image)
+    del image
+    with server(GRAY if channels == 1 else COLOR) as (url, process):
+        seconds, response = post(url, body, query="?sigma=25" if channels == 1 else "")
         status = Path(f"/proc/{process.pid}/status").read_text()
     peak = next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
-    print(f"| {side}x{side} gray PNG ({side * side / 1e6:.1f} MP, {len(body) / 2**20:.1f} MiB) | {int(peak) / 2**20:.2f} GiB | "
+    kind = "gray PNG" if channels == 1 else "RGB JPEG"
+    print(f"| {side}x{side} {kind} ({side * side / 1e6:.1f} MP, {len(body) / 2**20:.1f} MiB) | {int(peak) / 2**20:.2f} GiB | "
           f"{seconds:.0f} s | `{response.headers['server-timing']}` |")
 
 
@@ -203,6 +213,7 @@ def main() -> None:
     parser.add_argument("what", choices=["overhead", "concurrency", "fairness", "memory"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--megapixels", type=float, default=50.0)
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
     args = parser.parse_args()
     if args.what == "overhead":
         overhead(args.repeats)
@@ -211,7 +222,7 @@ def main() -> None:
     elif args.what == "fairness":
         fairness()
     else:
-        memory(args.megapixels)
+        memory(args.megapixels, args.channels)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from service import logs
 from service.errors import StartupError
@@ -19,7 +20,11 @@ def main() -> int:
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     args = parser.parse_args()
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"restore: cannot start: invalid configuration:\n{exc}", file=sys.stderr)
+        return 1
     logs.configure(settings.log_level)
     from service.app import create_app
 
