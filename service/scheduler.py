@@ -5,7 +5,8 @@ Three parts, as in text-embeddings-inference's queue/batching/backend split:
 * ``TileJob`` - one request's tiles; it produces inputs on demand (so a 50 MP image never exists
   as a list of tiles) and accepts outputs.
 * ``ModelScheduler._form_batch`` - takes up to ``max_batch`` tiles of one shape, one tile per job
-  per round, round-robin across jobs, so a huge request cannot starve a small one.
+  per round, round-robin across jobs (a newly arrived job first), so a huge request cannot starve
+  a small one.
 * ``ModelScheduler._run_batch`` - runs the engine off the event loop and hands every output to its
   job; an engine error fails every job in the batch; a cancelled job's outputs are dropped and counted.
 
@@ -115,7 +116,9 @@ class ModelScheduler:
                 headers={"Retry-After": str(self._retry_after_s)},
             )
         job.done = asyncio.get_running_loop().create_future()
-        self._jobs.append(job)
+        # A new request takes the next turn, then joins the rotation: its first tile rides in the
+        # very next batch, so a small request waits for at most the batch already running.
+        self._jobs.appendleft(job)
         self._change_pending(job.count)
         self._wakeup.set()
         try:
