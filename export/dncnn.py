@@ -37,6 +37,7 @@ __all__ = [
     "convert_release",
     "check_against_kair",
     "dncnn_from_onnx",
+    "merge_keeping_metrics",
     "main",
 ]
 
@@ -162,7 +163,7 @@ def manifest_entry(release: DnCNNRelease, path: Path, command: str) -> Entry:
     }
 
 
-def _merge_keeping_metrics(current: list[Entry], updates: list[Entry]) -> list[Entry]:
+def merge_keeping_metrics(current: list[Entry], updates: list[Entry]) -> list[Entry]:
     """Upsert ``updates``; an entry whose file hash is unchanged keeps its measured metrics."""
     previous = {e["name"]: e for e in current}
     merged = []
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"  fp32 variant: {fp32_path}, ORT parity {fp32_diff:.2e}")
     manifest_path = args.out / MANIFEST_NAME
-    update_manifest(manifest_path, lambda current: _merge_keeping_metrics(current, updates))
+    update_manifest(manifest_path, lambda current: merge_keeping_metrics(current, updates))
     print(f"manifest: {manifest_path} ({len(updates)} entries updated)")
     return 0
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import codecs
 from service.errors import PROBLEM_JSON, ServiceError, Unauthorized
 from service.negotiation import MEDIA_TYPES, choose_format, parse_format
-from service.pipeline import quantize_async, restore
-from service.runtime import Runtime
+from service.pipeline import quantize, restore
+from service.runtime import ModelState, Runtime
 from service.settings import Settings
+from service.types import OutputFormat, Task
 from service.uploads import read_upload
 
 IMAGE_BODY: dict[str, Any] = {
@@ -84,20 +90,25 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-async def serve_image(request: Request, *, task: str, sigma: float | None, fmt_query: str | None) -> Response:
-    """Shared body of every model endpoint."""
+@dataclass
+class ModelRun:
+    image: codecs.DecodedImage
+    state: ModelState
+    output: npt.NDArray[np.float32]  # height x width x model output channels
+    timer: StageTimer
+
+
+async def run_model(request: Request, *, task: Task, sigma: float | None = None) -> ModelRun:
+    """Read, decode, pick the model, and run it tiled; cancelled (tiles dropped) if the client leaves."""
     runtime = runtime_of(request)
     settings: Settings = runtime.settings
-    if fmt_query:
-        parse_format(fmt_query)  # a bad ?format= is refused before any work
     timer = StageTimer()
     data = await read_upload(request, settings.max_body_bytes)
     started = time.perf_counter()
     image = await asyncio.to_thread(codecs.decode, data, settings.max_pixels)
     del data
     timer.add("decode", time.perf_counter() - started)
-    fmt = choose_format(fmt_query, request.headers.get("accept"), image.source_format)
-    state = runtime.select(task, channels=image.channels, sigma=sigma)  # type: ignore[arg-type]
+    state = runtime.select(task, channels=image.channels, sigma=sigma)
     assert state.scheduler is not None
 
     work = asyncio.ensure_future(restore(state.scheduler, state.spec, settings, image))
@@ -111,22 +122,46 @@ async def serve_image(request: Request, *, task: str, sigma: float | None, fmt_q
     restored = work.result()
     timer.add("queue", restored.queue_seconds)
     timer.add("infer", restored.infer_seconds)
+    return ModelRun(image, state, restored.pixels, timer)
 
+
+async def encoded_response(request: Request, run: ModelRun, fmt: OutputFormat, encode: Callable[[], bytes]) -> Response:
+    """Encode off the event loop and attach the timing and model headers."""
     started = time.perf_counter()
-    pixels = await quantize_async(restored.pixels, image.color.dtype)
-    body = await asyncio.to_thread(
-        codecs.encode, pixels, image.alpha, image.icc_profile, fmt,
-        jpeg_quality=settings.jpeg_quality, webp_quality=settings.webp_quality,
-        png_compress_level=settings.png_compress_level,
-    )
-    timer.add("encode", time.perf_counter() - started)
-    for stage, seconds in timer.stages.items():
-        runtime.metrics.stage.labels(request.url.path, stage).observe(seconds)
+    body = await asyncio.to_thread(encode)
+    run.timer.add("encode", time.perf_counter() - started)
+    metrics = runtime_of(request).metrics
+    for stage, seconds in run.timer.stages.items():
+        metrics.stage.labels(request.url.path, stage).observe(seconds)
     return Response(
         body,
         media_type=MEDIA_TYPES[fmt],
-        headers={"Server-Timing": timer.header(), "X-Model": state.spec.name, "X-Model-Version": state.spec.version},
+        headers={
+            "Server-Timing": run.timer.header(),
+            "X-Model": run.state.spec.name,
+            "X-Model-Version": run.state.spec.version,
+        },
     )
+
+
+async def serve_image(request: Request, *, task: Task, sigma: float | None, fmt_query: str | None) -> Response:
+    """Image in, restored image out: same size, bit depth, alpha and ICC profile as the input."""
+    if fmt_query:
+        parse_format(fmt_query)  # a bad ?format= is refused before any work
+    run = await run_model(request, task=task, sigma=sigma)
+    fmt = choose_format(fmt_query, request.headers.get("accept"), run.image.source_format)
+    settings = runtime_of(request).settings
+    image = run.image
+
+    def encode() -> bytes:
+        pixels = quantize(run.output, image.color.dtype)
+        return codecs.encode(
+            pixels, image.alpha, image.icc_profile, fmt,
+            jpeg_quality=settings.jpeg_quality, webp_quality=settings.webp_quality,
+            png_compress_level=settings.png_compress_level,
+        )
+
+    return await encoded_response(request, run, fmt, encode)
 
 
 router = APIRouter(dependencies=[Depends(require_api_key)])

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import api
+from service import api, api_edges
 from service.errors import PROBLEM_JSON, BadRequest, ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestContext
@@ -115,6 +115,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
         }
 
     app.include_router(api.router, tags=["models"])
-    endpoints = frozenset(str(r.path) for r in [*app.routes, *api.router.routes] if getattr(r, "path", None))
+    app.include_router(api_edges.router, tags=["models"])
+    routes = [*app.routes, *api.router.routes, *api_edges.router.routes]
+    endpoints = frozenset(str(r.path) for r in routes if getattr(r, "path", None))
     app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +64,3 @@ def quantize(pixels: npt.NDArray[np.float32], dtype: np.dtype[np.uint8] | np.dty
     pixels *= max_value
     pixels += 0.5
     return pixels.astype(dtype)
-
-
-async def quantize_async(pixels: npt.NDArray[np.float32], dtype: np.dtype[np.uint8] | np.dtype[np.uint16]) -> ImageArray:
-    return await asyncio.to_thread(quantize, pixels, dtype)

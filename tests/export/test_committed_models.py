@@ -1,7 +1,8 @@
 """Every model in models/onnx/manifest.json: present, hash as recorded, and equal to PyTorch.
 
 The PyTorch side is rebuilt from the ONNX file's own initializers (``dncnn_from_onnx``), so this
-runs without ../shared and proves the graph computes the DnCNN it claims to store.
+runs without ../shared and proves the graph computes the DnCNN it claims to store. Edge models
+(HED) are checked the same way in ``test_hed_export.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from export.onnx_export import max_abs_diff, run_onnx, sha256_file
 
 ONNX_DIR = Path(__file__).resolve().parents[2] / "models" / "onnx"
 ENTRIES = read_manifest(ONNX_DIR / "manifest.json")
+DENOISE = [e for e in ENTRIES if e["task"] == "denoise"]
 
 
 def test_manifest_lists_models() -> None:
@@ -27,6 +29,13 @@ def test_manifest_lists_models() -> None:
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_committed_file_hash(entry: dict[str, Any]) -> None:
+    path = ONNX_DIR / entry["file"]
+    assert path.is_file()
+    assert sha256_file(path) == entry["sha256"]
+
+
+@pytest.mark.parametrize("entry", DENOISE, ids=[e["name"] for e in DENOISE])
 def test_committed_model(entry: dict[str, Any]) -> None:
     path = ONNX_DIR / entry["file"]
     assert path.is_file()

@@ -1,0 +1,78 @@
+"""POST /edges: HED edge probabilities, optionally thinned or thresholded, as a one-channel image."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from service import codecs, edgemaps
+from service.api import (
+    IMAGE_BODY, IMAGE_RESPONSES, FormatQuery, encoded_response, require_api_key, run_model, runtime_of,
+)
+from service.errors import BadRequest
+from service.negotiation import choose_format, parse_format
+from service.pipeline import quantize
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+Side = Literal["fuse", "1", "2", "3", "4", "5"]
+
+
+@router.post(
+    "/edges",
+    summary="Detect edges (HED)",
+    response_class=Response,
+    responses=IMAGE_RESPONSES,
+    openapi_extra=IMAGE_BODY,
+)
+async def edges(
+    request: Request,
+    thin: Annotated[
+        bool,
+        Query(description="Non-maximum suppression and thinning: one-pixel-wide edges, as edge benchmarks score them.", examples=[True]),
+    ] = False,
+    threshold: Annotated[
+        float | None,
+        Query(ge=0.0, le=1.0, description="Binary map: pixels with probability >= threshold become 255 (applied after thin).", examples=[0.5]),
+    ] = None,
+    side: Annotated[
+        Side,
+        Query(description="Which output: the learned fusion (`fuse`, default) or side output 1 (fine) to 5 (coarse).", examples=["fuse"]),
+    ] = "fuse",
+    depth: Annotated[
+        int,
+        Query(description="Bits per pixel, 8 or 16; 16 keeps the raw probabilities (PNG and TIFF only).", examples=[16]),
+    ] = 8,
+    format: FormatQuery = None,
+) -> Response:
+    """A one-channel map of the upright input's size: 0 = no edge, 255 (or 65535) = certain edge.
+
+    PNG unless `format`/`Accept` ask otherwise; alpha and colour profile of the input do not apply.
+    """
+    if format:
+        parse_format(format)
+    if depth not in (8, 16):
+        raise BadRequest(f"depth={depth} is not 8 or 16")
+    if depth == 16 and format and parse_format(format) not in ("png", "tiff"):
+        raise BadRequest("depth=16 needs format=png or format=tiff")
+    run = await run_model(request, task="edges")
+    fmt = choose_format(format, request.headers.get("accept"), "png")
+    if depth == 16 and fmt not in ("png", "tiff"):
+        raise BadRequest(f"depth=16 needs PNG or TIFF output, not {fmt}")
+    outputs = list(run.state.spec.extra.get("outputs", ["fuse", "side1", "side2", "side3", "side4", "side5"]))
+    channel = outputs.index("fuse" if side == "fuse" else f"side{side}")
+    dtype = np.dtype(np.uint16) if depth == 16 else np.dtype(np.uint8)
+    settings = runtime_of(request).settings
+
+    def encode() -> bytes:
+        prob = np.clip(run.output[:, :, channel], 0.0, 1.0)
+        if thin:
+            prob = edgemaps.thin(prob)
+        if threshold is not None:
+            prob = edgemaps.binarize(prob, threshold).astype(np.float32)
+        pixels = quantize(np.array(prob, dtype=np.float32)[:, :, None], dtype)
+        return codecs.encode(pixels, None, None, fmt, png_compress_level=settings.png_compress_level)
+
+    return await encoded_response(request, run, fmt, encode)
