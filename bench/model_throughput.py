@@ -1,6 +1,6 @@
-"""Megapixels per second of every DnCNN in the manifest: ONNX Runtime vs PyTorch eager, same weights.
+"""Megapixels per second of every model in the manifest: ONNX Runtime vs PyTorch eager, same weights.
 
-    python -m bench.model_throughput [--size 512] [--repeats 3] [--device cpu|cuda]
+    python -m bench.model_throughput [--size 512] [--repeats 3] [--device cpu|cuda] [--models NAME ...]
 
 The PyTorch model is rebuilt from the ONNX file's own initializers, so both runtimes compute with
 exactly the same weights.
@@ -21,9 +21,12 @@ import onnxruntime as ort
 import torch
 
 from export.dncnn import dncnn_from_onnx
+from export.hed import hed_from_onnx
 from service.engine import available_cpus
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
+#: How to rebuild the PyTorch model of each task from an ONNX file's own initializers.
+TORCH_FROM_ONNX = {"denoise": dncnn_from_onnx, "edges": hed_from_onnx}
 
 
 def timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -55,13 +58,13 @@ def main() -> None:
     print("| model | ORT MP/s | PyTorch eager MP/s | ORT speed-up |")
     print("|---|---|---|---|")
     for entry in manifest:
-        if entry["task"] != "denoise" or (args.models and entry["name"] not in args.models):
+        if entry["task"] not in TORCH_FROM_ONNX or (args.models and entry["name"] not in args.models):
             continue
         path = MODELS / entry["file"]
         session = ort.InferenceSession(str(path), options, providers=providers)
         x = np.random.default_rng(0).random((1, entry["channels"], args.size, args.size), dtype=np.float32)
         ort_s = timed(lambda: session.run(None, {"input": x}), args.repeats)
-        module = dncnn_from_onnx(onnx.load(str(path))).to(args.device)
+        module = TORCH_FROM_ONNX[entry["task"]](onnx.load(str(path))).to(args.device)
         tx = torch.from_numpy(x).to(args.device)
 
         def eager() -> None:

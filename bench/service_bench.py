@@ -4,6 +4,7 @@
     python -m bench.service_bench concurrency  # throughput at 1/4/16 concurrent clients
     python -m bench.service_bench fairness     # a 0.25 MP request during a 4 MP request
     python -m bench.service_bench memory       # peak RSS of the server for a 50 MP request
+    python -m bench.service_bench edges        # /edges end to end, megapixels per second
 
 Each starts ``python -m service`` on a free port with the models it needs, waits for /readyz,
 runs, prints a markdown block, and stops the server. Requests are bounded in count and time.
@@ -87,9 +88,11 @@ def server(models: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[byte
         process.wait(timeout=30)
 
 
-def post(url: str, body: bytes, timeout: float = 1800, query: str = "") -> tuple[float, httpx.Response]:
+def post(
+    url: str, body: bytes, timeout: float = 1800, query: str = "", endpoint: str = "/denoise"
+) -> tuple[float, httpx.Response]:
     start = time.perf_counter()
-    response = httpx.post(f"{url}/denoise{query}", content=body, headers={"Content-Type": "application/octet-stream"}, timeout=timeout)
+    response = httpx.post(f"{url}{endpoint}{query}", content=body, headers={"Content-Type": "application/octet-stream"}, timeout=timeout)
     response.raise_for_status()
     return time.perf_counter() - start, response
 
@@ -208,9 +211,21 @@ def memory(megapixels: float, channels: int) -> None:
           f"{seconds:.0f} s | `{response.headers['server-timing']}` |")
 
 
+def edges(repeats: int) -> None:
+    for height, width in ((512, 512), (1024, 1024)):
+        body = png(scene(height, width, 3, seed=4))
+        with server("hed-bsds500") as (url, _):
+            post(url, body, endpoint="/edges")
+            for query in ("", "?thin=true"):
+                runs = [post(url, body, endpoint="/edges", query=query) for _ in range(repeats)]
+                seconds = statistics.median(t for t, _ in runs)
+                print(f"| {width}x{height} RGB PNG {query or '(fused map)'} | {seconds:.2f} s | "
+                      f"{height * width / 1e6 / seconds:.3f} MP/s | `{runs[-1][1].headers['server-timing']}` |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["overhead", "concurrency", "fairness", "memory"])
+    parser.add_argument("what", choices=["overhead", "concurrency", "fairness", "memory", "edges"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--megapixels", type=float, default=50.0)
     parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
@@ -221,6 +236,8 @@ def main() -> None:
         concurrency(args.repeats)
     elif args.what == "fairness":
         fairness()
+    elif args.what == "edges":
+        edges(args.repeats)
     else:
         memory(args.megapixels, args.channels)
 
