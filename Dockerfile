@@ -5,11 +5,14 @@
 #   docker build --build-arg BASE_IMAGE=my/base:tag .     # any base with python3 >= 3.11 + venv,
 #                                                         # or a Debian/Ubuntu one with apt
 #
-# GPU: onnxruntime-gpu (pinned in pyproject.toml; 1.31.1 is built for CUDA 13 + cuDNN 9) is
-# installed with its [cuda,cudnn] extras, so the CUDA 13 and cuDNN 9 user-space libraries come
-# from NVIDIA's pip wheels and the base image needs no CUDA. The CUDA wheels are held to the
-# CUDA 13.0 release (CUDA_PINS), whose minimum driver is 580 (Linux >= 580.65.06); the driver
-# itself (libcuda) is mounted in by the NVIDIA Container Toolkit at run time.
+# GPU: onnxruntime-gpu (pinned in pyproject.toml; 1.26.0 is built for CUDA 12.8 + cuDNN 9, with
+# kernels for sm_60/70/75/80/86/90 and PTX for compute_90) is installed with its [cuda,cudnn]
+# extras, so the CUDA 12 and cuDNN 9 user-space libraries come from NVIDIA's pip wheels and the base
+# image needs no CUDA. CUDA_PINS holds them to the CUDA 12.8 release (the toolkit ORT was built
+# with) and cuDNN 9.10 (the last cuDNN 9 whose CUDA 12 build still has Pascal/Volta kernels; later
+# ones need compute capability 7.5). Through CUDA minor-version compatibility they run on any
+# driver >= 525.60.13 (the CUDA 12.0 minimum); Blackwell GPUs need >= 570.26 (CUDA 12.8's). The
+# driver itself (libcuda) is mounted in by the NVIDIA Container Toolkit at run time.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # Stage 1: python, a virtual environment and the unprivileged user. A base without python3/venv
@@ -31,13 +34,14 @@ WORKDIR /app
 # not the dev extra). Stage 3 copies just this list, so editing pyproject.toml elsewhere (or any
 # code or model) does not reinstall the dependencies.
 #   ORT_EXTRAS   extras for onnxruntime-gpu: "cuda,cudnn" bundles CUDA/cuDNN; "" relies on the base
-#                image for them (e.g. an nvidia/cuda:13.0.x-cudnn-runtime base).
+#                image for them (e.g. an nvidia/cuda:12.8.x-cudnn-runtime base).
 #   CUDA_PINS    constraints for those wheels (pip ignores the ones for packages it does not install).
-#   ONNXRUNTIME  replaces the onnxruntime-gpu requirement, e.g. "onnxruntime-gpu[cuda,cudnn]==1.26.0"
-#                (CUDA 12, driver >= 525) for older drivers; empty keeps pyproject.toml's pin.
+#   ONNXRUNTIME  replaces the onnxruntime-gpu requirement, e.g. "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+#                (CUDA 13: driver >= 580, compute capability >= 7.5; the CUDA 12 pins below do not
+#                apply to its nvidia-* wheels); empty keeps pyproject.toml's pin.
 FROM runtime-base AS requirements
 ARG ORT_EXTRAS=cuda,cudnn
-ARG CUDA_PINS="nvidia-cuda-runtime==13.0.* nvidia-cuda-nvrtc==13.0.* nvidia-nvjitlink==13.0.* nvidia-cublas==13.0.* nvidia-cufft==12.0.* nvidia-curand==10.4.0.*"
+ARG CUDA_PINS="nvidia-cuda-runtime-cu12==12.8.* nvidia-cuda-nvrtc-cu12==12.8.* nvidia-nvjitlink-cu12==12.8.* nvidia-cublas-cu12==12.8.* nvidia-cufft-cu12==11.3.3.* nvidia-curand-cu12==10.3.9.* nvidia-cudnn-cu12==9.10.*"
 ARG ONNXRUNTIME=
 COPY pyproject.toml /tmp/pyproject.toml
 RUN set -euf; \
