@@ -1,0 +1,160 @@
+"""Export a DnCNN trained by ``models.train_dncnn`` like the authors' weights: ONNX, manifest.
+
+Usage::
+
+    python -m export.dncnn_trained --checkpoint runs/dncnn-s25/best.pt \\
+        --name dncnn-gray-s25-ours --out models/onnx [--default]
+
+BatchNorm is folded into the preceding convolution (``fold_batch_norm``), which turns the trained
+network into the same ``DnCNN(batch_norm=False)`` architecture as the converted releases; the
+export itself (float16-stored weights, ORT-vs-PyTorch check) is ``export.dncnn``'s. The entry is
+written through ``export.manifest.update_manifest`` with ``default: false`` unless ``--default``
+(ship it only when it beats the authors' weights on ``models.eval_denoise``) and provenance: our
+training command, data, machine and duration, read from the checkpoint. Metrics are filled by
+``python -m models.eval_denoise ... --models NAME --write-manifest``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from export.dncnn import EXPORT_HW, merge_keeping_metrics
+from export.manifest import MANIFEST_NAME, Entry, update_manifest
+from export.onnx_export import export_onnx, sha256_file
+from models.dncnn import DnCNN
+from models.train_dncnn import TrainConfig, config_from_dict, load_checkpoint
+
+__all__ = ["fold_batch_norm", "model_from_checkpoint", "trained_entry", "main"]
+
+VERSION = "1.0.0"
+ORIGIN = "trained in this repository with models/train_dncnn.py (Zhang et al. 2017 recipe)"
+TRAIN_SETS = {
+    "Train400": "Train400 (400 gray 180x180 images, from the DnCNN authors' repository)",
+    "BSD432": "BSD432 (BSDS500 train+val+test minus the 68 CBSD68 images)",
+}
+
+
+@torch.no_grad()
+def fold_batch_norm(model: DnCNN) -> DnCNN:
+    """The same function as ``model.eval()`` as a ``DnCNN(batch_norm=False)``.
+
+    Each middle Conv -> BatchNorm becomes one Conv: with ``s = gamma / sqrt(var + eps)`` per output
+    channel, ``w' = w * s`` and ``b' = beta + (b - mean) * s`` (``b = 0`` for the bias-free
+    training conv), computed in float64.
+    """
+    features = model.head.conv.out_channels
+    folded = DnCNN(model.channels, model.depth, features, batch_norm=False)
+    folded.head.load_state_dict(model.head.state_dict())
+    folded.tail.load_state_dict(model.tail.state_dict())
+    for source, target in zip(model.body, folded.body):
+        conv, bn = source.conv, getattr(source, "bn", None)
+        weight = conv.weight.double()
+        bias = (
+            conv.bias.double() if conv.bias is not None
+            else torch.zeros(weight.shape[0], dtype=torch.float64)
+        )
+        if bn is not None:
+            scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            weight = weight * scale[:, None, None, None]
+            bias = bn.bias.double() + (bias - bn.running_mean.double()) * scale
+        target.conv.weight.copy_(weight.float())
+        target.conv.bias.copy_(bias.float())
+    return folded.eval()
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> tuple[DnCNN, TrainConfig]:
+    """The trained (BatchNorm) model of a checkpoint and its training config."""
+    config = config_from_dict(state["config"])
+    model = DnCNN(**dataclasses.asdict(config.model_config()))
+    model.load_state_dict(state["model"], strict=True)
+    return model.eval(), config
+
+
+def _data_description(config: TrainConfig, iterations: int) -> str:
+    low, high = config.sigma_range
+    noise = f"sigma {low:g}" if low == high else f"sigma uniform in [{low:g}, {high:g}]"
+    return (
+        f"{TRAIN_SETS.get(config.train_set, config.train_set)}; {config.patch_size}x"
+        f"{config.patch_size} patches, stride {config.stride}, scales "
+        f"{'/'.join(f'{s:g}' for s in config.scales)}, 8 flip/rotation modes; Gaussian {noise}; "
+        f"{iterations} iterations x batch {config.batch_size}; validation {config.val_set} "
+        f"at sigma {config.val_sigma}"
+    )
+
+
+def trained_entry(
+    state: dict[str, Any], config: TrainConfig, name: str, path: Path, command: str, default: bool
+) -> Entry:
+    """Manifest entry for an exported trained model (metrics filled by models.eval_denoise)."""
+    low, high = config.sigma_range
+    cfg = config.model_config()
+    minutes = float(state.get("elapsed_s", 0.0)) / 60
+    iteration = int(state["iteration"])
+    return {
+        "name": name,
+        "task": "denoise",
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "version": VERSION,
+        "channels": cfg.channels,
+        "sigma": (int(low) if float(low).is_integer() else low) if low == high else None,
+        "overlap": cfg.depth,  # receptive-field radius: one pixel per 3x3 conv
+        "multiple": 1,
+        "default": default,
+        "provenance": {
+            "source": "trained",
+            "origin": ORIGIN,
+            "license": "MIT",
+            "command": state.get("command", ""),
+            "data": _data_description(config, iteration),
+            "machine": state.get("machine", ""),
+            "duration": f"{minutes:.1f} min of training (iteration {iteration}, "
+                        f"validation included)",
+            "checkpoint_val_psnr": {
+                config.val_set: {str(config.val_sigma): state.get("best_psnr")}
+            },
+            "exported_by": command,
+        },
+        "metrics": {},
+    }
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.dncnn_trained", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="best.pt or last.pt")
+    parser.add_argument("--name", required=True, help="manifest name, e.g. dncnn-gray-s25-ours")
+    parser.add_argument("--out", type=Path, required=True, help="folder holding manifest.json")
+    parser.add_argument("--default", action="store_true",
+                        help="load it by default (only if it beats the authors' weights)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    command = "python -m export.dncnn_trained " + shlex.join(
+        ["--checkpoint", str(args.checkpoint), "--name", args.name, "--out", str(args.out)]
+        + (["--default"] if args.default else [])
+    )
+    state = load_checkpoint(args.checkpoint)
+    trained, config = model_from_checkpoint(state)
+    model = fold_batch_norm(trained)
+    path = args.out / f"{args.name}.onnx"
+    diff = export_onnx(model, path, (1, model.channels, EXPORT_HW, EXPORT_HW))
+    entry = trained_entry(state, config, args.name, path, command, args.default)
+    manifest_path = args.out / MANIFEST_NAME
+    update_manifest(manifest_path, lambda current: merge_keeping_metrics(current, [entry]))
+    print(f"{args.name}: {path} ({path.stat().st_size / 2**20:.2f} MiB), ORT parity {diff:.2e}, "
+          f"iteration {state['iteration']}, default {args.default}; manifest {manifest_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

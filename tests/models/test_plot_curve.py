@@ -1,0 +1,45 @@
+"""models/plot_curve.py and models/train_log.py: ticks, a PNG from a CSV log, progress lines."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from models import plot_curve
+from models.plot_curve import nice_ticks
+from models.train_log import Progress, read_csv, write_csv
+
+
+def test_nice_ticks_cover_the_range() -> None:
+    assert nice_ticks(0, 800) == [0, 200, 400, 600, 800]
+    ticks = nice_ticks(28.93, 30.51)
+    assert ticks[0] <= 28.93 and ticks[-1] >= 30.51 and len(ticks) <= 8
+    assert nice_ticks(5, 5)[0] <= 5 <= nice_ticks(5, 5)[-1]
+
+
+def test_log_round_trip_and_plot(tmp_path: Path) -> None:
+    rows = [
+        {"epoch": e, "iteration": 100 * e, "patches": 6400 * e, "lr": 1e-3, "train_loss": 9.0 / e,
+         "val_psnr": 28 + e / 3, "elapsed_s": 60.0 * e, "iters_per_s": 1.5}
+        for e in (1, 2, 3)
+    ]
+    write_csv(tmp_path / "log.csv", rows)
+    assert [r["val_psnr"] for r in read_csv(tmp_path / "log.csv")] == [r["val_psnr"] for r in rows]
+    out = tmp_path / "curve.png"
+    args = [str(tmp_path / "log.csv"), "--out", str(out), "--reference", "authors=30.44"]
+    assert plot_curve.main(args) == 0
+    with Image.open(out) as image:
+        assert image.size == plot_curve.SIZE and image.mode == "RGB"
+
+
+def test_progress_prints_lines_when_not_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(total=10, stream=stream, every_s=3600)
+    progress.update(1, 2.0, 1e-3)  # throttled
+    progress.update(10, 1.0, 1e-4)  # the last iteration always prints
+    progress.message("done")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("[") and "10/10" in lines[0]
+    assert lines[1] == "done"
