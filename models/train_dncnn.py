@@ -93,6 +93,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def model_config(self) -> DnCNNConfig:
+        """The architecture: ``arch``'s config with the ``depth`` / ``features`` overrides."""
         base = dncnn_config(self.arch)
         return dataclasses.replace(
             base, depth=self.depth or base.depth, features=self.features or base.features
