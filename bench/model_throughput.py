@@ -22,11 +22,12 @@ import torch
 
 from export.dncnn import dncnn_from_onnx
 from export.hed import hed_from_onnx
+from export.weather import weather_from_onnx
 from service.engine import available_cpus
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
 #: How to rebuild the PyTorch model of each task from an ONNX file's own initializers.
-TORCH_FROM_ONNX = {"denoise": dncnn_from_onnx, "edges": hed_from_onnx}
+TORCH_FROM_ONNX = {"denoise": dncnn_from_onnx, "edges": hed_from_onnx, "weather": weather_from_onnx}
 
 
 def timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]

@@ -51,7 +51,12 @@ def main() -> None:
             work.accept(index, session.run(None, {"input": work.tile(index)[None]})[0][0])
         assert work.output is not None
         tiled = quantize(work.output, np.dtype(np.uint8))
-        whole = session.run(None, {"input": image.transpose(2, 0, 1)[None].astype(np.float32) / 255})[0][0]
+        m = spec.multiple  # the whole image padded as service.tiling.pad_to_plan pads
+        pad_h, pad_w = -height % m, -width % m
+        mode = "reflect" if height > pad_h and width > pad_w else "symmetric"
+        padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+        whole = session.run(None, {"input": padded.transpose(2, 0, 1)[None].astype(np.float32) / 255})[0][0]
+        whole = whole[:, :height, :width]
         whole_q = quantize(np.ascontiguousarray(whole.transpose(1, 2, 0)), np.dtype(np.uint8))
         diff = int(np.abs(tiled.astype(int) - whole_q.astype(int)).max())
         print(f"| {width}x{height} | {work.plan.count} | {psnr(tiled, whole_q):.2f} dB | {diff} |", flush=True)

@@ -16,7 +16,6 @@ test suite turns warnings into errors).
 from __future__ import annotations
 
 import copy
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -27,6 +26,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+
+from service.manifest import sha256_of
 
 __all__ = [
     "OPSET",
@@ -54,13 +55,9 @@ class ExportCheckError(RuntimeError):
     """The exported ONNX graph does not reproduce the PyTorch model."""
 
 
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks so large models need no extra memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file: the service's own function, so export and load agree by construction."""
+    return sha256_of(Path(path))
 
 
 def store_initializers_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import shlex
 import signal
 import sys
@@ -53,7 +52,7 @@ from torch import nn
 from models.dncnn import DnCNN, DnCNNConfig, dncnn_config
 from models.dncnn_data import PatchSampler, build_patch_set, load_training_images
 from models.eval_denoise import add_noise, load_set, noise_rng, psnr, quantize
-from models.train_log import CSV_NAME, Progress, write_csv
+from models.train_log import CSV_NAME, Progress, machine_description, write_csv
 
 __all__ = [
     "TrainConfig", "VARIANTS", "Trainer", "init_weights", "learning_rate", "validate",
@@ -259,21 +258,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint as saved by ``run`` (tensors and plain data only)."""
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     return state
-
-
-def machine_description(device: torch.device) -> str:
-    """CPU model, cores and thread count, plus the GPU when training on one."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    threads = torch.get_num_threads()
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads)"
-    if device.type == "cuda":
-        text += f", {torch.cuda.get_device_name(device)}"
-    return text
 
 
 def run(trainer: Trainer, val_images: Sequence[tuple[str, np.ndarray]], out: Path,

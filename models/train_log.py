@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import csv
 import os
+import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-__all__ = ["CSV_NAME", "CSV_COLUMNS", "write_csv", "read_csv", "Progress"]
+import torch
+
+__all__ = ["CSV_NAME", "CSV_COLUMNS", "write_csv", "read_csv", "Progress", "machine_description"]
 
 CSV_NAME = "log.csv"
 CSV_COLUMNS = (
@@ -23,11 +26,13 @@ CSV_COLUMNS = (
 )
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+def write_csv(
+    path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS
+) -> None:
     """Rewrite the whole log (rows come from the checkpoint, so a resumed run stays consistent)."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
@@ -71,3 +76,18 @@ class Progress:
     def message(self, text: str) -> None:
         self.stream.write(("\n" if self.tty else "") + text + "\n")
         self.stream.flush()
+
+
+def machine_description(device: torch.device) -> str:
+    """CPU model, cores and thread count, plus the GPU when training on one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    threads = torch.get_num_threads()
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads)"
+    if device.type == "cuda":
+        text += f", {torch.cuda.get_device_name(device)}"
+    return text

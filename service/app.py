@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import api, api_edges
+from service import api, api_edges, api_weather
 from service.errors import PROBLEM_JSON, BadRequest, ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestContext
@@ -116,7 +116,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
 
     app.include_router(api.router, tags=["models"])
     app.include_router(api_edges.router, tags=["models"])
-    routes = [*app.routes, *api.router.routes, *api_edges.router.routes]
+    app.include_router(api_weather.router, tags=["models"])
+    routes = [*app.routes, *api.router.routes, *api_edges.router.routes, *api_weather.router.routes]
     endpoints = frozenset(str(r.path) for r in routes if getattr(r, "path", None))
     app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)
     return app

@@ -54,7 +54,16 @@ async def restore(scheduler: ModelScheduler, spec: ModelSpec, settings: Settings
     job = TileJob(work.plan.count, work.plan.tile_shape, work.tile, work.accept)
     await scheduler.run(job)
     assert work.output is not None  # every tile was delivered
-    return Restored(work.output, job.queue_seconds, job.infer_seconds)
+    output = work.output
+    if image.channels == 1 and spec.channels == 3 and output.shape[2] == 3:
+        output = to_gray(output)  # gray in, gray out: the colour model saw three equal channels
+    return Restored(output, job.queue_seconds, job.infer_seconds)
+
+
+def to_gray(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """RGB -> luma (ITU-R BT.601 weights, what Pillow's ``convert("L")`` uses), H x W x 1."""
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.ascontiguousarray((pixels @ weights)[..., None])
 
 
 def quantize(pixels: npt.NDArray[np.float32], dtype: np.dtype[np.uint8] | np.dtype[np.uint16]) -> ImageArray:

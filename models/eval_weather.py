@@ -1,0 +1,198 @@
+"""Held-out evaluation of the adverse-weather models: PSNR/SSIM per weather, every method alike.
+
+Usage::
+
+    python -m models.eval_weather --testset runs/weather-test --bsds ../shared/data/bsds500 \\
+        --teachers runs/weather/teacher-{rain,haze,snow}/last.pt \\
+        --stage1 runs/weather/student-stage1/last.pt --stage2 runs/weather/student-stage2/last.pt \\
+        --manifest models/onnx/manifest.json [--write-manifest] [--real-snow ../shared/data/weather/real_snow]
+
+Methods, each on the 50 x 3 held-out images (``models.weather_testset.write_test_set``, written if
+missing): ``input`` (the degraded image itself), ``teacher`` (the single-weather teacher on its
+own weather), ``stage1`` / ``stage2`` (the student after each stage, PyTorch, whole image),
+``ort`` (the committed ONNX student, whole image), ``ort-tiled`` (the ONNX student through the
+service's tiling at the production tile size, i.e. what ``POST /derain`` returns),
+``ort-tiled-256`` (the same with 256-px tiles: many seams), and ``dcp`` (the dark channel prior,
+He et al. 2009, on haze only). Images are scored as the service returns them: clipped, rounded
+to 8 bit; PSNR over all pixels and channels, SSIM as ``models.train_weather.ssim``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from models.dark_channel import dehaze
+from models.train_weather import load_student, psnr, quantize, restore, ssim
+from models.weather_data import WEATHERS
+from models.weather_testset import load_test_set, write_test_set
+
+__all__ = ["METHODS", "evaluate", "real_snow_figure", "main"]
+
+METHODS = ("input", "teacher", "stage1", "stage2", "ort", "ort-tiled", "ort-tiled-256", "dcp")
+NAME = "weather-unified"
+
+Restorer = Callable[[np.ndarray], np.ndarray]  # float (H, W, 3) in -> float (H, W, 3) out
+
+
+def evaluate(
+    restorers: dict[str, dict[str, Restorer]], testset: Path, limit: int | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {weather: {"psnr", "ssim", "count"}}}`` for every method offered per weather."""
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for weather in WEATHERS:
+        items = load_test_set(testset, weather)[:limit]
+        for method, by_weather in restorers.items():
+            restorer = by_weather.get(weather)
+            if restorer is None:
+                continue
+            p, s = [], []
+            for _, degraded, clean in items:
+                out, ref = quantize(restorer(degraded)), quantize(clean)
+                p.append(psnr(out, ref))
+                s.append(ssim(out, ref))
+            scores.setdefault(method, {})[weather] = {
+                "psnr": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4),
+                "count": len(items),
+            }
+            print(f"{method:>14} {weather:>5}: PSNR {np.mean(p):6.2f} dB  SSIM {np.mean(s):.4f}",
+                  flush=True)
+    return scores
+
+
+def _ort_restorers(model_path: Path, entry: dict) -> dict[str, Restorer]:
+    from export.weather import _session, whole_forward
+    from models.eval_edges import tiled_forward
+    from service.settings import Settings
+
+    session = _session(model_path)
+    production = Settings().tile_size
+    return {
+        "ort": lambda x: whole_forward(session, quantize(x)),
+        "ort-tiled": lambda x: tiled_forward(session, entry, production, quantize(x)),
+        "ort-tiled-256": lambda x: tiled_forward(session, entry, 256, quantize(x)),
+    }
+
+
+def real_snow_figure(folder: Path, restorer: Restorer, out: Path, height: int = 320) -> Path:
+    """Real snowy photos (no ground truth): input | output rows, one JPEG for docs/."""
+    rows = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".tif", ".tiff"}):
+        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+        pair = [Image.fromarray(quantize(rgb)), Image.fromarray(quantize(restorer(rgb)))]
+        pair = [im.resize((round(im.width * height / im.height), height)) for im in pair]
+        for im, label in zip(pair, ("input", "restored")):
+            draw = ImageDraw.Draw(im)
+            draw.rectangle((0, 0, 8 + 7 * len(label), 14), fill=(0, 0, 0))
+            draw.text((4, 2), label, fill=(255, 255, 255))
+        rows.append(pair)
+    width = max(sum(im.width for im in row) for row in rows)
+    sheet = Image.new("RGB", (width, height * len(rows)), (255, 255, 255))
+    for r, row in enumerate(rows):
+        x = 0
+        for im in row:
+            sheet.paste(im, (x, r * height))
+            x += im.width
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, quality=88)
+    return out
+
+
+def _table(scores: dict[str, dict[str, dict[str, float]]]) -> str:
+    lines = ["| method | " + " | ".join(f"{w} PSNR / SSIM" for w in WEATHERS) + " |",
+             "|---|" + "---|" * len(WEATHERS)]
+    for method, by_weather in scores.items():
+        cells = [
+            f"{by_weather[w]['psnr']:.2f} / {by_weather[w]['ssim']:.3f}" if w in by_weather else ""
+            for w in WEATHERS
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m models.eval_weather", description=__doc__.split("\n")[0])
+    parser.add_argument("--testset", type=Path, default=Path("runs/weather-test"))
+    parser.add_argument("--bsds", type=Path, default=Path("../shared/data/bsds500"))
+    parser.add_argument("--teachers", type=Path, nargs=3, metavar=("RAIN", "HAZE", "SNOW"))
+    parser.add_argument("--stage1", type=Path)
+    parser.add_argument("--stage2", type=Path)
+    parser.add_argument("--manifest", type=Path, default=Path("models/onnx/manifest.json"))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--write-manifest", action="store_true",
+                        help="store the scores in the weather-unified entry (headline: ort-tiled)")
+    parser.add_argument("--real-snow", type=Path, help="folder of real snowy photos -> --figure")
+    parser.add_argument("--figure", type=Path, default=Path("docs/weather_real_snow.jpg"))
+    parser.add_argument("--json", type=Path, help="also write the scores here")
+    parser.add_argument("--limit", type=int, help="first N images per weather (smoke runs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    write_test_set(args.bsds, args.testset)
+    restorers: dict[str, dict[str, Restorer]] = {}
+    everywhere = dict.fromkeys(WEATHERS)
+    if "input" in args.methods:
+        restorers["input"] = {w: (lambda x: x) for w in WEATHERS}
+    if "teacher" in args.methods and args.teachers:
+        teachers = [load_student(p)[0] for p in args.teachers]
+        restorers["teacher"] = {
+            w: (lambda x, t=t: restore(t, x)) for w, t in zip(WEATHERS, teachers)
+        }
+    for stage in ("stage1", "stage2"):
+        path = getattr(args, stage)
+        if stage in args.methods and path:
+            model = load_student(path)[0]
+            restorers[stage] = {w: (lambda x, m=model: restore(m, x)) for w in everywhere}
+    manifest = json.loads(args.manifest.read_text())
+    entry = next((e for e in manifest["models"] if e["name"] == NAME), None)
+    ort_methods = [m for m in args.methods if m.startswith("ort")]
+    if ort_methods and entry is not None:
+        ort_restorers = _ort_restorers(args.manifest.parent / entry["file"], entry)
+        for method in ort_methods:
+            restorers[method] = {w: ort_restorers[method] for w in everywhere}
+    if "dcp" in args.methods:
+        restorers["dcp"] = {"haze": dehaze}
+    scores = evaluate(restorers, args.testset, args.limit)
+    print(_table(scores))
+    if args.json:
+        args.json.write_text(json.dumps(scores, indent=1))
+    if args.real_snow and entry is not None:
+        from export.weather import _session, whole_forward
+
+        session = _session(args.manifest.parent / entry["file"])
+        print(real_snow_figure(args.real_snow, lambda x: whole_forward(session, quantize(x)), args.figure))
+    if args.write_manifest:
+        if entry is None or "ort-tiled" not in scores or args.limit:
+            raise SystemExit(f"--write-manifest needs {NAME} in the manifest, the ort-tiled method "
+                             "and the whole test set (no --limit)")
+        from export.manifest import update_manifest
+
+        command = "python -m models.eval_weather " + " ".join(argv if argv is not None else sys.argv[1:])
+
+        def merge(current: list[dict]) -> list[dict]:
+            for e in current:
+                if e["name"] == NAME:
+                    e["metrics"] = {
+                        "heldout": scores["ort-tiled"],
+                        "by_method": scores,
+                        "note": "held-out synthetic set (models/weather_data.py: 50 BSDS500 test "
+                                "images x rain/haze/snow, seed 2022), 8-bit outputs; heldout = "
+                                "the ONNX model through the service's tiling",
+                        "command": command,
+                    }
+            return current
+
+        update_manifest(args.manifest, merge)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

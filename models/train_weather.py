@@ -1,0 +1,519 @@
+"""Train the adverse-weather models: three teachers, then the student in two stages.
+
+Usage (one command per stage; every one resumable with ``--resume``)::
+
+    python -m models.train_weather teacher --weather rain --out runs/weather/teacher-rain ...
+    python -m models.train_weather teacher --weather haze --out runs/weather/teacher-haze ...
+    python -m models.train_weather teacher --weather snow --out runs/weather/teacher-snow ...
+    python -m models.train_weather stage1 --teachers runs/weather/teacher-{rain,haze,snow}/last.pt \\
+        --out runs/weather/student-stage1 ...
+    python -m models.train_weather stage2 --init runs/weather/student-stage1/last.pt \\
+        --out runs/weather/student-stage2 ...
+
+Method (Chen et al., CVPR 2022, and the authors' ``train.py``):
+
+* teacher: MSBDN-RDFF (``models.msbdn``) on one weather, L1 to the clean image;
+* stage 1, knowledge collection: the student sees every weather in every batch (one block per
+  weather, block ``t`` also goes through teacher ``t``); loss = CKT (outputs + projected features +
+  teacher-feature reconstruction, ``models.weather_losses.CKTLoss``) + 0.1 x SCR;
+* stage 2, knowledge examination: the student alone, L1 to the clean image + 0.2 x HCR.
+
+Data: ``models.weather_data.WeatherPatches`` synthesises rain/haze/snow on random crops of
+BSDS500 train+val; batch ``i`` is a pure function of ``(seed, i)`` so a resumed run replays the
+uninterrupted one. Validation: PSNR/SSIM per weather on ``--val-count`` BSDS500 *test* images that
+are not in the held-out test set (centre crops, degraded with a fixed seed), every ``--val-every``
+iterations, logged to ``log.csv`` with the loss terms; checkpoint ``last.pt`` at the same time.
+
+Compute-driven choices, stated (the authors train full width on a GPU for 250 epochs):
+
+* ``--width`` / ``--res-blocks`` shrink the network (``models.msbdn.MSBDNConfig``);
+* ``--residual``: global residual learning (output = input + network, last conv zero-initialised,
+  so training starts from the identity). Without it, a network that must first learn to
+  reproduce its input spent the first hundreds of CPU iterations below the input's PSNR
+  (teachers at iteration 259: rain 19.2 dB vs 21.5 dB input);
+* Adam, lr ``--lr`` with a linear warm-up over the first 2% and cosine decay to ``--lr-min`` (the
+  authors: 2e-4 x batch / 16, 3 warm-up epochs, cosine to 1e-6);
+* SCR starts after the first 10% of stage 1 (``--cr-start``): a residual student starts as the
+  identity, where restored == degraded and the ratio's denominator is 0 (measured: SCR = 57,000 at
+  iteration 37, the student pushed away from its input to 18.9 dB on rain against 23.5 dB input,
+  and Adam's second moments inflated for hundreds of steps); CKT moves it off the input first;
+* the contrastive terms run the frozen VGG16 (HED trunk, see ``models.weather_losses``) on one
+  ``--cr-crop`` crop of ``--cr-per-weather`` images per weather, not on the whole batch: the
+  feature network costs several times the student on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import shlex
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig, feature_channels
+from models.train_log import Progress, machine_description, write_csv
+from models.weather_data import WEATHERS, WeatherPatches, degrade, load_images
+from models.weather_losses import CKTLoss, HCRLoss, SCRLoss, VGGFeatures
+
+__all__ = [
+    "WeatherTrainConfig", "WeatherTrainer", "learning_rate", "validation_set", "validate",
+    "restore", "quantize", "psnr", "ssim", "load_student", "main",
+]
+
+CHECKPOINT = "last.pt"
+LOG = "log.csv"
+VAL_SEED = 7
+STAGES = ("teacher", "stage1", "stage2")
+
+
+@dataclass(frozen=True)
+class WeatherTrainConfig:
+    """Everything that defines a run; ``width``/``res_blocks`` are the network's size."""
+
+    stage: str = "teacher"
+    weather: str | None = None  # teacher only
+    width: float = 1.0
+    res_blocks: int = 18
+    residual: bool = False
+    patch: int = 96
+    per_weather: int = 4  # images per weather per batch (a teacher's batch is all its weather)
+    iterations: int = 1000
+    lr: float = 5e-4
+    lr_min: float = 1e-6
+    warmup: float = 0.02
+    cr_weight: float = 0.1  # SCR in stage 1 (authors: 0.1), HCR in stage 2 (authors: 0.2)
+    cr_crop: int = 64
+    cr_per_weather: int = 1
+    cr_start: float = 0.0  # fraction of the iterations before the contrastive term starts
+    seed: int = 0
+    amp: bool = False
+
+    def network(self) -> MSBDNConfig:
+        return MSBDNConfig(width=self.width, res_blocks=self.res_blocks, residual=self.residual)
+
+
+def learning_rate(config: WeatherTrainConfig, iteration: int) -> float:
+    """Linear warm-up then cosine decay: a pure function of the iteration (exact resume)."""
+    warmup = max(1, round(config.warmup * config.iterations))
+    if iteration < warmup:
+        return config.lr * (iteration + 1) / warmup
+    progress = (iteration - warmup) / max(1, config.iterations - warmup)
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------ metrics
+def quantize(image: np.ndarray) -> np.ndarray:
+    """Clip and round to 8 bit, as the service returns it."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 images."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two uint8 RGB images (scikit-image, Gaussian window as Wang et al. 2004)."""
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(
+        a, b, channel_axis=2, data_range=255, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False,
+    ))
+
+
+@torch.no_grad()
+def restore(model: nn.Module, image: np.ndarray) -> np.ndarray:
+    """Whole image (H, W, 3 float [0, 1]) through a PyTorch model: reflect-pad to ``MULTIPLE``."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((0, -h % MULTIPLE), (0, -w % MULTIPLE), (0, 0)), mode="reflect")
+    x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None].float()
+    y = model(x)
+    return y[0, :, :h, :w].permute(1, 2, 0).numpy()
+
+
+# ----------------------------------------------------------------------------------- validation
+def validation_set(
+    bsds_root: Path, exclude: set[str], count: int, crop: int = 192
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """``count`` BSDS500 test images outside ``exclude`` (the held-out test set), centre crops,
+    degraded per weather with a fixed seed: ``{weather: [(degraded, clean), ...]}``."""
+    paths = sorted(p for p in (bsds_root / "images" / "test").glob("*.jpg") if p.stem not in exclude)
+    step = max(1, len(paths) // max(count, 1))
+    chosen = paths[::step][:count]
+    images = load_images_from(chosen)
+    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {w: [] for w in WEATHERS}
+    for index, image in enumerate(images):
+        h, w = image.shape[:2]
+        top, left = (h - crop) // 2, (w - crop) // 2
+        clean = np.ascontiguousarray(image[top : top + crop, left : left + crop])
+        for k, weather in enumerate(WEATHERS):
+            rng = np.random.default_rng([VAL_SEED, index, k])
+            out[weather].append((degrade(clean, weather, rng), clean))
+    return out
+
+
+def load_images_from(paths: Sequence[Path]) -> list[np.ndarray]:
+    from PIL import Image
+
+    return [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0 for p in paths]
+
+
+def validate(
+    model: nn.Module, sets: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+) -> dict[str, float]:
+    """Mean PSNR/SSIM per weather of the 8-bit outputs: ``{"psnr_rain": ..., "ssim_rain": ...}``."""
+    was_training = model.training
+    model.eval()
+    scores: dict[str, float] = {}
+    for weather, pairs in sets.items():
+        p, s = [], []
+        for degraded, clean in pairs:
+            out, ref = quantize(restore(model, degraded)), quantize(clean)
+            p.append(psnr(out, ref))
+            s.append(ssim(out, ref))
+        if pairs:
+            scores[f"psnr_{weather}"] = float(np.mean(p))
+            scores[f"ssim_{weather}"] = float(np.mean(s))
+    model.train(was_training)
+    return scores
+
+
+# -------------------------------------------------------------------------------------- trainer
+class WeatherTrainer:
+    """One stage's model(s), losses and optimiser; ``step(i)`` trains on batch ``i``."""
+
+    def __init__(
+        self,
+        config: WeatherTrainConfig,
+        data: WeatherPatches,
+        features: VGGFeatures | None = None,
+        teachers: Sequence[MSBDN] = (),
+        init: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        if config.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}")
+        if config.stage == "teacher" and config.weather not in WEATHERS:
+            raise ValueError(f"a teacher needs --weather in {WEATHERS}")
+        if config.stage == "stage1" and len(teachers) != len(WEATHERS):
+            raise ValueError(f"stage 1 needs {len(WEATHERS)} teachers ({', '.join(WEATHERS)})")
+        if config.stage != "teacher" and features is None:
+            raise ValueError("the contrastive losses need the feature network")
+        self.config = config
+        self.data = data
+        torch.manual_seed(config.seed)
+        self.model = MSBDN(config.network())
+        if init is not None:
+            self.model.load_state_dict(init)
+        self.teachers = [t.eval().requires_grad_(False) for t in teachers]
+        self.ckt = (
+            CKTLoss(feature_channels(self.teachers[0].config), len(WEATHERS))
+            if config.stage == "stage1" else None
+        )
+        self.contrastive: nn.Module | None = None
+        if features is not None and config.stage != "teacher":
+            self.contrastive = (SCRLoss if config.stage == "stage1" else HCRLoss)(features)
+        parameters = list(self.model.parameters())
+        if self.ckt is not None:
+            parameters += list(self.ckt.parameters())
+        self.optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=(0.9, 0.999))
+        self.iteration = 0
+
+    # -------------------------------------------------------------------------------- batches
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean, degraded) for iteration ``index``: a teacher's weather only, else all blocks."""
+        per = self.config.per_weather
+        clean, degraded = self.data.batch(index, per)
+        if self.config.stage == "teacher":
+            k = WEATHERS.index(self.config.weather or "")
+            clean, degraded = clean[k * per : (k + 1) * per], degraded[k * per : (k + 1) * per]
+        return torch.from_numpy(clean), torch.from_numpy(degraded)
+
+    def _contrastive_crop(
+        self, index: int, restored: torch.Tensor, clean: torch.Tensor, degraded: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first ``cr_per_weather`` images of each block, cropped at a seeded position."""
+        per, take = self.config.per_weather, self.config.cr_per_weather
+        rows = [k * per + j for k in range(len(WEATHERS)) for j in range(min(take, per))]
+        size = min(self.config.cr_crop, restored.shape[-1], restored.shape[-2])
+        rng = np.random.default_rng([self.config.seed, index, 1])
+        top = int(rng.integers(0, restored.shape[-2] - size + 1))
+        left = int(rng.integers(0, restored.shape[-1] - size + 1))
+        window = (slice(None), slice(None), slice(top, top + size), slice(left, left + size))
+        return tuple(t[rows][window] for t in (restored, clean, degraded))  # type: ignore[return-value]
+
+    # ----------------------------------------------------------------------------------- step
+    def losses(self, index: int) -> dict[str, torch.Tensor]:
+        clean, degraded = self.batch(index)
+        stage = self.config.stage
+        terms: dict[str, torch.Tensor] = {}
+        if stage == "teacher":
+            terms["l1"] = F.l1_loss(self.model(degraded), clean)
+            return terms
+        if stage == "stage1":
+            assert self.ckt is not None and self.contrastive is not None
+            per = self.config.per_weather
+            with torch.no_grad():
+                outputs, features = [], []
+                for k, teacher in enumerate(self.teachers):
+                    out, feats = teacher(degraded[k * per : (k + 1) * per], return_features=True)
+                    outputs.append(out)
+                    features.append(feats)
+            restored, student_features = self.model(degraded, return_features=True)
+            terms.update(self.ckt(restored, student_features, outputs, features))
+        else:
+            assert self.contrastive is not None
+            restored = self.model(degraded)
+            terms["l1"] = F.l1_loss(restored, clean)
+        name = "scr" if stage == "stage1" else "hcr"
+        if index < self.config.cr_start * self.config.iterations:
+            terms[name] = restored.new_zeros(())
+        else:
+            a, p, n = self._contrastive_crop(index, restored, clean, degraded)
+            terms[name] = self.config.cr_weight * self.contrastive(a, p, n)
+        return terms
+
+    def step(self) -> dict[str, float]:
+        index = self.iteration
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, index)
+        self.model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.amp):
+            terms = self.losses(index)
+        total = sum(terms.values(), torch.zeros(()))
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    # ---------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "ckt": self.ckt.state_dict() if self.ckt is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = WeatherTrainConfig(**state["config"])
+        differ = [
+            f.name for f in dataclasses.fields(saved)
+            if f.name != "iterations" and getattr(saved, f.name) != getattr(self.config, f.name)
+        ]
+        if differ:
+            raise ValueError(f"checkpoint was trained with other settings: {differ}")
+        self.model.load_state_dict(state["model"])
+        if self.ckt is not None:
+            self.ckt.load_state_dict(state["ckt"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+
+
+def load_student(path: Path) -> tuple[MSBDN, dict[str, Any]]:
+    """The network of a checkpoint (any stage) in eval mode, and the checkpoint's metadata."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = WeatherTrainConfig(**state["config"])
+    model = MSBDN(config.network())
+    model.load_state_dict(state["model"])
+    return model.eval(), {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer")}
+
+
+# ----------------------------------------------------------------------------------------- loop
+def run(
+    trainer: WeatherTrainer,
+    val_sets: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    out: Path,
+    meta: dict[str, Any],
+    val_every: int,
+    max_minutes: float | None,
+    stop: threading.Event,
+    stop_at: int | None = None,
+) -> dict[str, Any]:
+    """Train to ``config.iterations`` (or the time limit / a signal), validating and
+    checkpointing every ``val_every`` iterations and at the end."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = trainer.config
+    history: list[dict[str, Any]] = meta.setdefault("history", [])
+    elapsed0 = float(meta.get("elapsed_s", 0.0))
+    started = time.monotonic()
+    progress = Progress(config.iterations, start=trainer.iteration)
+    sums: dict[str, float] = {}
+    count = 0
+    window_start = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal sums, count, window_start
+        speed = count / max(time.monotonic() - window_start, 1e-9)
+        row: dict[str, Any] = {
+            "iteration": trainer.iteration,
+            "lr": learning_rate(config, trainer.iteration - 1),
+            **{k: round(v / max(count, 1), 6) for k, v in sums.items()},
+            **{k: round(v, 4) for k, v in validate(trainer.model, val_sets).items()},
+            "iters_per_s": round(speed, 4),
+        }
+        row["elapsed_s"] = round(elapsed0 + time.monotonic() - started, 1)
+        history.append(row)
+        meta["elapsed_s"] = row["elapsed_s"]
+        save(trainer, out, meta)
+        progress.message("  ".join(f"{k} {v}" for k, v in row.items()))
+        sums, count, window_start = {}, 0, time.monotonic()
+
+    while trainer.iteration < config.iterations and not stop.is_set():
+        values = trainer.step()
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
+        count += 1
+        progress.update(trainer.iteration, values["loss"], learning_rate(config, trainer.iteration - 1))
+        if trainer.iteration % val_every == 0 or trainer.iteration == config.iterations:
+            checkpoint()
+        if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
+            break
+        if stop_at is not None and trainer.iteration >= stop_at:
+            break
+    if count:  # stopped by a signal or the time limit between checkpoints
+        checkpoint()
+    return meta
+
+
+def save(trainer: WeatherTrainer, out: Path, meta: dict[str, Any]) -> None:
+    state = {**trainer.state_dict(), **meta}
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out / CHECKPOINT)
+    history = meta.get("history", [])
+    columns = list(dict.fromkeys(k for row in history for k in row))
+    write_csv(out / LOG, history, columns)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m models.train_weather", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--weather", choices=WEATHERS, help="the teacher's weather")
+    parser.add_argument("--teachers", type=Path, nargs=3, metavar=("RAIN", "HAZE", "SNOW"),
+                        help="stage 1: the teachers' checkpoints, in the order rain haze snow")
+    parser.add_argument("--init", type=Path, help="stage 2: the stage-1 student checkpoint")
+    parser.add_argument("--bsds", type=Path, default=Path("../shared/data/bsds500"))
+    parser.add_argument("--testset", type=Path, default=Path("runs/weather-test"),
+                        help="held-out test set (written if missing); excluded from validation")
+    parser.add_argument("--hed-onnx", type=Path, default=Path("models/onnx/hed-bsds500.onnx"),
+                        help="VGG16 trunk for SCR/HCR (the committed HED model)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--max-minutes", type=float)
+    parser.add_argument("--stop-at", type=int,
+                        help="stop (validated, saved) at this iteration; the schedule keeps --iterations")
+    parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--val-count", type=int, default=6)
+    parser.add_argument("--width", type=float)
+    parser.add_argument("--res-blocks", type=int)
+    parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                        help="global residual learning (output = input + network)")
+    for field in ("patch", "per_weather", "iterations", "cr_crop", "cr_per_weather", "seed"):
+        parser.add_argument("--" + field.replace("_", "-"), type=int)
+    for field in ("lr", "lr_min", "warmup", "cr_weight", "cr_start"):
+        parser.add_argument("--" + field.replace("_", "-"), type=float)
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bfloat16 autocast on CPU")
+    return parser.parse_args(argv)
+
+
+def _config(args: argparse.Namespace, teachers: Sequence[MSBDN]) -> WeatherTrainConfig:
+    base = WeatherTrainConfig(
+        stage=args.stage, weather=args.weather if args.stage == "teacher" else None,
+        cr_weight=0.2 if args.stage == "stage2" else 0.1,
+        cr_start=0.1 if args.stage == "stage1" else 0.0,
+    )
+    if teachers:  # the student has the teachers' architecture (the paper's setting)
+        net = teachers[0].config
+        base = dataclasses.replace(
+            base, width=net.width, res_blocks=net.res_blocks, residual=net.residual
+        )
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(WeatherTrainConfig)
+        if f.name not in ("stage", "weather") and getattr(args, f.name, None) is not None
+    }
+    return dataclasses.replace(base, **overrides)
+
+
+def _feature_network(path: Path) -> VGGFeatures:
+    import onnx
+
+    from export.hed import hed_from_onnx
+
+    return VGGFeatures(hed_from_onnx(onnx.load(str(path))).hed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from models.weather_testset import write_test_set
+
+    args = _parse_args(argv)
+    teachers: list[MSBDN] = []
+    if args.stage == "stage1":
+        if not args.teachers:
+            raise SystemExit("stage1 needs --teachers RAIN HAZE SNOW")
+        teachers = [load_student(p)[0] for p in args.teachers]
+    init = None
+    if args.stage == "stage2":
+        if not args.init:
+            raise SystemExit("stage2 needs --init (the stage-1 checkpoint)")
+        student, _ = load_student(args.init)
+        teachers_config = student.config
+        init = student.state_dict()
+        args.width = args.width or teachers_config.width
+        args.res_blocks = args.res_blocks or teachers_config.res_blocks
+        args.residual = teachers_config.residual if args.residual is None else args.residual
+    config = _config(args, teachers)
+    write_test_set(args.bsds, args.testset)
+    exclude = {p.stem for p in (args.testset / "clean").glob("*.png")}
+    val_sets = validation_set(args.bsds, exclude, args.val_count)
+    if config.stage == "teacher":
+        val_sets = {config.weather or "": val_sets[config.weather or ""]}
+    images = load_images(args.bsds, ("train", "val"))
+    data = WeatherPatches(images, config.patch, config.seed)
+    features = _feature_network(args.hed_onnx) if config.stage != "teacher" else None
+    trainer = WeatherTrainer(config, data, features, teachers, init)
+    command = shlex.join(["python", "-m", "models.train_weather", *(argv or sys.argv[1:])])
+    meta: dict[str, Any] = {"command": command, "machine": machine_description(torch.device("cpu"))}
+    if args.resume:
+        state = torch.load(args.out / CHECKPOINT, map_location="cpu", weights_only=False)
+        trainer.load_state_dict(state)
+        meta.update({k: state[k] for k in ("history", "elapsed_s") if k in state})
+        meta["command"] = f"{state.get('command', '')} && {command}"
+    parameters = sum(p.numel() for p in trainer.model.parameters())
+    print(f"{config.stage} {config.weather or ''}: MSBDN-RDFF width {config.width} res_blocks "
+          f"{config.res_blocks} ({parameters / 1e6:.2f} M parameters); {len(images)} training "
+          f"images, patch {config.patch}, {config.per_weather} per weather; "
+          f"{config.iterations} iterations; {meta['machine']}", flush=True)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        meta = run(trainer, val_sets, args.out, meta, args.val_every, args.max_minutes, stop,
+                   args.stop_at)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print(f"done at iteration {trainer.iteration}; {meta.get('elapsed_s', 0) / 60:.1f} min",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
