@@ -116,4 +116,4 @@ def test_sha256_file(tmp_path: Path) -> None:
     path = tmp_path / "blob"
     data = bytes(range(256)) * 5000
     path.write_bytes(data)
-    assert sha256_file(path, chunk_size=1000) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,258 @@
+"""Fine-tune HED on BSDS500 train+val (Xie & Tu, "Holistically-Nested Edge Detection", ICCV 2015).
+
+Usage::
+
+    python -m models.train_hed --data ../shared/data/bsds500 --init models/onnx/hed-bsds500.onnx \\
+        --out runs/hed-ft [--iterations 10000] [--batch-size 8] [--patch 320] [--lr 1e-5] \\
+        [--device cpu|cuda] [--max-minutes T] [--resume]
+
+Recipe, and where it departs from the paper:
+
+* loss: the paper's class-balanced sigmoid cross-entropy (Eq. 2), ``beta = |Y-| / |Y|`` weighting
+  the edge pixels and ``1 - beta`` the others, on each of the five side outputs and on the fused
+  output, summed (Eq. 3 and 4, all weights 1); per pixel mean instead of the Caffe sum, so the
+  learning rate does not depend on the crop size;
+* labels: the mean of the image's human annotations; a pixel is an edge where at least
+  ``--eta`` (0.5) of the annotators marked it and is left out of the loss where some but fewer
+  did (the consensus rule of RCF, Liu et al. 2017; the paper's HED-BSDS release uses the same
+  idea);
+* augmentation: random 320x320 crops, flips and rotations by multiples of 90 degrees (the paper:
+  16 rotations, flips and 3 scales, precomputed); a batch is a pure function of ``(seed, i)``;
+* initialisation: the served weights (the ONNX file's own initializers, ``export.hed``), so this
+  fine-tunes what ``POST /edges`` serves; Adam instead of the paper's SGD (lr 1e-6, sum loss);
+* validation: ODS on the last ``--val-count`` BSDS500 *val* images (held out of training; the
+  test split stays unseen), ``models.eval_edges`` matching with ``--val-thresholds`` thresholds.
+
+A fine-tuned checkpoint (``model`` = ``models.hed.HED`` state dict) goes out through
+``export.onnx_export.export_onnx(HEDForInference(model), ...)``, the path ``export.hed`` uses for
+the imported weights, and is measured with ``models.eval_edges`` the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.eval_edges import (
+    MAX_DIST, GroundTruth, evaluate_image, image_ids, load_boundaries, load_image, summarize,
+    thresholds_for,
+)
+from models.hed import HED, HEDForInference
+from models.train_log import Progress, machine_description, write_csv
+from service.edgemaps import nms
+
+__all__ = [
+    "HEDTrainConfig", "EdgeSamples", "balanced_bce", "HEDTrainer", "validate", "main",
+]
+
+CHECKPOINT = "last.pt"
+LOG = "log.csv"
+
+
+@dataclass(frozen=True)
+class HEDTrainConfig:
+    patch: int = 320
+    batch_size: int = 8
+    iterations: int = 10000
+    lr: float = 1e-5
+    eta: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+
+
+def balanced_bce(logits: torch.Tensor, label: torch.Tensor, eta: float) -> torch.Tensor:
+    """Class-balanced sigmoid cross-entropy of every output channel, summed over channels.
+
+    ``logits``: (N, K, H, W); ``label``: (N, 1, H, W) annotator consensus in [0, 1]. Per image,
+    edges (``label >= eta``) weigh ``beta = |Y-| / |Y|`` and non-edges (``label == 0``) ``1 -
+    beta``; pixels in between are ignored.
+    """
+    edge = label >= eta
+    plain = label == 0
+    n_edge = edge.sum(dim=(1, 2, 3), keepdim=True).float()
+    n_plain = plain.sum(dim=(1, 2, 3), keepdim=True).float()
+    beta = n_plain / (n_edge + n_plain).clamp(min=1)
+    weight = torch.where(edge, beta, torch.where(plain, 1 - beta, torch.zeros_like(beta)))
+    target = edge.float().expand_as(logits)
+    loss = F.binary_cross_entropy_with_logits(
+        logits, target, weight=weight.expand_as(logits), reduction="none"
+    )
+    return loss.sum(dim=1).mean()
+
+
+class EdgeSamples:
+    """(image, consensus label) crops as a pure function of ``(seed, index)``."""
+
+    def __init__(self, images: list[np.ndarray], labels: list[np.ndarray], patch: int, seed: int) -> None:
+        if len(images) != len(labels) or not images:
+            raise ValueError("need as many labels as images, and at least one")
+        self.images, self.labels, self.patch, self.seed = images, labels, patch, seed
+
+    def batch(self, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, 3, P, P)`` RGB in [0, 1] and ``(N, 1, P, P)`` labels."""
+        rng = np.random.default_rng([self.seed, index])
+        xs, ys = [], []
+        for _ in range(size):
+            k = int(rng.integers(len(self.images)))
+            image, label = self.images[k], self.labels[k]
+            turns = int(rng.integers(4))
+            image, label = np.rot90(image, turns), np.rot90(label, turns)
+            if rng.random() < 0.5:
+                image, label = image[:, ::-1], label[:, ::-1]
+            h, w = label.shape
+            pad_h, pad_w = max(0, self.patch - h), max(0, self.patch - w)
+            if pad_h or pad_w:
+                image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+                label = np.pad(label, ((0, pad_h), (0, pad_w)), mode="reflect")
+            top = int(rng.integers(label.shape[0] - self.patch + 1))
+            left = int(rng.integers(label.shape[1] - self.patch + 1))
+            window = (slice(top, top + self.patch), slice(left, left + self.patch))
+            xs.append(image[window].transpose(2, 0, 1))
+            ys.append(label[window][None])
+        return np.ascontiguousarray(np.stack(xs), np.float32), np.ascontiguousarray(np.stack(ys), np.float32)
+
+
+class HEDTrainer:
+    def __init__(self, config: HEDTrainConfig, model: HED, data: EdgeSamples) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.data = data
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.iteration = 0
+
+    def step(self) -> float:
+        images, labels = self.data.batch(self.iteration, self.config.batch_size)
+        x = HEDForInference.preprocess(torch.from_numpy(images).to(self.device))
+        self.model.train()
+        loss = balanced_bce(self.model(x), torch.from_numpy(labels).to(self.device), self.config.eta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return float(loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": dataclasses.asdict(self.config), "iteration": self.iteration,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "widths": self.model.widths, "depths": self.model.depths}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+
+
+@torch.no_grad()
+def validate(
+    model: HED, samples: Sequence[tuple[np.ndarray, list[np.ndarray]]], thresholds: np.ndarray
+) -> float:
+    """ODS of the fused output on ``samples`` (uint8 RGB, boundaries), standard matching."""
+    model.eval()
+    device = next(model.parameters()).device
+    counts = []
+    for rgb, boundaries in samples:
+        x = torch.from_numpy(rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255).to(device)
+        prob = torch.sigmoid(model(HEDForInference.preprocess(x)))[0, 0].cpu().numpy()
+        diagonal = float(np.hypot(*boundaries[0].shape))
+        truths = [GroundTruth(b, MAX_DIST * diagonal) for b in boundaries]
+        counts.append(evaluate_image(nms(prob), truths, thresholds))
+    return summarize(np.stack(counts), thresholds).ods
+
+
+def _load(data: Path, split: str, ids: Sequence[str]) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    return ([load_image(data, split, i) for i in ids], [load_boundaries(data, split, i) for i in ids])
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m models.train_hed", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="BSDS500 folder")
+    parser.add_argument("--init", type=Path, default=Path("models/onnx/hed-bsds500.onnx"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--max-minutes", type=float)
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--val-count", type=int, default=10)
+    parser.add_argument("--val-thresholds", type=int, default=33)
+    for field in dataclasses.fields(HEDTrainConfig):
+        kind = {"int": int, "float": float, "str": str}[str(field.type)]
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import onnx
+
+    from export.hed import hed_from_onnx
+
+    args = _parse_args(argv)
+    config = dataclasses.replace(HEDTrainConfig(), **{
+        f.name: getattr(args, f.name) for f in dataclasses.fields(HEDTrainConfig)
+        if getattr(args, f.name) is not None
+    })
+    val_ids = image_ids(args.data, "val", None)[-args.val_count:]
+    train: list[tuple[str, str]] = [("train", i) for i in image_ids(args.data, "train", None)]
+    train += [("val", i) for i in image_ids(args.data, "val", None)[: -args.val_count]]
+    images = [load_image(args.data, s, i).astype(np.float32) / 255 for s, i in train]
+    labels = [np.mean(load_boundaries(args.data, s, i), axis=0, dtype=np.float32) for s, i in train]
+    val_images, val_truths = _load(args.data, "val", val_ids)
+    val = list(zip(val_images, val_truths))
+    thresholds = thresholds_for(args.val_thresholds)
+    model = hed_from_onnx(onnx.load(str(args.init))).hed
+    trainer = HEDTrainer(config, model, EdgeSamples(images, labels, config.patch, config.seed))
+    meta: dict[str, Any] = {"history": [], "elapsed_s": 0.0,
+                            "command": shlex.join(["python", "-m", "models.train_hed", *(argv or sys.argv[1:])]),
+                            "machine": machine_description(trainer.device)}
+    if args.resume:
+        state = torch.load(args.out / CHECKPOINT, map_location=trainer.device, weights_only=False)
+        trainer.load_state_dict(state)
+        meta.update({k: state[k] for k in ("history", "elapsed_s", "command") if k in state})
+    else:
+        meta["history"].append({"iteration": 0, "loss": float("nan"), "val_ods": validate(model, val, thresholds),
+                                "elapsed_s": 0.0})
+    print(f"HED fine-tuning: {len(images)} training images, {len(val)} held-out val images; "
+          f"{config}; {meta['machine']}; val ODS at start {meta['history'][0]['val_ods']:.4f}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    args.out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(config.iterations, start=trainer.iteration)
+    started, elapsed0 = time.monotonic(), float(meta["elapsed_s"])
+    losses: list[float] = []
+
+    def checkpoint() -> None:
+        meta["elapsed_s"] = round(elapsed0 + time.monotonic() - started, 1)
+        meta["history"].append({"iteration": trainer.iteration, "loss": round(float(np.mean(losses)), 6),
+                                "val_ods": round(validate(trainer.model, val, thresholds), 4),
+                                "elapsed_s": meta["elapsed_s"]})
+        torch.save({**trainer.state_dict(), **meta}, args.out / CHECKPOINT)
+        write_csv(args.out / LOG, meta["history"], ("iteration", "loss", "val_ods", "elapsed_s"))
+        progress.message(str(meta["history"][-1]))
+        losses.clear()
+
+    while trainer.iteration < config.iterations and not stop.is_set():
+        losses.append(trainer.step())
+        progress.update(trainer.iteration, losses[-1], config.lr)
+        if trainer.iteration % args.val_every == 0 or trainer.iteration == config.iterations:
+            checkpoint()
+        if args.max_minutes is not None and time.monotonic() - started > 60 * args.max_minutes:
+            break
+    if losses:  # stopped by a signal or the time limit between checkpoints
+        checkpoint()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
