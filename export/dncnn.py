@@ -27,7 +27,7 @@ from export.dncnn_matconvnet import (
     load_matconvnet_layers,
     matconvnet_to_state_dict,
 )
-from export.manifest import MANIFEST_NAME, Entry, update_manifest, upsert_entries
+from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.dncnn import DnCNN, build_dncnn, dncnn_config
 
@@ -37,7 +37,6 @@ __all__ = [
     "convert_release",
     "check_against_kair",
     "dncnn_from_onnx",
-    "merge_keeping_metrics",
     "main",
 ]
 
@@ -161,18 +160,6 @@ def manifest_entry(release: DnCNNRelease, path: Path, command: str) -> Entry:
         },
         "metrics": {},
     }
-
-
-def merge_keeping_metrics(current: list[Entry], updates: list[Entry]) -> list[Entry]:
-    """Upsert ``updates``; an entry whose file hash is unchanged keeps its measured metrics."""
-    previous = {e["name"]: e for e in current}
-    merged = []
-    for entry in updates:
-        old = previous.get(entry["name"])
-        if old is not None and old["sha256"] == entry["sha256"]:
-            entry = {**entry, "metrics": old["metrics"]}
-        merged.append(entry)
-    return upsert_entries(current, merged)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

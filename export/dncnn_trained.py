@@ -24,11 +24,11 @@ from typing import Any, Sequence
 
 import torch
 
-from export.dncnn import EXPORT_HW, merge_keeping_metrics
-from export.manifest import MANIFEST_NAME, Entry, update_manifest
+from export.dncnn import EXPORT_HW
+from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 from export.onnx_export import export_onnx, sha256_file
 from models.dncnn import DnCNN
-from models.train_dncnn import TrainConfig, config_from_dict, load_checkpoint
+from models.dncnn_trainer import TrainConfig, config_from_dict, load_checkpoint
 
 __all__ = ["fold_batch_norm", "model_from_checkpoint", "trained_entry", "main"]
 

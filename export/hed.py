@@ -40,7 +40,7 @@ import onnx
 import torch
 
 from export.hed_reference import KerasLayers, hed_reference
-from export.manifest import MANIFEST_NAME, Entry, update_manifest, upsert_entries
+from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.hed import HED, OUTPUT_NAMES, HEDForInference, build_hed
 
@@ -281,14 +281,6 @@ def manifest_entry(
     }
 
 
-def _merge_keeping_metrics(current: list[Entry], entry: Entry) -> list[Entry]:
-    """Upsert ``entry``; it keeps the measured metrics when the file's hash did not change."""
-    old = next((e for e in current if e["name"] == entry["name"]), None)
-    if old is not None and old["sha256"] == entry["sha256"]:
-        entry = {**entry, "metrics": old["metrics"]}
-    return upsert_entries(current, [entry])
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m export.hed", description=__doc__.split("\n")[0]
@@ -338,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     entry = manifest_entry(
         path, model.receptive_radius, model.multiple, weights_sha256, license_name, command
     )
-    update_manifest(manifest_path, lambda current: _merge_keeping_metrics(current, entry))
+    update_manifest(manifest_path, lambda current: merge_keeping_metrics(current, [entry]))
     print(f"manifest: {manifest_path} ({MODEL_NAME} updated)")
     return 0
 

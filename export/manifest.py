@@ -33,6 +33,7 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "upsert_entries",
+    "merge_keeping_metrics",
     "validate_entry",
     "entries_by_name",
     "update_manifest",
@@ -124,6 +125,23 @@ def upsert_entries(existing: Iterable[Entry], updates: Iterable[Entry]) -> list[
     merged = entries_by_name(existing)
     merged.update(entries_by_name(updates))
     return [merged[name] for name in sorted(merged)]
+
+
+def merge_keeping_metrics(current: Iterable[Entry], updates: Iterable[Entry]) -> list[Entry]:
+    """Upsert ``updates``; an entry whose file hash is unchanged keeps its measured metrics.
+
+    Re-exporting the same bytes must not throw away an evaluation that took an hour; new bytes
+    start with no metrics, so a stale figure can never describe a changed model.
+    """
+    current = list(current)
+    previous = {e["name"]: e for e in current}
+    merged = []
+    for entry in updates:
+        old = previous.get(entry["name"])
+        if old is not None and old["sha256"] == entry["sha256"]:
+            entry = {**entry, "metrics": old["metrics"]}
+        merged.append(entry)
+    return upsert_entries(current, merged)
 
 
 @contextmanager

@@ -29,8 +29,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.dncnn import merge_keeping_metrics
-from export.manifest import MANIFEST_NAME, Entry, update_manifest
+from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
 from models.train_weather import load_student, psnr, quantize

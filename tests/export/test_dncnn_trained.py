@@ -14,7 +14,7 @@ from export.dncnn_trained import fold_batch_norm
 from export.manifest import read_manifest, write_manifest
 from export.onnx_export import max_abs_diff, run_onnx
 from models.dncnn import DnCNN
-from models.train_dncnn import TrainConfig, Trainer, save_checkpoint
+from models.dncnn_trainer import TrainConfig, Trainer, save_checkpoint
 
 
 def _randomize_batch_norm(model: DnCNN, seed: int = 0) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from export.manifest import (
     ManifestError,
+    merge_keeping_metrics,
     read_manifest,
     update_manifest,
     upsert_entries,
@@ -86,3 +87,14 @@ def test_update_manifest_rereads_and_is_readable(tmp_path: Path) -> None:
     assert [e["name"] for e in written] == ["a", "b", "c"]
     assert path.stat().st_mode & 0o777 == 0o644
     assert not [p for p in path.parent.iterdir() if p.name != "manifest.json"]  # no temp left
+
+
+def test_re_export_keeps_metrics_only_for_the_same_bytes() -> None:
+    measured = {"BSD68": {"25": 29.23}}
+    current = [_entry("a", metrics=measured), _entry("b", metrics=measured)]
+    same, changed = _entry("a"), _entry("b", sha256="1" * 64)
+    merged = {e["name"]: e for e in merge_keeping_metrics(current, [same, changed, _entry("c")])}
+    assert merged["a"]["metrics"] == measured  # same file: the evaluation still describes it
+    assert merged["b"]["metrics"] == {}  # new bytes: old figures must not survive
+    assert merged["b"]["sha256"] == "1" * 64
+    assert sorted(merged) == ["a", "b", "c"]

@@ -1,4 +1,5 @@
-"""models/train_dncnn.py: a step lowers the loss, exact resume, schedule, and a tiny CLI run."""
+"""models/dncnn_trainer.py and its command models/train_dncnn.py: a step lowers the loss, exact
+resume, schedule, and a tiny CLI run."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models import train_dncnn
-from models.train_dncnn import TrainConfig, Trainer, learning_rate, load_checkpoint
+from models import dncnn_trainer, train_dncnn
+from models.dncnn_trainer import TrainConfig, Trainer, learning_rate, load_checkpoint
 from models.train_log import CSV_COLUMNS
 
 TINY = TrainConfig(depth=4, features=8, batch_size=8, iterations=6, epoch_iters=3, seed=3)
@@ -38,7 +39,7 @@ def test_one_step_lowers_the_loss() -> None:
 def test_init_follows_the_authors() -> None:
     trainer = Trainer(TINY, _patches())
     scales = torch.cat([block.bn.weight.detach() for block in trainer.model.body])
-    assert float(scales.abs().min()) >= train_dncnn.BN_SCALE_MIN
+    assert float(scales.abs().min()) >= dncnn_trainer.BN_SCALE_MIN
     assert float(scales.abs().max()) < 1.0 and bool((scales < 0).any())
     assert all(float(block.bn.bias.detach().abs().max()) == 0 for block in trainer.model.body)
     again = Trainer(TINY, _patches())  # seeded
@@ -59,7 +60,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
 
     first = Trainer(TINY, patches)
     head = [first.train_step() for _ in range(2)]
-    train_dncnn.save_checkpoint(tmp_path / "last.pt", first.state_dict())
+    dncnn_trainer.save_checkpoint(tmp_path / "last.pt", first.state_dict())
     del first
     resumed = Trainer(TINY, patches)
     resumed.load_state_dict(load_checkpoint(tmp_path / "last.pt"))
@@ -88,7 +89,7 @@ def test_schedule_defaults_follow_the_paper() -> None:
     assert learning_rate(config, 30 * 1862 - 1) == pytest.approx(1e-3)
     assert learning_rate(config, 30 * 1862) == pytest.approx(1e-4)
     assert TrainConfig().model_config().depth == 17
-    assert train_dncnn.VARIANTS["cdncnn-b"].model_config().channels == 3
+    assert dncnn_trainer.VARIANTS["cdncnn-b"].model_config().channels == 3
 
 
 def _data_folder(root: Path) -> Path:
@@ -119,4 +120,4 @@ def test_cli_run_logs_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert state["iteration"] == 6 and len(state["history"]) == 3
     first, resumed = state["command"].split(" && ")  # the original command is kept
     assert first.endswith("--iterations 4") and resumed.endswith("--iterations 6 --resume")
-    assert train_dncnn.config_from_dict(state["config"]).scales == (1.0, 0.9)
+    assert dncnn_trainer.config_from_dict(state["config"]).scales == (1.0, 0.9)
