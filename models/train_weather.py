@@ -27,6 +27,8 @@ iterations, logged to ``log.csv`` with the loss terms; checkpoint ``last.pt`` at
 Compute-driven choices, stated (the authors train full width on a GPU for 250 epochs):
 
 * ``--width`` / ``--res-blocks`` shrink the network (``models.msbdn.MSBDNConfig``);
+* ``--device cuda`` runs the networks and losses on a GPU (``--amp``: bfloat16 autocast there too,
+  no loss scaling needed); the weather synthesis stays in NumPy on the CPU, one batch per step;
 * ``--residual``: global residual learning (output = input + network, last conv zero-initialised,
   so training starts from the identity). Without it, a network that must first learn to
   reproduce its input spent the first hundreds of CPU iterations below the input's PSNR
@@ -98,9 +100,14 @@ class WeatherTrainConfig:
     cr_start: float = 0.0  # fraction of the iterations before the contrastive term starts
     seed: int = 0
     amp: bool = False
+    device: str = "cpu"
 
     def network(self) -> MSBDNConfig:
         return MSBDNConfig(width=self.width, res_blocks=self.res_blocks, residual=self.residual)
+
+
+# May differ between a checkpoint and the command that resumes it.
+RESUME_OVERRIDES = frozenset({"iterations", "device"})
 
 
 def learning_rate(config: WeatherTrainConfig, iteration: int) -> float:
@@ -136,12 +143,16 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def restore(model: nn.Module, image: np.ndarray) -> np.ndarray:
-    """Whole image (H, W, 3 float [0, 1]) through a PyTorch model: reflect-pad to ``MULTIPLE``."""
+    """Whole image (H, W, 3 float [0, 1]) through a PyTorch model: reflect-pad to ``MULTIPLE``.
+
+    Runs on the model's device, in float32, and returns a numpy image.
+    """
     h, w = image.shape[:2]
     padded = np.pad(image, ((0, -h % MULTIPLE), (0, -w % MULTIPLE), (0, 0)), mode="reflect")
     x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))[None].float()
-    y = model(x)
-    return y[0, :, :h, :w].permute(1, 2, 0).numpy()
+    parameter = next(model.parameters(), None)  # None: a parameter-free model (the identity)
+    y = model(x if parameter is None else x.to(parameter.device))
+    return y[0, :, :h, :w].permute(1, 2, 0).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -213,18 +224,21 @@ class WeatherTrainer:
             raise ValueError("the contrastive losses need the feature network")
         self.config = config
         self.data = data
+        self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
         self.model = MSBDN(config.network())
         if init is not None:
             self.model.load_state_dict(init)
-        self.teachers = [t.eval().requires_grad_(False) for t in teachers]
+        self.model.to(self.device)  # before the optimiser: it must hold the device's tensors
+        self.teachers = [t.eval().requires_grad_(False).to(self.device) for t in teachers]
         self.ckt = (
-            CKTLoss(feature_channels(self.teachers[0].config), len(WEATHERS))
+            CKTLoss(feature_channels(self.teachers[0].config), len(WEATHERS)).to(self.device)
             if config.stage == "stage1" else None
         )
         self.contrastive: nn.Module | None = None
         if features is not None and config.stage != "teacher":
             self.contrastive = (SCRLoss if config.stage == "stage1" else HCRLoss)(features)
+            self.contrastive.to(self.device)
         parameters = list(self.model.parameters())
         if self.ckt is not None:
             parameters += list(self.ckt.parameters())
@@ -239,7 +253,8 @@ class WeatherTrainer:
         if self.config.stage == "teacher":
             k = WEATHERS.index(self.config.weather or "")
             clean, degraded = clean[k * per : (k + 1) * per], degraded[k * per : (k + 1) * per]
-        return torch.from_numpy(clean), torch.from_numpy(degraded)
+        return (torch.from_numpy(clean).to(self.device, non_blocking=True),
+                torch.from_numpy(degraded).to(self.device, non_blocking=True))
 
     def _contrastive_crop(
         self, index: int, restored: torch.Tensor, clean: torch.Tensor, degraded: torch.Tensor
@@ -290,9 +305,9 @@ class WeatherTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, index)
         self.model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
             terms = self.losses(index)
-        total = sum(terms.values(), torch.zeros(()))
+        total = sum(terms.values(), torch.zeros((), device=self.device))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -313,7 +328,8 @@ class WeatherTrainer:
         saved = WeatherTrainConfig(**state["config"])
         differ = [
             f.name for f in dataclasses.fields(saved)
-            if f.name != "iterations" and getattr(saved, f.name) != getattr(self.config, f.name)
+            if f.name not in RESUME_OVERRIDES
+            and getattr(saved, f.name) != getattr(self.config, f.name)
         ]
         if differ:
             raise ValueError(f"checkpoint was trained with other settings: {differ}")
@@ -431,7 +447,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for field in ("lr", "lr_min", "warmup", "cr_weight", "cr_start"):
         parser.add_argument("--" + field.replace("_", "-"), type=float)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="bfloat16 autocast on CPU")
+                        help="bfloat16 autocast (CPUs with avx512_bf16, CUDA GPUs from sm_80)")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        help="where the networks and losses run (data synthesis stays on the CPU)")
     return parser.parse_args(argv)
 
 
@@ -491,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     features = _feature_network(args.hed_onnx) if config.stage != "teacher" else None
     trainer = WeatherTrainer(config, data, features, teachers, init)
     command = shlex.join(["python", "-m", "models.train_weather", *(argv or sys.argv[1:])])
-    meta: dict[str, Any] = {"command": command, "machine": machine_description(torch.device("cpu"))}
+    meta: dict[str, Any] = {"command": command, "machine": machine_description(trainer.device)}
     if args.resume:
         state = torch.load(args.out / CHECKPOINT, map_location="cpu", weights_only=False)
         trainer.load_state_dict(state)

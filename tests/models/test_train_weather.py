@@ -191,6 +191,8 @@ def test_resume_refuses_other_settings_but_not_more_iterations(
 ) -> None:
     state = WeatherTrainer(TEACHER, data).state_dict()
     WeatherTrainer(dataclasses.replace(TEACHER, iterations=10), data).load_state_dict(state)
+    gpu_run = {**state, "config": {**state["config"], "device": "cuda"}}
+    WeatherTrainer(TEACHER, data).load_state_dict(gpu_run)  # a GPU run continues on a CPU
     with pytest.raises(ValueError, match="lr"):
         WeatherTrainer(dataclasses.replace(TEACHER, lr=1e-4), data).load_state_dict(state)
 
