@@ -41,6 +41,7 @@ from torch import nn
 from models.dncnn import DnCNN, DnCNNConfig, dncnn_config
 from models.dncnn_data import PatchSampler
 from models.eval_denoise import add_noise, noise_rng, psnr, quantize
+from models.train_log import check_resumable
 
 __all__ = [
     "TrainConfig", "VARIANTS", "RESUME_OVERRIDES", "Trainer", "init_weights", "learning_rate",
@@ -209,14 +210,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = config_from_dict(state["config"])
-        differ = [
-            f.name for f in dataclasses.fields(TrainConfig)
-            if f.name not in RESUME_OVERRIDES
-            and getattr(saved, f.name) != getattr(self.config, f.name)
-        ]
-        if differ:
-            raise ValueError(f"checkpoint was trained with other settings: {differ}")
+        check_resumable(config_from_dict(state["config"]), self.config, RESUME_OVERRIDES)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

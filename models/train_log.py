@@ -9,6 +9,7 @@ the paper's scaling, ``val_psnr`` in dB, ``elapsed_s`` = training wall time incl
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import platform
 import sys
@@ -18,7 +19,10 @@ from typing import Any, Sequence, TextIO
 
 import torch
 
-__all__ = ["CSV_NAME", "CSV_COLUMNS", "write_csv", "read_csv", "Progress", "machine_description"]
+__all__ = [
+    "CSV_NAME", "CSV_COLUMNS", "write_csv", "read_csv", "Progress", "machine_description",
+    "check_resumable",
+]
 
 CSV_NAME = "log.csv"
 CSV_COLUMNS = (
@@ -91,3 +95,17 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         text += f", {torch.cuda.get_device_name(device)}"
     return text
+
+
+def check_resumable(saved: Any, current: Any, may_differ: frozenset[str]) -> None:
+    """Refuse to resume a run whose settings (dataclasses) differ outside ``may_differ``.
+
+    A resumed run must replay the uninterrupted one; only the fields that leave the past
+    iterations unchanged (the schedule's end, the device) may change.
+    """
+    differ = [
+        f.name for f in dataclasses.fields(current)
+        if f.name not in may_differ and getattr(saved, f.name) != getattr(current, f.name)
+    ]
+    if differ:
+        raise ValueError(f"checkpoint was trained with other settings: {differ}")

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig, feature_channels
-from models.train_log import Progress, machine_description, write_csv
+from models.train_log import Progress, check_resumable, machine_description, write_csv
 from models.weather_data import WEATHERS, WeatherPatches, degrade, load_images
 from models.weather_losses import CKTLoss, HCRLoss, SCRLoss, VGGFeatures
 
@@ -325,14 +325,7 @@ class WeatherTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = WeatherTrainConfig(**state["config"])
-        differ = [
-            f.name for f in dataclasses.fields(saved)
-            if f.name not in RESUME_OVERRIDES
-            and getattr(saved, f.name) != getattr(self.config, f.name)
-        ]
-        if differ:
-            raise ValueError(f"checkpoint was trained with other settings: {differ}")
+        check_resumable(WeatherTrainConfig(**state["config"]), self.config, RESUME_OVERRIDES)
         self.model.load_state_dict(state["model"])
         if self.ckt is not None:
             self.ckt.load_state_dict(state["ckt"])
