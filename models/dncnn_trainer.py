@@ -29,7 +29,6 @@ PyTorch ``main_train.py``), and the choices made where the sources differ:
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,7 +40,7 @@ from torch import nn
 from models.dncnn import DnCNN, DnCNNConfig, dncnn_config
 from models.dncnn_data import PatchSampler
 from models.eval_denoise import add_noise, noise_rng, psnr, quantize
-from models.train_log import check_resumable
+from models.train_log import check_resumable, save_checkpoint
 
 __all__ = [
     "TrainConfig", "VARIANTS", "RESUME_OVERRIDES", "Trainer", "init_weights", "learning_rate",
@@ -227,14 +226,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically, so an interrupted save never leaves a broken ``last.pt``."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint as saved by ``run`` (tensors and plain data only)."""
+    """A checkpoint as saved by ``models.train_dncnn.run`` (tensors and plain data only)."""
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     return state

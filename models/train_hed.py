@@ -50,7 +50,7 @@ from models.eval_edges import (
     thresholds_for,
 )
 from models.hed import HED, HEDForInference
-from models.train_log import Progress, machine_description, write_csv
+from models.train_log import Progress, machine_description, save_checkpoint, write_csv
 from service.edgemaps import nms
 
 __all__ = [
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["history"].append({"iteration": trainer.iteration, "loss": round(float(np.mean(losses)), 6),
                                 "val_ods": round(validate(trainer.model, val, thresholds), 4),
                                 "elapsed_s": meta["elapsed_s"]})
-        torch.save({**trainer.state_dict(), **meta}, args.out / CHECKPOINT)
+        save_checkpoint(args.out / CHECKPOINT, {**trainer.state_dict(), **meta})
         write_csv(args.out / LOG, meta["history"], ("iteration", "loss", "val_ods", "elapsed_s"))
         progress.message(str(meta["history"][-1]))
         losses.clear()

@@ -1,4 +1,5 @@
-"""Training logs: the per-epoch CSV and a dependency-free progress bar.
+"""What every training command shares: the per-epoch CSV, a dependency-free progress bar, the
+machine description for provenance and the check that a resumed run replays the original.
 
 The CSV (``log.csv`` in the run folder) has one row per epoch with the columns ``CSV_COLUMNS``:
 ``patches`` = iterations x batch size seen so far, ``train_loss`` = mean batch loss of the epoch in
@@ -21,7 +22,7 @@ import torch
 
 __all__ = [
     "CSV_NAME", "CSV_COLUMNS", "write_csv", "read_csv", "Progress", "machine_description",
-    "check_resumable",
+    "check_resumable", "save_checkpoint",
 ]
 
 CSV_NAME = "log.csv"
@@ -95,6 +96,13 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         text += f", {torch.cuda.get_device_name(device)}"
     return text
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically, so an interrupted save never leaves a broken checkpoint to resume."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def check_resumable(saved: Any, current: Any, may_differ: frozenset[str]) -> None:

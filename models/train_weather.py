@@ -64,7 +64,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig, feature_channels
-from models.train_log import Progress, check_resumable, machine_description, write_csv
+from models.train_log import (
+    Progress, check_resumable, machine_description, save_checkpoint, write_csv,
+)
 from models.weather_data import WEATHERS, WeatherPatches, degrade, load_images
 from models.weather_losses import CKTLoss, HCRLoss, SCRLoss, VGGFeatures
 
@@ -400,10 +402,7 @@ def run(
 
 
 def save(trainer: WeatherTrainer, out: Path, meta: dict[str, Any]) -> None:
-    state = {**trainer.state_dict(), **meta}
-    tmp = out / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out / CHECKPOINT)
+    save_checkpoint(out / CHECKPOINT, {**trainer.state_dict(), **meta})
     history = meta.get("history", [])
     columns = list(dict.fromkeys(k for row in history for k in row))
     write_csv(out / LOG, history, columns)
