@@ -3,7 +3,10 @@
 Usage::
 
     python -m models.plot_curve runs/dncnn-s25/log.csv --out docs/dncnn_s25_learning_curve.png \\
-        [--label "ours, CPU"] [--reference "authors' DnCNN-S=30.4387"] [--title ...]
+        [--label "ours, CPU"] [--reference "authors' DnCNN-S=30.4387"] [--title ...] \\
+        [--x patches]
+
+``--x patches`` puts runs with different batch sizes on one axis: what they cost in compute.
 
 Drawn with Pillow only (no plotting dependency): one line per log, dashed horizontal reference
 lines, nice ticks on both axes.
@@ -20,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from models.train_log import read_csv
 
-__all__ = ["nice_ticks", "plot_curves", "main"]
+__all__ = ["nice_ticks", "load_series", "plot_curves", "main"]
 
 SIZE = (900, 560)
 MARGIN = (80, 50, 30, 60)  # left, top, right, bottom
@@ -47,10 +50,17 @@ def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
     return ticks
 
 
+def load_series(path: Path, label: str, x: str = "iteration") -> Series:
+    """``(label, x values, validation PSNR)`` from one ``train_log`` CSV; ``x`` is a column."""
+    rows = read_csv(path)
+    return label, [float(r[x]) for r in rows], [float(r["val_psnr"]) for r in rows]
+
+
 def plot_curves(
-    series: Sequence[Series], references: Sequence[tuple[str, float]], title: str, out: Path
+    series: Sequence[Series], references: Sequence[tuple[str, float]], title: str, out: Path,
+    x_label: str = "iterations",
 ) -> None:
-    """Write a PNG of ``(label, iterations, psnr)`` curves and labelled horizontal lines."""
+    """Write a PNG of ``(label, x values, psnr)`` curves and labelled horizontal lines."""
     image = Image.new("RGB", SIZE, "white")
     draw = ImageDraw.Draw(image)
     font, small = ImageFont.load_default(size=16), ImageFont.load_default(size=13)
@@ -65,16 +75,17 @@ def plot_curves(
         fy = (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0])
         return left + fx * (right - left), bottom - fy * (bottom - top)
 
+    thousands = x_ticks[-1] >= 10_000  # "400k", not "400000" or "4e+05"
     for x in x_ticks:
         px, _ = to_px(x, y_ticks[0])
         draw.line([(px, top), (px, bottom)], fill="#e6e6e6")
-        draw.text((px, bottom + 6), f"{x:g}", fill="black", font=small, anchor="mt")
+        draw.text((px, bottom + 6), f"{x / 1000:g}k" if thousands else f"{x:g}", fill="black", font=small, anchor="mt")
     for y in y_ticks:
         _, py = to_px(x_ticks[0], y)
         draw.line([(left, py), (right, py)], fill="#e6e6e6")
         draw.text((left - 6, py), f"{y:g}", fill="black", font=small, anchor="rm")
     draw.rectangle([left, top, right, bottom], outline="black")
-    draw.text(((left + right) / 2, SIZE[1] - 18), "iterations", fill="black", font=font,
+    draw.text(((left + right) / 2, SIZE[1] - 18), x_label, fill="black", font=font,
               anchor="mm")
     draw.text(((left + right) / 2, top / 2), title, fill="black", font=font, anchor="mm")
     label = Image.new("RGB", (200, 24), "white")
@@ -112,23 +123,23 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--label", action="append", default=[], help="one per log")
     parser.add_argument("--reference", action="append", default=[], metavar="NAME=PSNR")
     parser.add_argument("--title", default="DnCNN validation PSNR")
+    parser.add_argument("--x", choices=("iteration", "patches"), default="iteration",
+                        help="x axis: optimizer steps, or training patches seen")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     labels = args.label + [p.parent.name for p in args.logs[len(args.label):]]
-    series = []
-    for label, path in zip(labels, args.logs):
-        rows = read_csv(path)
-        series.append((label, [r["iteration"] for r in rows], [r["val_psnr"] for r in rows]))
+    series = [load_series(path, label, args.x) for label, path in zip(labels, args.logs)]
     references = []
     for item in args.reference:
         name, sep, value = item.rpartition("=")
         if not sep:
             raise SystemExit(f"--reference expects NAME=PSNR, got {item!r}")
         references.append((name, float(value)))
-    plot_curves(series, references, args.title, args.out)
+    x_label = "iterations" if args.x == "iteration" else "training patches seen"
+    plot_curves(series, references, args.title, args.out, x_label)
     print(f"wrote {args.out}")
     return 0
 

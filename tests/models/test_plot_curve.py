@@ -34,6 +34,26 @@ def test_log_round_trip_and_plot(tmp_path: Path) -> None:
         assert image.size == plot_curve.SIZE and image.mode == "RGB"
 
 
+def test_patches_axis_compares_runs_of_different_batch_sizes(tmp_path: Path) -> None:
+    for name, batch in (("b32", 32), ("b64", 64)):
+        rows = [
+            {"epoch": e, "iteration": 100 * e, "patches": 100 * e * batch, "lr": 1e-3,
+             "train_loss": 1.0, "val_psnr": 29.0 + e / 10, "elapsed_s": 1.0, "iters_per_s": 1.0}
+            for e in (1, 2)
+        ]
+        (tmp_path / name).mkdir()
+        write_csv(tmp_path / name / "log.csv", rows)
+    b32 = plot_curve.load_series(tmp_path / "b32" / "log.csv", "b32", x="patches")
+    b64 = plot_curve.load_series(tmp_path / "b64" / "log.csv", "b64", x="patches")
+    assert b32 == ("b32", [3200.0, 6400.0], [29.1, 29.2])
+    assert b64[1] == [6400.0, 12800.0]
+    assert plot_curve.load_series(tmp_path / "b64" / "log.csv", "b64")[1] == [100.0, 200.0]
+    out = tmp_path / "both.png"
+    args = [str(tmp_path / "b32" / "log.csv"), str(tmp_path / "b64" / "log.csv"), "--x", "patches",
+            "--out", str(out)]
+    assert plot_curve.main(args) == 0 and out.stat().st_size > 0
+
+
 def test_progress_prints_lines_when_not_a_terminal() -> None:
     stream = io.StringIO()
     progress = Progress(total=10, stream=stream, every_s=3600)
