@@ -30,6 +30,7 @@ MARGIN = (80, 50, 30, 60)  # left, top, right, bottom
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 REFERENCE_COLOR = "#555555"
 Series = tuple[str, list[float], list[float]]
+X_AXES = {"iteration": "iterations", "patches": "training patches seen"}  # log column -> label
 
 
 def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
@@ -79,7 +80,8 @@ def plot_curves(
     for x in x_ticks:
         px, _ = to_px(x, y_ticks[0])
         draw.line([(px, top), (px, bottom)], fill="#e6e6e6")
-        draw.text((px, bottom + 6), f"{x / 1000:g}k" if thousands else f"{x:g}", fill="black", font=small, anchor="mt")
+        text = f"{x / 1000:g}k" if thousands else f"{x:g}"
+        draw.text((px, bottom + 6), text, fill="black", font=small, anchor="mt")
     for y in y_ticks:
         _, py = to_px(x_ticks[0], y)
         draw.line([(left, py), (right, py)], fill="#e6e6e6")
@@ -123,7 +125,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--label", action="append", default=[], help="one per log")
     parser.add_argument("--reference", action="append", default=[], metavar="NAME=PSNR")
     parser.add_argument("--title", default="DnCNN validation PSNR")
-    parser.add_argument("--x", choices=("iteration", "patches"), default="iteration",
+    parser.add_argument("--x", choices=tuple(X_AXES), default="iteration",
                         help="x axis: optimizer steps, or training patches seen")
     return parser.parse_args(argv)
 
@@ -138,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep:
             raise SystemExit(f"--reference expects NAME=PSNR, got {item!r}")
         references.append((name, float(value)))
-    x_label = "iterations" if args.x == "iteration" else "training patches seen"
-    plot_curves(series, references, args.title, args.out, x_label)
+    plot_curves(series, references, args.title, args.out, X_AXES[args.x])
     print(f"wrote {args.out}")
     return 0
 
