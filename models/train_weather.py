@@ -361,7 +361,8 @@ def run(
     config = trainer.config
     history: list[dict[str, Any]] = meta.setdefault("history", [])
     elapsed0 = float(meta.get("elapsed_s", 0.0))
-    started = time.monotonic()
+    cpu0 = float(meta.get("cpu_s", 0.0))  # process CPU time: fair across runs on a shared machine
+    started, cpu_started = time.monotonic(), time.process_time()
     progress = Progress(config.iterations, start=trainer.iteration)
     sums: dict[str, float] = {}
     count = 0
@@ -378,8 +379,9 @@ def run(
             "iters_per_s": round(speed, 4),
         }
         row["elapsed_s"] = round(elapsed0 + time.monotonic() - started, 1)
+        row["cpu_s"] = round(cpu0 + time.process_time() - cpu_started, 1)
         history.append(row)
-        meta["elapsed_s"] = row["elapsed_s"]
+        meta["elapsed_s"], meta["cpu_s"] = row["elapsed_s"], row["cpu_s"]
         save(trainer, out, meta)
         progress.message("  ".join(f"{k} {v}" for k, v in row.items()))
         sums, count, window_start = {}, 0, time.monotonic()
@@ -505,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         state = torch.load(args.out / CHECKPOINT, map_location="cpu", weights_only=False)
         trainer.load_state_dict(state)
-        meta.update({k: state[k] for k in ("history", "elapsed_s") if k in state})
+        meta.update({k: state[k] for k in ("history", "elapsed_s", "cpu_s") if k in state})
         meta["command"] = f"{state.get('command', '')} && {command}"
     parameters = sum(p.numel() for p in trainer.model.parameters())
     print(f"{config.stage} {config.weather or ''}: MSBDN-RDFF width {config.width} res_blocks "
