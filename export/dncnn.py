@@ -139,7 +139,7 @@ def convert_release(
 
 
 def manifest_entry(release: DnCNNRelease, path: Path, command: str) -> Entry:
-    """Manifest entry for an exported release (metrics are filled by models.eval_denoise)."""
+    """Manifest entry for an exported release (metrics are filled by training.dncnn.evaluate)."""
     cfg = dncnn_config(release.config)
     return {
         "name": release.name,

@@ -1,4 +1,4 @@
-"""Export a DnCNN trained by ``models.train_dncnn`` like the authors' weights: ONNX, manifest.
+"""Export a DnCNN trained by ``training.dncnn.train`` like the authors' weights: ONNX, manifest.
 
 Usage::
 
@@ -9,9 +9,9 @@ BatchNorm is folded into the preceding convolution (``fold_batch_norm``), which 
 network into the same ``DnCNN(batch_norm=False)`` architecture as the converted releases; the
 export itself (float16-stored weights, ORT-vs-PyTorch check) is ``export.dncnn``'s. The entry is
 written through ``export.manifest.update_manifest`` with ``default: false`` unless ``--default``
-(ship it only when it beats the authors' weights on ``models.eval_denoise``) and provenance: our
+(ship it only when it beats the authors' weights on ``training.dncnn.evaluate``) and provenance: our
 training command, data, machine and duration, read from the checkpoint. Metrics are filled by
-``python -m models.eval_denoise ... --models NAME --write-manifest``.
+``python -m training.dncnn.evaluate ... --models NAME --write-manifest``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from export.dncnn import EXPORT_HW
 from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 from export.onnx_export import export_onnx, sha256_file
 from models.dncnn import DnCNN
-from models.dncnn_trainer import TrainConfig, config_from_dict, load_checkpoint
+from training.dncnn.trainer import TrainConfig, config_from_dict, load_checkpoint
 
 __all__ = ["fold_batch_norm", "model_from_checkpoint", "trained_entry", "main"]
 
 VERSION = "1.0.0"
-ORIGIN = "trained in this repository with models/train_dncnn.py (Zhang et al. 2017 recipe)"
+ORIGIN = "trained in this repository with training/dncnn/train.py (Zhang et al. 2017 recipe)"
 TRAIN_SETS = {
     "Train400": "Train400 (400 gray 180x180 images, from the DnCNN authors' repository)",
     "BSD432": "BSD432 (BSDS500 train+val+test minus the 68 CBSD68 images)",
@@ -91,7 +91,7 @@ def _data_description(config: TrainConfig, iterations: int) -> str:
 def trained_entry(
     state: dict[str, Any], config: TrainConfig, name: str, path: Path, command: str, default: bool
 ) -> Entry:
-    """Manifest entry for an exported trained model (metrics filled by models.eval_denoise)."""
+    """Manifest entry for an exported trained model (metrics filled by training.dncnn.evaluate)."""
     low, high = config.sigma_range
     cfg = config.model_config()
     minutes = float(state.get("elapsed_s", 0.0)) / 60

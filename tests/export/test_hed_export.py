@@ -26,9 +26,9 @@ from export.hed import (
 )
 from export.manifest import read_manifest
 from export.onnx_export import export_onnx, max_abs_diff, round_weights_fp16, run_onnx, sha256_file
-from models.eval_edges import tiled_forward
 from models.hed import OUTPUT_NAMES, HEDForInference, build_hed
 from tests.conftest import MODELS_DIR, noisy_image
+from training.hed.evaluate import tiled_forward
 
 TINY_WIDTHS = (4, 6, 8, 8, 8)
 TINY_DEPTHS = (2, 2, 3, 3, 3)
@@ -180,6 +180,6 @@ def test_committed_hed_tiled_equals_whole_image() -> None:
 
 
 def _session() -> "object":
-    from models.eval_edges import make_session
+    from training.hed.evaluate import make_session
 
     return make_session(HED_ONNX)

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from skimage import data
 
-from models.weather_data import add_haze, add_rain, add_snow
+from training.weather.data import add_haze, add_rain, add_snow
 from service import codecs
 from service.settings import Settings
 from tests.conftest import MODELS_DIR, encode_pil, serve

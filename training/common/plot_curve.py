@@ -1,8 +1,8 @@
-"""Plot learning curves (validation PSNR vs iterations) from ``models.train_dncnn`` CSV logs.
+"""Plot learning curves (validation PSNR vs iterations) from ``training.dncnn.train`` CSV logs.
 
 Usage::
 
-    python -m models.plot_curve runs/dncnn-s25/log.csv --out docs/dncnn_s25_learning_curve.png \\
+    python -m training.common.plot_curve runs/dncnn-s25/log.csv --out docs/dncnn_s25_learning_curve.png \\
         [--label "ours, CPU"] [--reference "authors' DnCNN-S=30.4387"] [--title ...] \\
         [--x patches]
 
@@ -21,7 +21,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from models.train_log import read_csv
+from training.common.log import read_csv
 
 __all__ = ["nice_ticks", "load_series", "plot_curves", "main"]
 
@@ -118,7 +118,7 @@ def plot_curves(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m models.plot_curve", description=__doc__.split("\n")[0]
+        prog="python -m training.common.plot_curve", description=__doc__.split("\n")[0]
     )
     parser.add_argument("logs", type=Path, nargs="+", help="log.csv files")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")

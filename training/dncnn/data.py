@@ -13,7 +13,7 @@ and the MatConvNet ``GenerateData_*.m`` of https://github.com/cszn/DnCNN):
   128 x 3000 patches for the blind models rather than every stride-10 patch of BSD432).
 
 Patch sets are ``uint8`` arrays ``(N, C, p, p)``; images are ``uint8`` ``HxW`` or ``HxWx3`` as
-read by ``models.eval_denoise.load_set``. Noise is drawn per batch, never stored:
+read by ``training.dncnn.evaluate.load_set``. Noise is drawn per batch, never stored:
 ``PatchSampler.batch(i)`` picks and noises the batch of iteration ``i`` from generators seeded with
 ``(seed, i)``, so training data is a pure function of the iteration and a resumed run sees exactly
 the batches an uninterrupted one would.
@@ -33,7 +33,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from models.eval_denoise import load_set
+from training.dncnn.evaluate import load_set
 
 __all__ = [
     "AUGMENT_MODES", "augment", "augment_batch", "extract_patches", "build_patch_set",

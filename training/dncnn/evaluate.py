@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m models.eval_denoise --data ../shared/data/denoise \\
+    python -m training.dncnn.evaluate --data ../shared/data/denoise \\
         --manifest models/onnx/manifest.json [--models NAME ...] [--sets BSD68 Set12 CBSD68] \\
         [--limit N] [--fp32-reference NAME=PATH.onnx] [--write-manifest]
 
@@ -49,7 +49,7 @@ THREADS = 2
 # Paper (Zhang et al. 2017, Tables II/III and the README of cszn/DnCNN); the CBSD68 value is the
 # paper's CDnCNN-B at sigma 25 (the shared README measured 31.22 with the same model).
 METRICS_NOTE = (
-    "mean PSNR in dB (models.eval_denoise protocol: noise added in float, seed "
+    "mean PSNR in dB (training.dncnn.evaluate protocol: noise added in float, seed "
     f"{NOISE_SEED} per image, output clipped and rounded to 8 bit); weights stored as "
     "float16, computed in float32; fp16_storage_delta_db = PSNR(fp16-stored) - "
     "PSNR(fp32-stored) where measured (dncnn-gray-s25)"
@@ -201,7 +201,7 @@ def _with_metrics(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m models.eval_denoise", description=__doc__.split("\n")[0]
+        prog="python -m training.dncnn.evaluate", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--data", type=Path, required=True, help="folder holding BSD68/, Set12/, CBSD68/"

@@ -2,12 +2,12 @@
 
 Usage::
 
-    python -m models.train_dncnn --variant dncnn-s --sigma 25 --data ../shared/data \\
+    python -m training.dncnn.train --variant dncnn-s --sigma 25 --data ../shared/data \\
         --out runs/dncnn-s25 [--iterations N] [--milestones M ...] [--epoch-iters K] \\
         [--batch-size 128] [--device cpu|cuda] [--amp] [--max-minutes T] [--resume]
 
 The recipe, and the choices made where the paper and the authors' code differ, are in
-``models.dncnn_trainer``; this module is the command: the epoch loop (validation, checkpoints,
+``training.dncnn.trainer``; this module is the command: the epoch loop (validation, checkpoints,
 CSV log, early stop on a deadline or a signal), the speed benchmark and the options.
 """
 
@@ -25,12 +25,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.dncnn_data import build_patch_set, load_training_images
-from models.dncnn_trainer import (
+from training.common.log import CSV_NAME, Progress, machine_description, write_csv
+from training.dncnn.data import build_patch_set, load_training_images
+from training.dncnn.evaluate import load_set
+from training.dncnn.trainer import (
     VARIANTS, Trainer, TrainConfig, learning_rate, load_checkpoint, save_checkpoint, validate,
 )
-from models.eval_denoise import load_set
-from models.train_log import CSV_NAME, Progress, machine_description, write_csv
 
 __all__ = ["run", "benchmark", "config_from_args", "main"]
 
@@ -120,7 +120,7 @@ META_KEYS = ("history", "best_psnr", "best_iteration", "elapsed_s", "loss_sum", 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m models.train_dncnn", description=__doc__.split("\n")[0]
+        prog="python -m training.dncnn.train", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="dncnn-s")
     parser.add_argument("--sigma", type=float, help="fixed training noise level (DnCNN-S)")
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trainer = Trainer(config, patches)
     if args.benchmark:
         return benchmark(trainer, args.benchmark)
-    command = shlex.join(["python", "-m", "models.train_dncnn", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "-m", "training.dncnn.train", *(argv or sys.argv[1:])])
     meta: dict[str, Any] = {"command": command, "machine": machine_description(trainer.device)}
     if args.resume:
         state = load_checkpoint(args.out / CHECKPOINT_LAST)

@@ -1,5 +1,5 @@
 """DnCNN training state: the paper's recipe as a config, the model's initialisation, one Adam step,
-validation and checkpoints. ``models.train_dncnn`` is the command that drives it.
+validation and checkpoints. ``training.dncnn.train`` is the command that drives it.
 
 Recipe (Zhang et al. 2017, Sec. III-IV; the authors' MatConvNet ``Demo_Train_model_*_Adam.m`` and
 PyTorch ``main_train.py``), and the choices made where the sources differ:
@@ -7,7 +7,7 @@ PyTorch ``main_train.py``), and the choices made where the sources differ:
 * model: ``models.dncnn`` with BatchNorm (17 layers for DnCNN-S, 20 for -B/CDnCNN-B), residual
   learning (the network predicts the noise); initialisation of the authors' ``DnCNN_init.m``
   (He-normal convolutions, the paper's [34]; small random BatchNorm scales, see ``init_weights``);
-* data (``models.dncnn_data``): Train400 (gray) or BSD432 (colour); scales 1/0.9/0.8/0.7, stride
+* data (``training.dncnn.data``): Train400 (gray) or BSD432 (colour); scales 1/0.9/0.8/0.7, stride
   10, one of 8 flip/rotation modes per patch; 40x40 patches for DnCNN-S (238,400 patches), 50x50
   and 128 x 3000 patches for the blind models; Gaussian noise drawn per batch, sigma fixed
   (DnCNN-S) or uniform per patch in [0, 55] (blind);
@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from models.dncnn import DnCNN, DnCNNConfig, dncnn_config
-from models.dncnn_data import PatchSampler
-from models.eval_denoise import add_noise, noise_rng, psnr, quantize
-from models.train_log import check_resumable, save_checkpoint
+from training.common.log import check_resumable, save_checkpoint
+from training.dncnn.data import PatchSampler
+from training.dncnn.evaluate import add_noise, noise_rng, psnr, quantize
 
 __all__ = [
     "TrainConfig", "VARIANTS", "RESUME_OVERRIDES", "Trainer", "init_weights", "learning_rate",
@@ -145,7 +145,7 @@ def validate(
     model: DnCNN, images: Sequence[tuple[str, np.ndarray]], set_name: str, sigma: int,
     device: torch.device, channels_last: bool = False,
 ) -> float:
-    """Mean PSNR in float32 with ``models.eval_denoise``'s noise, clipping and rounding."""
+    """Mean PSNR in float32 with ``training.dncnn.evaluate``'s noise, clipping and rounding."""
     model.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     scores = []
@@ -227,6 +227,6 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint as saved by ``models.train_dncnn.run`` (tensors and plain data only)."""
+    """A checkpoint as saved by ``training.dncnn.train.run`` (tensors and plain data only)."""
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     return state

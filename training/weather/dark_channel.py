@@ -56,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from models.weather_data import FloatImage
+from training.weather.data import FloatImage
 
 __all__ = ["dark_channel", "estimate_airlight", "guided_filter", "dehaze"]
 

@@ -48,7 +48,7 @@ snow     18.3       14.6 - 22.0      13.0 - 23.8
 
 ``STATS`` holds these numbers and, per weather, bounds on the mean ``|degraded - clean|`` of a
 mid-grey texture (96-481 px, 300 seeds each: rain 0.001-0.13, haze 0.05-0.40, snow 0.017-0.17),
-which ``tests/models/test_weather_data.py`` asserts with some margin.
+which ``tests/training/weather/test_data.py`` asserts with some margin.
 """
 
 from __future__ import annotations

@@ -2,19 +2,19 @@
 
 Usage::
 
-    python -m models.eval_weather --testset runs/weather-test --bsds ../shared/data/bsds500 \\
+    python -m training.weather.evaluate --testset runs/weather-test --bsds ../shared/data/bsds500 \\
         --teachers runs/weather/teacher-{rain,haze,snow}/last.pt \\
         --stage1 runs/weather/student-stage1/last.pt --stage2 runs/weather/student-stage2/last.pt \\
         --manifest models/onnx/manifest.json [--write-manifest] [--real-snow ../shared/data/weather/real_snow]
 
-Methods, each on the 50 x 3 held-out images (``models.weather_testset.write_test_set``, written if
+Methods, each on the 50 x 3 held-out images (``training.weather.testset.write_test_set``, written if
 missing): ``input`` (the degraded image itself), ``teacher`` (the single-weather teacher on its
 own weather), ``stage1`` / ``stage2`` (the student after each stage, PyTorch, whole image),
 ``ort`` (the committed ONNX student, whole image), ``ort-tiled`` (the ONNX student through the
 service's tiling at the production tile size, i.e. what ``POST /derain`` returns),
 ``ort-tiled-256`` (the same with 256-px tiles: many seams), and ``dcp`` (the dark channel prior,
 He et al. 2009, on haze only). Images are scored as the service returns them: clipped, rounded
-to 8 bit; PSNR over all pixels and channels, SSIM as ``models.train_weather.ssim``.
+to 8 bit; PSNR over all pixels and channels, SSIM as ``training.weather.train.ssim``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from models.dark_channel import dehaze
-from models.train_weather import load_student, psnr, quantize, restore, ssim
-from models.weather_data import WEATHERS
-from models.weather_testset import load_test_set, write_test_set
+from training.weather.dark_channel import dehaze
+from training.weather.data import WEATHERS
+from training.weather.testset import load_test_set, write_test_set
+from training.weather.train import load_student, psnr, quantize, restore, ssim
 
 __all__ = ["METHODS", "evaluate", "real_snow_figure", "main"]
 
@@ -68,8 +68,8 @@ def evaluate(
 
 def _ort_restorers(model_path: Path, entry: dict) -> dict[str, Restorer]:
     from export.weather import _session, whole_forward
-    from models.eval_edges import tiled_forward
     from service.settings import Settings
+    from training.hed.evaluate import tiled_forward
 
     session = _session(model_path)
     production = Settings().tile_size
@@ -117,7 +117,7 @@ def _table(scores: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m models.eval_weather", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.weather.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--testset", type=Path, default=Path("runs/weather-test"))
     parser.add_argument("--bsds", type=Path, default=Path("../shared/data/bsds500"))
     parser.add_argument("--teachers", type=Path, nargs=3, metavar=("RAIN", "HAZE", "SNOW"))
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "and the whole test set (no --limit)")
         from export.manifest import update_manifest
 
-        command = "python -m models.eval_weather " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m training.weather.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
 
         def merge(current: list[dict]) -> list[dict]:
             for e in current:
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     e["metrics"] = {
                         "heldout": scores["ort-tiled"],
                         "by_method": scores,
-                        "note": "held-out synthetic set (models/weather_data.py: 50 BSDS500 test "
+                        "note": "held-out synthetic set (training/weather/data.py: 50 BSDS500 test "
                                 "images x rain/haze/snow, seed 2022), 8-bit outputs; heldout = "
                                 "the ONNX model through the service's tiling",
                         "command": command,

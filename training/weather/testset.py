@@ -1,13 +1,13 @@
 """The held-out weather test set (written once, seeded) and the example grid of docs/.
 
 ``write_test_set`` degrades a seeded choice of BSDS500 *test* images with the generators of
-``models.weather_data`` and writes them to disk, so every evaluation scores the same pixels:
+``training.weather.data`` and writes them to disk, so every evaluation scores the same pixels:
 ``out/{clean,rain,haze,snow}/<name>.png`` plus ``out/testset.json`` (seed, count, every drawn
 generator parameter, the input PSNR of each image). Image ``k`` (in name order) and weather ``j``
 draw from ``default_rng([seed, k, j])``.
 
-    python -m models.weather_testset testset --bsds ../shared/data/bsds500 --out runs/weather-test
-    python -m models.weather_testset grid --bsds ../shared/data/bsds500 --out docs/weather_examples.jpg
+    python -m training.weather.testset testset --bsds ../shared/data/bsds500 --out runs/weather-test
+    python -m training.weather.testset grid --bsds ../shared/data/bsds500 --out docs/weather_examples.jpg
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from models.weather_data import WEATHERS, FloatImage, degrade, psnr, read_rgb
+from training.weather.data import WEATHERS, FloatImage, degrade, psnr, read_rgb
 
 __all__ = ["TESTSET_VERSION", "write_test_set", "load_test_set", "write_grid", "main"]
 
@@ -156,7 +156,7 @@ def write_grid(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m models.weather_testset", description=(__doc__ or "").split("\n")[0]
+        prog="python -m training.weather.testset", description=(__doc__ or "").split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     testset = sub.add_parser("testset", help="write the seeded held-out test set")

@@ -2,12 +2,12 @@
 
 Usage (one command per stage; every one resumable with ``--resume``)::
 
-    python -m models.train_weather teacher --weather rain --out runs/weather/teacher-rain ...
-    python -m models.train_weather teacher --weather haze --out runs/weather/teacher-haze ...
-    python -m models.train_weather teacher --weather snow --out runs/weather/teacher-snow ...
-    python -m models.train_weather stage1 --teachers runs/weather/teacher-{rain,haze,snow}/last.pt \\
+    python -m training.weather.train teacher --weather rain --out runs/weather/teacher-rain ...
+    python -m training.weather.train teacher --weather haze --out runs/weather/teacher-haze ...
+    python -m training.weather.train teacher --weather snow --out runs/weather/teacher-snow ...
+    python -m training.weather.train stage1 --teachers runs/weather/teacher-{rain,haze,snow}/last.pt \\
         --out runs/weather/student-stage1 ...
-    python -m models.train_weather stage2 --init runs/weather/student-stage1/last.pt \\
+    python -m training.weather.train stage2 --init runs/weather/student-stage1/last.pt \\
         --out runs/weather/student-stage2 ...
 
 Method (Chen et al., CVPR 2022, and the authors' ``train.py``):
@@ -15,10 +15,10 @@ Method (Chen et al., CVPR 2022, and the authors' ``train.py``):
 * teacher: MSBDN-RDFF (``models.msbdn``) on one weather, L1 to the clean image;
 * stage 1, knowledge collection: the student sees every weather in every batch (one block per
   weather, block ``t`` also goes through teacher ``t``); loss = CKT (outputs + projected features +
-  teacher-feature reconstruction, ``models.weather_losses.CKTLoss``) + 0.1 x SCR;
+  teacher-feature reconstruction, ``training.weather.losses.CKTLoss``) + 0.1 x SCR;
 * stage 2, knowledge examination: the student alone, L1 to the clean image + 0.2 x HCR.
 
-Data: ``models.weather_data.WeatherPatches`` synthesises rain/haze/snow on random crops of
+Data: ``training.weather.data.WeatherPatches`` synthesises rain/haze/snow on random crops of
 BSDS500 train+val; batch ``i`` is a pure function of ``(seed, i)`` so a resumed run replays the
 uninterrupted one. Validation: PSNR/SSIM per weather on ``--val-count`` BSDS500 *test* images that
 are not in the held-out test set (centre crops, degraded with a fixed seed), every ``--val-every``
@@ -39,7 +39,7 @@ Compute-driven choices, stated (the authors train full width on a GPU for 250 ep
   identity, where restored == degraded and the ratio's denominator is 0 (measured: SCR = 57,000 at
   iteration 37, the student pushed away from its input to 18.9 dB on rain against 23.5 dB input,
   and Adam's second moments inflated for hundreds of steps); CKT moves it off the input first;
-* the contrastive terms run the frozen VGG16 (HED trunk, see ``models.weather_losses``) on one
+* the contrastive terms run the frozen VGG16 (HED trunk, see ``training.weather.losses``) on one
   ``--cr-crop`` crop of ``--cr-per-weather`` images per weather, not on the whole batch: the
   feature network costs several times the student on a CPU.
 """
@@ -64,11 +64,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig, feature_channels
-from models.train_log import (
+from training.common.log import (
     Progress, check_resumable, machine_description, save_checkpoint, write_csv,
 )
-from models.weather_data import WEATHERS, WeatherPatches, degrade, load_images
-from models.weather_losses import CKTLoss, HCRLoss, SCRLoss, VGGFeatures
+from training.weather.data import WEATHERS, WeatherPatches, degrade, load_images
+from training.weather.losses import CKTLoss, HCRLoss, SCRLoss, VGGFeatures
 
 __all__ = [
     "WeatherTrainConfig", "WeatherTrainer", "learning_rate", "validation_set", "validate",
@@ -413,7 +413,7 @@ def save(trainer: WeatherTrainer, out: Path, meta: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------ CLI
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m models.train_weather", description=__doc__.split("\n")[0]
+        prog="python -m training.weather.train", description=__doc__.split("\n")[0]
     )
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--weather", choices=WEATHERS, help="the teacher's weather")
@@ -474,7 +474,7 @@ def _feature_network(path: Path) -> VGGFeatures:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from models.weather_testset import write_test_set
+    from training.weather.testset import write_test_set
 
     args = _parse_args(argv)
     teachers: list[MSBDN] = []
@@ -502,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = WeatherPatches(images, config.patch, config.seed)
     features = _feature_network(args.hed_onnx) if config.stage != "teacher" else None
     trainer = WeatherTrainer(config, data, features, teachers, init)
-    command = shlex.join(["python", "-m", "models.train_weather", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "-m", "training.weather.train", *(argv or sys.argv[1:])])
     meta: dict[str, Any] = {"command": command, "machine": machine_description(trainer.device)}
     if args.resume:
         state = torch.load(args.out / CHECKPOINT, map_location="cpu", weights_only=False)

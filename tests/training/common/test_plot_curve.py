@@ -1,4 +1,4 @@
-"""models/plot_curve.py and models/train_log.py: ticks, a PNG from a CSV log, progress lines."""
+"""training/common/plot_curve.py and training/common/log.py: ticks, a PNG from a CSV log, progress lines."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from models import plot_curve
-from models.plot_curve import nice_ticks
-from models.train_log import Progress, read_csv, write_csv
+from training.common import plot_curve
+from training.common.log import Progress, read_csv, write_csv
+from training.common.plot_curve import nice_ticks
 
 
 def test_nice_ticks_cover_the_range() -> None:

@@ -1,4 +1,4 @@
-"""models/dncnn_data.py: patch extraction, the 8 augmentation modes, BSD432, seeded batches."""
+"""training/dncnn/data.py: patch extraction, the 8 augmentation modes, BSD432, seeded batches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.dncnn_data import (
+from training.dncnn.data import (
     AUGMENT_MODES,
     PatchSampler,
     augment,
@@ -19,7 +19,7 @@ from models.dncnn_data import (
     load_training_images,
 )
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 DATA = SHARED / "data"
 needs_data = pytest.mark.skipif(not (DATA / "denoise").is_dir(), reason="../shared/data absent")
 SCALES = (1.0, 0.9, 0.8, 0.7)

@@ -1,4 +1,4 @@
-"""models/eval_denoise.py: the protocol's pieces and a tiny end-to-end run on synthetic data."""
+"""training/dncnn/evaluate.py: the protocol's pieces and a tiny end-to-end run on synthetic data."""
 
 from __future__ import annotations
 
@@ -12,25 +12,25 @@ from PIL import Image
 
 from export.manifest import write_manifest
 from export.onnx_export import export_onnx, sha256_file
-from models import eval_denoise
 from models.dncnn import DnCNN
+from training.dncnn import evaluate
 
 
 def test_psnr_and_quantize() -> None:
     a = np.zeros((4, 4), np.uint8)
     b = a.copy()
     b[0, 0] = 16  # MSE 16
-    assert eval_denoise.psnr(a, b) == pytest.approx(10 * np.log10(255**2 / 16))
-    assert eval_denoise.psnr(a, a) == float("inf")
-    q = eval_denoise.quantize(np.array([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 1.2]))
+    assert evaluate.psnr(a, b) == pytest.approx(10 * np.log10(255**2 / 16))
+    assert evaluate.psnr(a, a) == float("inf")
+    q = evaluate.quantize(np.array([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 1.2]))
     np.testing.assert_array_equal(q, [0, 0, 0, 2, 255])  # round half to even, then clip
 
 
 def test_noise_is_seeded_per_image_not_per_run() -> None:
     clean = np.full((8, 8), 128, np.uint8)
-    first = eval_denoise.add_noise(clean, 25, eval_denoise.noise_rng("BSD68", "x.png", 25))
-    again = eval_denoise.add_noise(clean, 25, eval_denoise.noise_rng("BSD68", "x.png", 25))
-    other = eval_denoise.add_noise(clean, 25, eval_denoise.noise_rng("BSD68", "y.png", 25))
+    first = evaluate.add_noise(clean, 25, evaluate.noise_rng("BSD68", "x.png", 25))
+    again = evaluate.add_noise(clean, 25, evaluate.noise_rng("BSD68", "x.png", 25))
+    other = evaluate.add_noise(clean, 25, evaluate.noise_rng("BSD68", "y.png", 25))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     assert first.dtype == np.float32
@@ -58,7 +58,7 @@ def test_end_to_end_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixture
             image = rng.integers(40, 216, (10, 12), dtype=np.uint8)
             Image.fromarray(image).save(tmp_path / "data" / test_set / f"{i}.png")
 
-    eval_denoise.main([
+    evaluate.main([
         "--data", str(tmp_path / "data"), "--manifest", str(onnx_dir / "manifest.json"),
         "--write-manifest",
     ])
@@ -74,10 +74,10 @@ def test_metrics_merge_keeps_entries_written_meanwhile() -> None:
         {**base, "name": "a", "sha256": "1"},
         {**base, "name": "hed", "sha256": "9"},  # added by another tool during the run
     ]
-    merged = eval_denoise._with_metrics(current, {"a": {"BSD68": {"25": 29.0}}}, {"a": "1"})
+    merged = evaluate._with_metrics(current, {"a": {"BSD68": {"25": 29.0}}}, {"a": "1"})
     assert [e["name"] for e in merged] == ["a", "hed"]
     assert merged[0]["metrics"]["BSD68"] == {"25": 29.0}
     assert merged[0]["metrics"]["old"] == 1
     assert merged[1] == current[1]
     with pytest.raises(SystemExit, match="re-exported"):
-        eval_denoise._with_metrics(current, {"a": {}}, {"a": "2"})
+        evaluate._with_metrics(current, {"a": {}}, {"a": "2"})

@@ -1,4 +1,4 @@
-"""models/dncnn_trainer.py and its command models/train_dncnn.py: a step lowers the loss, exact
+"""training/dncnn/trainer.py and its command training/dncnn/train.py: a step lowers the loss, exact
 resume, schedule, and a tiny CLI run."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from models import dncnn_trainer, train_dncnn
-from models.dncnn_trainer import TrainConfig, Trainer, learning_rate, load_checkpoint
-from models.train_log import CSV_COLUMNS
+from training.common.log import CSV_COLUMNS
+from training.dncnn import train as train_dncnn
+from training.dncnn import trainer as dncnn_trainer
+from training.dncnn.trainer import TrainConfig, Trainer, learning_rate, load_checkpoint
 
 TINY = TrainConfig(depth=4, features=8, batch_size=8, iterations=6, epoch_iters=3, seed=3)
 

@@ -1,4 +1,4 @@
-"""models/eval_edges.py: correspondence matching on cases of known F, the ODS/OIS/AP arithmetic,
+"""training/hed/evaluate.py: correspondence matching on cases of known F, the ODS/OIS/AP arithmetic,
 Canny's soft map, and the CLI end to end on a generated miniature BSDS500."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from skimage.feature import canny
 
 from export.manifest import write_manifest
 from export.onnx_export import export_onnx, sha256_file
-from models.eval_edges import (
+from models.hed import HEDForInference, build_hed
+from training.hed.evaluate import (
     THRESHOLDS,
     GroundTruth,
     canny_scale,
@@ -25,7 +26,6 @@ from models.eval_edges import (
     match_boundaries,
     summarize,
 )
-from models.hed import HEDForInference, build_hed
 
 
 def _line(shape: tuple[int, int], row: int, start: int, stop: int) -> np.ndarray:

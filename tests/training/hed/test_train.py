@@ -1,4 +1,4 @@
-"""models/train_hed.py: the class-balanced loss, the crops, and that a step learns."""
+"""training/hed/train.py: the class-balanced loss, the crops, and that a step learns."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.eval_edges import thresholds_for
 from models.hed import HED
-from models.train_hed import EdgeSamples, HEDTrainConfig, HEDTrainer, balanced_bce, validate
+from training.hed.evaluate import thresholds_for
+from training.hed.train import EdgeSamples, HEDTrainConfig, HEDTrainer, balanced_bce, validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

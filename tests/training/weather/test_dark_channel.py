@@ -1,12 +1,12 @@
-"""models/dark_channel.py: prior on synthetic scenes, airlight, guided filter, dehazing."""
+"""training/weather/dark_channel.py: prior on synthetic scenes, airlight, guided filter, dehazing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.dark_channel import dark_channel, dehaze, estimate_airlight, guided_filter
-from models.weather_data import psnr
+from training.weather.dark_channel import dark_channel, dehaze, estimate_airlight, guided_filter
+from training.weather.data import psnr
 
 AIRLIGHT = np.array([0.9, 0.85, 0.8])
 TRANSMISSION = 0.5

@@ -1,4 +1,4 @@
-"""models/weather_data.py and weather_testset.py: generators, depth maps, training batches, the test set."""
+"""training/weather/data.py and testset.py: generators, depth maps, training batches, the test set."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import models.weather_data as wd
-import models.weather_testset as wt
-from models.weather_data import (
+import training.weather.data as wd
+import training.weather.testset as wt
+from training.weather.data import (
     STATS,
     WEATHERS,
     WeatherPatches,
@@ -25,7 +25,7 @@ from models.weather_data import (
     psnr,
     random_depth,
 )
-from models.weather_testset import load_test_set, write_grid, write_test_set
+from training.weather.testset import load_test_set, write_grid, write_test_set
 
 
 def textured(h: int, w: int, seed: int = 0, level: float = 0.45) -> np.ndarray:

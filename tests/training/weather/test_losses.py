@@ -1,4 +1,4 @@
-"""models/weather_losses.py: the frozen feature network, SCR/HCR ratios and their gradients, CKT."""
+"""training/weather/losses.py: the frozen feature network, SCR/HCR ratios and their gradients, CKT."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from models.hed import HED, HEDForInference
-from models.weather_losses import (
+from training.weather.losses import (
     CR_WEIGHTS,
     EPS,
     CKTLoss,

@@ -1,4 +1,4 @@
-"""models/train_weather.py: schedule, every stage learns, checkpoints, exact resume, validation."""
+"""training/weather/train.py: schedule, every stage learns, checkpoints, exact resume, validation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from torch import nn
 
 from models.hed import HED
 from models.msbdn import MSBDN, MSBDNConfig
-from models.train_weather import (
+from training.weather.data import WEATHERS, WeatherPatches, degrade
+from training.weather.losses import VGGFeatures
+from training.weather.train import (
     CHECKPOINT,
     LOG,
     WeatherTrainConfig,
@@ -25,8 +27,6 @@ from models.train_weather import (
     save,
     validate,
 )
-from models.weather_data import WEATHERS, WeatherPatches, degrade
-from models.weather_losses import VGGFeatures
 
 TINY = WeatherTrainConfig(
     width=0.125, res_blocks=1, patch=32, per_weather=1, iterations=4, lr=1e-3, lr_min=1e-3,

@@ -1,0 +1,1 @@
+"""What every trainer shares: atomic checkpoints, CSV logs, progress lines, learning curves."""

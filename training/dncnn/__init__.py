@@ -1,0 +1,1 @@
+"""DnCNN denoising: patch data, the paper's trainer, its command, the PSNR evaluation."""

@@ -1,0 +1,1 @@
+"""HED edges: fine-tuning command and the BSDS500 boundary benchmark (ODS/OIS/AP)."""
