@@ -20,15 +20,14 @@ import argparse
 import dataclasses
 import shlex
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from export.dncnn import EXPORT_HW
 from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 from export.onnx_export import export_onnx, sha256_file
-from models.dncnn import DnCNN
-from training.dncnn.trainer import TrainConfig, config_from_dict, load_checkpoint
+from models.dncnn import DnCNN, dncnn_config
 
 __all__ = ["fold_batch_norm", "model_from_checkpoint", "trained_entry", "main"]
 
@@ -68,32 +67,34 @@ def fold_batch_norm(model: DnCNN) -> DnCNN:
     return folded.eval()
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> tuple[DnCNN, TrainConfig]:
-    """The trained (BatchNorm) model of a checkpoint and its training config."""
-    config = config_from_dict(state["config"])
-    model = DnCNN(**dataclasses.asdict(config.model_config()))
+def model_from_checkpoint(state: dict[str, Any]) -> DnCNN:
+    """The trained (BatchNorm) model of a checkpoint: the architecture its training config names
+    (``arch`` with the ``depth`` / ``features`` overrides), with its weights."""
+    config: Mapping[str, Any] = state["config"]
+    network = dncnn_config(config["arch"], depth=config["depth"], features=config["features"])
+    model = DnCNN(**dataclasses.asdict(network))
     model.load_state_dict(state["model"], strict=True)
-    return model.eval(), config
+    return model.eval()
 
 
-def _data_description(config: TrainConfig, iterations: int) -> str:
-    low, high = config.sigma_range
+def _data_description(config: Mapping[str, Any], iterations: int) -> str:
+    low, high = config["sigma_range"]
     noise = f"sigma {low:g}" if low == high else f"sigma uniform in [{low:g}, {high:g}]"
+    train_set, patch = config["train_set"], config["patch_size"]
     return (
-        f"{TRAIN_SETS.get(config.train_set, config.train_set)}; {config.patch_size}x"
-        f"{config.patch_size} patches, stride {config.stride}, scales "
-        f"{'/'.join(f'{s:g}' for s in config.scales)}, 8 flip/rotation modes; Gaussian {noise}; "
-        f"{iterations} iterations x batch {config.batch_size}; validation {config.val_set} "
-        f"at sigma {config.val_sigma}"
+        f"{TRAIN_SETS.get(train_set, train_set)}; {patch}x{patch} patches, stride "
+        f"{config['stride']}, scales {'/'.join(f'{s:g}' for s in config['scales'])}, 8 "
+        f"flip/rotation modes; Gaussian {noise}; {iterations} iterations x batch "
+        f"{config['batch_size']}; validation {config['val_set']} at sigma {config['val_sigma']}"
     )
 
 
 def trained_entry(
-    state: dict[str, Any], config: TrainConfig, name: str, path: Path, command: str, default: bool
+    state: dict[str, Any], model: DnCNN, name: str, path: Path, command: str, default: bool
 ) -> Entry:
     """Manifest entry for an exported trained model (metrics filled by training.dncnn.evaluate)."""
-    low, high = config.sigma_range
-    cfg = config.model_config()
+    config: Mapping[str, Any] = state["config"]
+    low, high = config["sigma_range"]
     minutes = float(state.get("elapsed_s", 0.0)) / 60
     iteration = int(state["iteration"])
     return {
@@ -102,9 +103,9 @@ def trained_entry(
         "file": path.name,
         "sha256": sha256_file(path),
         "version": VERSION,
-        "channels": cfg.channels,
+        "channels": model.channels,
         "sigma": (int(low) if float(low).is_integer() else low) if low == high else None,
-        "overlap": cfg.depth,  # receptive-field radius: one pixel per 3x3 conv
+        "overlap": model.depth,  # receptive-field radius: one pixel per 3x3 conv
         "multiple": 1,
         "default": default,
         "provenance": {
@@ -117,7 +118,7 @@ def trained_entry(
             "duration": f"{minutes:.1f} min of training (iteration {iteration}, "
                         f"validation included)",
             "checkpoint_val_psnr": {
-                config.val_set: {str(config.val_sigma): state.get("best_psnr")}
+                config["val_set"]: {str(config["val_sigma"]): state.get("best_psnr")}
             },
             "exported_by": command,
         },
@@ -143,12 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["--checkpoint", str(args.checkpoint), "--name", args.name, "--out", str(args.out)]
         + (["--default"] if args.default else [])
     )
-    state = load_checkpoint(args.checkpoint)
-    trained, config = model_from_checkpoint(state)
-    model = fold_batch_norm(trained)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)  # no pickled code
+    model = fold_batch_norm(model_from_checkpoint(state))
     path = args.out / f"{args.name}.onnx"
     diff = export_onnx(model, path, (1, model.channels, EXPORT_HW, EXPORT_HW))
-    entry = trained_entry(state, config, args.name, path, command, args.default)
+    entry = trained_entry(state, model, args.name, path, command, args.default)
     manifest_path = args.out / MANIFEST_NAME
     update_manifest(manifest_path, lambda current: merge_keeping_metrics(current, [entry]))
     print(f"{args.name}: {path} ({path.stat().st_size / 2**20:.2f} MiB), ORT parity {diff:.2e}, "

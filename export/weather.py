@@ -19,25 +19,26 @@ the machine and the training time (read from the checkpoints). Metrics are fille
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from PIL import Image
 
 from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
+from export.measure import psnr, quantize, tiled_forward
 from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
-from training.weather.data import add_rain
-from training.weather.train import load_student, psnr, quantize
 
 __all__ = [
-    "NAME", "MIN_TILED_PSNR", "sample_image", "tiled_psnr", "choose_overlap", "weather_from_onnx",
-    "main",
+    "NAME", "MIN_TILED_PSNR", "network_config", "load_student", "sample_image", "tiled_psnr",
+    "choose_overlap", "weather_from_onnx", "main",
 ]
 
 NAME = "weather-unified"
@@ -45,6 +46,7 @@ VERSION = "1.0.0"
 MIN_TILED_PSNR = 45.0  # dB, tiled vs whole on the sample; the issue's bound is 40
 MARGINS = (32, 64, 96, 128, 160, 192)
 CHECK_TILE = 512  # half the default 1024: six tiles on the sample, seams through the subject
+SAMPLE = Path(__file__).with_name("weather_sample.png")
 
 
 def _prelu_slopes(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -81,13 +83,29 @@ def weather_from_onnx(model: onnx.ModelProto) -> MSBDN:
     return network.eval()
 
 
-def sample_image() -> np.ndarray:
-    """A 768x1024 photo with synthetic rain (scikit-image's astronaut, resized), uint8 RGB."""
-    from skimage import data
-    from skimage.transform import resize
+def network_config(config: Mapping[str, Any]) -> MSBDNConfig:
+    """The network of a training config (a checkpoint's ``config``): the fields it shares with
+    ``MSBDNConfig``, the others' defaults where it has none."""
+    names = {field.name for field in dataclasses.fields(MSBDNConfig)}
+    return MSBDNConfig(**{k: v for k, v in config.items() if k in names})
 
-    clean = resize(data.astronaut(), (768, 1024), anti_aliasing=True).astype(np.float32)
-    return quantize(add_rain(clean, np.random.default_rng(2022)))
+
+def load_student(path: Path) -> tuple[MSBDN, dict[str, Any]]:
+    """The network of a checkpoint (any stage) in eval mode, and the checkpoint's metadata."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = MSBDN(network_config(state["config"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer")}
+
+
+def sample_image() -> np.ndarray:
+    """A 768x1024 photo with synthetic rain (scikit-image's astronaut, resized), uint8 RGB.
+
+    Read from ``SAMPLE``, which ``python -m training.weather.testset sample`` wrote with the
+    training data's own rain (``training.weather.data.add_rain``, seed 2022).
+    """
+    with Image.open(SAMPLE) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -109,8 +127,6 @@ def tiled_psnr(
     session: ort.InferenceSession, rgb: np.ndarray, margin: int, tile: int = CHECK_TILE
 ) -> float:
     """PSNR (8-bit) of the service's tiled output against one whole-image run."""
-    from training.hed.evaluate import tiled_forward
-
     entry = {"name": NAME, "task": "weather", "file": "x.onnx", "sha256": "0" * 64, "version": VERSION,
              "sigma": None, "default": True,
              "channels": 3, "overlap": margin, "multiple": MULTIPLE}

@@ -28,7 +28,7 @@ tiling needs an overlap of ``depth`` pixels to be seamless.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -146,10 +146,14 @@ DNCNN_CONFIGS: Mapping[str, DnCNNConfig] = MappingProxyType(
 )
 
 
-def dncnn_config(name: str) -> DnCNNConfig:
-    """Look up a named config; unknown names fail loudly with the known ones listed."""
+def dncnn_config(
+    name: str, *, depth: int | None = None, features: int | None = None
+) -> DnCNNConfig:
+    """Look up a named config, ``depth`` / ``features`` replaced where given (a trained variant's
+    overrides); unknown names fail loudly with the known ones listed."""
     try:
-        return DNCNN_CONFIGS[name]
+        base = DNCNN_CONFIGS[name]
     except KeyError:
         known = ", ".join(sorted(DNCNN_CONFIGS))
         raise KeyError(f"unknown DnCNN config {name!r}; known: {known}") from None
+    return replace(base, depth=depth or base.depth, features=features or base.features)

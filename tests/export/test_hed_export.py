@@ -25,10 +25,10 @@ from export.hed import (
     load_keras_layers,
 )
 from export.manifest import read_manifest
+from export.measure import tiled_forward
 from export.onnx_export import export_onnx, max_abs_diff, round_weights_fp16, run_onnx, sha256_file
 from models.hed import OUTPUT_NAMES, HEDForInference, build_hed
 from tests.conftest import MODELS_DIR, noisy_image
-from training.hed.evaluate import tiled_forward
 
 TINY_WIDTHS = (4, 6, 8, 8, 8)
 TINY_DEPTHS = (2, 2, 3, 3, 3)

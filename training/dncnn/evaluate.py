@@ -36,10 +36,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-__all__ = [
-    "NOISE_SEED", "Job", "add_noise", "noise_rng", "psnr", "quantize", "evaluate_set", "plan_jobs",
-    "main",
-]
+from export.measure import psnr, quantize
+
+__all__ = ["NOISE_SEED", "Job", "add_noise", "noise_rng", "evaluate_set", "plan_jobs", "main"]
 
 NOISE_SEED = 20170201  # fixed; see the module docstring for how each image's seed is derived
 BLIND_SIGMAS = (15, 25, 50)
@@ -79,17 +78,6 @@ def add_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.n
     """``clean`` (uint8) / 255 plus Gaussian noise of std sigma / 255, float32, not clipped."""
     noise = rng.standard_normal(clean.shape) * (sigma / 255.0)
     return (clean.astype(np.float64) / 255.0 + noise).astype(np.float32)
-
-
-def quantize(image: np.ndarray) -> np.ndarray:
-    """Clip to [0, 1] and round to 8 bit (MATLAB's im2uint8)."""
-    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images of equal shape (peak 255)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
 def noise_rng(test_set: str, filename: str, sigma: int) -> np.random.Generator:

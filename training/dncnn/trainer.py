@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.measure import psnr, quantize
 from models.dncnn import DnCNN, DnCNNConfig, dncnn_config
 from training.common.log import check_resumable, save_checkpoint
 from training.dncnn.data import PatchSampler
-from training.dncnn.evaluate import add_noise, noise_rng, psnr, quantize
+from training.dncnn.evaluate import add_noise, noise_rng
 
 __all__ = [
     "TrainConfig", "VARIANTS", "RESUME_OVERRIDES", "Trainer", "init_weights", "learning_rate",
@@ -79,10 +80,7 @@ class TrainConfig:
 
     def model_config(self) -> DnCNNConfig:
         """The architecture: ``arch``'s config with the ``depth`` / ``features`` overrides."""
-        base = dncnn_config(self.arch)
-        return dataclasses.replace(
-            base, depth=self.depth or base.depth, features=self.features or base.features
-        )
+        return dncnn_config(self.arch, depth=self.depth, features=self.features)
 
     def resolve(self, batches_per_pass: int) -> TrainConfig:
         """Fill the schedule defaults from the size of the patch set."""

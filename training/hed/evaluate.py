@@ -32,8 +32,8 @@ protocol makes ~107,000 calls per method (200 images x 99 thresholds x ~5.4 anno
 least total distance -- per connected component with scipy's assignment solvers, ~12x faster. On
 5 HED test images x 10 thresholds x all annotations (250 calls) the two agree to 0.04 % of the
 recall count (ours +147 of 364,694: the random outlier graph of CSA misses a few augmenting
-paths) and 0.01 % of the precision count, F 0.59559 vs 0.59567; ``tests/training/hed`` checks both on
-synthetic cases.
+paths) and 0.01 % of the precision count, F 0.59559 vs 0.59567; ``tests/training/hed`` checks
+both on synthetic cases.
 
 Modes: ``torch`` (the converted float32 PyTorch model, whole image at its own size), ``ort``
 (the committed ONNX model, float16-stored weights, whole image), ``ort-tiled`` (the ONNX model
@@ -65,6 +65,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 
+from export.measure import tiled_forward
 from service.edgemaps import nms
 
 __all__ = [
@@ -77,7 +78,6 @@ __all__ = [
     "Scores",
     "summarize",
     "canny_soft",
-    "tiled_forward",
     "main",
 ]
 
@@ -373,24 +373,6 @@ def canny_scale(sigma: float) -> float:
     along the step and the unnormalised kernels multiply that by 8.
     """
     return 1.0 / (4.0 * math.erf(1.0 / (sigma * math.sqrt(2.0))))
-
-
-def tiled_forward(
-    session: ort.InferenceSession, entry: dict[str, Any], tile_size: int, rgb: npt.NDArray[np.uint8]
-) -> npt.NDArray[np.float32]:
-    """``rgb`` (H, W, 3 uint8) through the service tiling with the entry's overlap and multiple."""
-    from service.manifest import ModelSpec
-    from service.pipeline import TiledImage, plan_for
-    from service.settings import Settings
-
-    spec = ModelSpec.from_entry(entry, Path("."))
-    height, width = rgb.shape[:2]
-    work = TiledImage(rgb, plan_for(spec, Settings(tile_size=tile_size), height, width), 255)
-    for index in range(work.plan.count):
-        (out,) = session.run(["output"], {"input": work.tile(index)[None]})
-        work.accept(index, out[0])
-    assert work.output is not None
-    return work.output  # (H, W, channels)
 
 
 def make_session(path: Path, threads: int = THREADS) -> ort.InferenceSession:

@@ -28,10 +28,12 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from export.measure import psnr, quantize, tiled_forward
+from export.weather import _session, load_student, whole_forward
 from training.weather.dark_channel import dehaze
 from training.weather.data import WEATHERS
 from training.weather.testset import load_test_set, write_test_set
-from training.weather.train import load_student, psnr, quantize, restore, ssim
+from training.weather.train import restore, ssim
 
 __all__ = ["METHODS", "evaluate", "real_snow_figure", "main"]
 
@@ -67,9 +69,7 @@ def evaluate(
 
 
 def _ort_restorers(model_path: Path, entry: dict) -> dict[str, Restorer]:
-    from export.weather import _session, whole_forward
     from service.settings import Settings
-    from training.hed.evaluate import tiled_forward
 
     session = _session(model_path)
     production = Settings().tile_size
@@ -165,8 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(scores, indent=1))
     if args.real_snow and entry is not None:
-        from export.weather import _session, whole_forward
-
         session = _session(args.manifest.parent / entry["file"])
         print(real_snow_figure(args.real_snow, lambda x: whole_forward(session, quantize(x)), args.figure))
     if args.write_manifest:

@@ -1,4 +1,5 @@
-"""The held-out weather test set (written once, seeded) and the example grid of docs/.
+"""The held-out weather test set (written once, seeded), the example grid of docs/ and the photo
+the weather export measures its tile margin on.
 
 ``write_test_set`` degrades a seeded choice of BSDS500 *test* images with the generators of
 ``training.weather.data`` and writes them to disk, so every evaluation scores the same pixels:
@@ -8,6 +9,11 @@ draw from ``default_rng([seed, k, j])``.
 
     python -m training.weather.testset testset --bsds ../shared/data/bsds500 --out runs/weather-test
     python -m training.weather.testset grid --bsds ../shared/data/bsds500 --out docs/weather_examples.jpg
+    python -m training.weather.testset sample --out export/weather_sample.png
+
+``export_sample`` is that photo: scikit-image's astronaut resized to 768x1024 under ``add_rain``
+(seed 2022), rounded to 8 bit. ``export.weather`` reads the committed PNG rather than calling this
+module, since export imports nothing from ``training/``.
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
-from training.weather.data import WEATHERS, FloatImage, degrade, psnr, read_rgb
+from export.measure import quantize
+from training.weather.data import WEATHERS, FloatImage, add_rain, degrade, psnr, read_rgb
 
-__all__ = ["TESTSET_VERSION", "write_test_set", "load_test_set", "write_grid", "main"]
+__all__ = [
+    "TESTSET_VERSION", "write_test_set", "load_test_set", "write_grid", "export_sample",
+    "write_export_sample", "main",
+]
 
 TESTSET_VERSION = 1
 
@@ -154,6 +164,22 @@ def write_grid(
     return out
 
 
+def export_sample() -> npt.NDArray[np.uint8]:
+    """The export's tile-margin photo: the astronaut, 768x1024, with synthetic rain (seed 2022)."""
+    from skimage import data
+    from skimage.transform import resize
+
+    clean = resize(data.astronaut(), (768, 1024), anti_aliasing=True).astype(np.float32)
+    return quantize(add_rain(clean, np.random.default_rng(2022)))
+
+
+def write_export_sample(out: Path) -> Path:
+    """``export_sample`` as a (lossless) PNG."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(export_sample()).save(out, optimize=True)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m training.weather.testset", description=(__doc__ or "").split("\n")[0]
@@ -166,10 +192,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--out", type=Path, required=True)
         p.add_argument("--count", type=int, default=50, help="test-set size (grid: its first)")
         p.add_argument("--seed", type=int, default=2022)
+    sample = sub.add_parser("sample", help="write the photo the weather export checks tiling on")
+    sample.add_argument("--out", type=Path, required=True, help="export/weather_sample.png")
     args = parser.parse_args(argv)
     if args.command == "testset":
         meta = write_test_set(args.bsds, args.out, args.count, args.seed)
         print(json.dumps(json.loads(meta.read_text())["summary"], indent=1))
+    elif args.command == "sample":
+        print(write_export_sample(args.out))
     else:
         print(write_grid(args.bsds, args.out, count=args.count, seed=args.seed))
 

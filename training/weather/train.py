@@ -63,6 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.measure import psnr, quantize
+from export.weather import load_student
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig, feature_channels
 from training.common.log import (
     Progress, check_resumable, machine_description, save_checkpoint, write_csv,
@@ -72,7 +74,7 @@ from training.weather.losses import CKTLoss, HCRLoss, SCRLoss, VGGFeatures
 
 __all__ = [
     "WeatherTrainConfig", "WeatherTrainer", "learning_rate", "validation_set", "validate",
-    "restore", "quantize", "psnr", "ssim", "load_student", "main",
+    "restore", "ssim", "main",
 ]
 
 CHECKPOINT = "last.pt"
@@ -122,17 +124,6 @@ def learning_rate(config: WeatherTrainConfig, iteration: int) -> float:
 
 
 # ------------------------------------------------------------------------------------ metrics
-def quantize(image: np.ndarray) -> np.ndarray:
-    """Clip and round to 8 bit, as the service returns it."""
-    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 images."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
-
-
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two uint8 RGB images (scikit-image, Gaussian window as Wang et al. 2004)."""
     from skimage.metrics import structural_similarity
@@ -333,15 +324,6 @@ class WeatherTrainer:
             self.ckt.load_state_dict(state["ckt"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
-
-
-def load_student(path: Path) -> tuple[MSBDN, dict[str, Any]]:
-    """The network of a checkpoint (any stage) in eval mode, and the checkpoint's metadata."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    config = WeatherTrainConfig(**state["config"])
-    model = MSBDN(config.network())
-    model.load_state_dict(state["model"])
-    return model.eval(), {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer")}
 
 
 # ----------------------------------------------------------------------------------------- loop

@@ -16,16 +16,6 @@ from models.dncnn import DnCNN
 from training.dncnn import evaluate
 
 
-def test_psnr_and_quantize() -> None:
-    a = np.zeros((4, 4), np.uint8)
-    b = a.copy()
-    b[0, 0] = 16  # MSE 16
-    assert evaluate.psnr(a, b) == pytest.approx(10 * np.log10(255**2 / 16))
-    assert evaluate.psnr(a, a) == float("inf")
-    q = evaluate.quantize(np.array([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 1.2]))
-    np.testing.assert_array_equal(q, [0, 0, 0, 2, 255])  # round half to even, then clip
-
-
 def test_noise_is_seeded_per_image_not_per_run() -> None:
     clean = np.full((8, 8), 128, np.uint8)
     first = evaluate.add_noise(clean, 25, evaluate.noise_rng("BSD68", "x.png", 25))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from export.weather import load_student
 from models.hed import HED
 from models.msbdn import MSBDN, MSBDNConfig
 from training.weather.data import WEATHERS, WeatherPatches, degrade
@@ -21,7 +22,6 @@ from training.weather.train import (
     WeatherTrainConfig,
     WeatherTrainer,
     learning_rate,
-    load_student,
     restore,
     run,
     save,
