@@ -1,4 +1,4 @@
-"""Model endpoints. Each one: read upload -> decode -> pick model -> tile/schedule -> encode."""
+"""Model endpoints. Each one: read upload -> admit (header, model, queue, budgets) -> decode -> tile/schedule -> encode."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import numpy.typing as npt
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import codecs
+from service.admission import admit, release_holds
 from service.errors import PROBLEM_JSON, ServiceError, Unauthorized
 from service.negotiation import MEDIA_TYPES, choose_format, parse_format
 from service.pipeline import quantize, restore
 from service.runtime import ModelState, Runtime
 from service.settings import Settings
 from service.types import OutputFormat, Task
-from service.uploads import read_upload
 
 IMAGE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -99,19 +99,18 @@ class ModelRun:
 
 
 async def run_model(request: Request, *, task: Task, sigma: float | None = None) -> ModelRun:
-    """Read, decode, pick the model, and run it tiled; cancelled (tiles dropped) if the client leaves."""
+    """Read, admit, decode, and run the model tiled; cancelled (tiles dropped) if the client leaves."""
     runtime = runtime_of(request)
     settings: Settings = runtime.settings
     timer = StageTimer()
-    data = await read_upload(request, settings.max_body_bytes)
-    started = time.perf_counter()
-    image = await asyncio.to_thread(codecs.decode, data, settings.max_pixels)
-    del data
-    timer.add("decode", time.perf_counter() - started)
-    state = runtime.select(task, channels=image.channels, sigma=sigma)
+    admitted = await admit(request, runtime, task=task, sigma=sigma)  # refuses before decoding (admission.py)
+    image, state = admitted.image, admitted.state
+    timer.add("decode", admitted.decode_seconds)
     assert state.scheduler is not None
 
-    work = asyncio.ensure_future(restore(state.scheduler, state.spec, settings, image))
+    work = asyncio.ensure_future(
+        restore(state.scheduler, state.spec, settings, image, tile=state.tile, granule=state.granule, ticket=admitted.ticket)
+    )
     watcher = asyncio.ensure_future(_until_disconnected(request))
     await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     if not work.done():
@@ -164,7 +163,10 @@ async def serve_image(request: Request, *, task: Task, sigma: float | None, fmt_
     return await encoded_response(request, run, fmt, encode)
 
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+#: Every model route: the API key first; what a request holds (queue place, in-flight budgets) is
+#: given back once it is answered.
+MODEL_DEPENDENCIES = [Depends(require_api_key), Depends(release_holds)]
+router = APIRouter(dependencies=MODEL_DEPENDENCIES)
 
 
 @router.post(

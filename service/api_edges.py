@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from service import codecs, edgemaps
 from service.api import (
-    IMAGE_BODY, IMAGE_RESPONSES, FormatQuery, encoded_response, require_api_key, run_model, runtime_of,
+    IMAGE_BODY, IMAGE_RESPONSES, MODEL_DEPENDENCIES, FormatQuery, encoded_response, run_model, runtime_of,
 )
 from service.errors import BadRequest
 from service.negotiation import choose_format, parse_format
 from service.pipeline import quantize
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=MODEL_DEPENDENCIES)
 
 Side = Literal["fuse", "1", "2", "3", "4", "5"]
 

@@ -7,11 +7,11 @@ that matches their photo, and each is counted separately in the metrics.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from service.api import IMAGE_BODY, IMAGE_RESPONSES, FormatQuery, require_api_key, serve_image
+from service.api import IMAGE_BODY, IMAGE_RESPONSES, MODEL_DEPENDENCIES, FormatQuery, serve_image
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=MODEL_DEPENDENCIES)
 
 _DESCRIPTION = (
     "Removes rain streaks, haze and snow with one model; no weather label is needed, so /derain, "

@@ -99,8 +99,10 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
                     **state.spec.public(),
                     "status": state.status,
                     "provider": state.provider,
+                    "speed_mp_per_s": None if state.scheduler is None else round(state.scheduler.pixels_per_s / 1e6, 4),
                     "tile": {
-                        "size": settings.tile_size,
+                        "size": state.tile or settings.tile_size,
+                        "granule": state.granule,
                         "overlap": 2 * state.spec.overlap + settings.tile_overlap,
                         "margin": state.spec.overlap,
                         "multiple": state.spec.multiple,
@@ -111,7 +113,7 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
             ],
             "device": settings.device,
             "max_batch_wait_ms": settings.max_batch_wait_ms,
-            "max_queue_tiles": settings.max_queue,
+            "max_queue_seconds": settings.max_queue_seconds,
         }
 
     app.include_router(api.router, tags=["models"])

@@ -29,6 +29,8 @@ Image.MAX_IMAGE_PIXELS = None
 READABLE = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp"}
 _EXIF_ORIENTATION = 0x0112
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+#: Pillow modes ``decode`` returns as one colour channel (palette images become RGB).
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, imagecodecs.PngError, imagecodecs.DeflateError)
 
 
@@ -56,26 +58,68 @@ class DecodedImage:
         return 65535 if self.color.dtype == np.uint16 else 255
 
 
-def decode(data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode an upload; every failure is a ServiceError the client can act on."""
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says before any pixel is decoded: enough to pick a model and price the work."""
+
+    width: int  # as stored (before EXIF orientation, which may swap the two)
+    height: int
+    channels: int  # colour channels ``decode`` returns: 1 (gray) or 3
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def probe(data: bytes, max_pixels: int) -> ImageHeader:
+    """Size and colour channels from the header alone; refuses a bad header as ``decode`` would."""
+    image = _open(data, max_pixels)
+    if image is None:
+        return _probe_tiff_16(data, max_pixels)
+    gray = image.mode in _GRAY_MODES or image.mode.startswith("I;")
+    return ImageHeader(image.size[0], image.size[1], 1 if gray else 3)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image | None:
+    """Pillow's view of the header (no pixel decoded), checked; None for a TIFF only tifffile reads."""
     if not data:
         raise BadRequest("the request body is empty: send an image")
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError as exc:
         if data[:4] in _TIFF_MAGIC:  # e.g. 16-bit gray+alpha, which Pillow has no mode for
-            return _decode_tiff_16(data, max_pixels)
+            return None
         raise UnsupportedMediaType("the body is not an image in a format we read (PNG, JPEG, WebP, TIFF, BMP)") from exc
     except _DECODE_ERRORS as exc:
         raise CorruptImage(f"cannot parse the image header: {exc}") from exc
-    fmt = READABLE.get(image.format or "")
-    if fmt is None:
+    if READABLE.get(image.format or "") is None:
         raise UnsupportedMediaType(f"{image.format} images are not supported; send PNG, JPEG, WebP, TIFF or BMP")
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if width < 1 or height < 1:
         raise CorruptImage("the image has no pixels")
+    return image
+
+
+def _probe_tiff_16(data: bytes, max_pixels: int) -> ImageHeader:
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            width, height, samples = int(page.imagewidth), int(page.imagelength), int(page.samplesperpixel)
+    except _DECODE_ERRORS + (tifffile.TiffFileError,) as exc:
+        raise CorruptImage(f"the TIFF data is corrupt or truncated: {exc}") from exc
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels}")
+    return ImageHeader(width, height, 1 if samples <= 2 else 3)
+
+
+def decode(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode an upload; every failure is a ServiceError the client can act on."""
+    image = _open(data, max_pixels)
+    if image is None:
+        return _decode_tiff_16(data, max_pixels)
+    fmt = READABLE[image.format or ""]
     try:
         orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
     except _DECODE_ERRORS:

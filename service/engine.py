@@ -93,6 +93,10 @@ class OrtEngine:
         options.intra_op_num_threads = settings.intra_op_threads or available_cpus()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Off by default: the arena keeps every model's largest batch of activations for the life of the
+        # process (about 0.3 GB per model for one 512 px tile), so a few models that each served one
+        # large request hold gigabytes. Without it the memory goes back to the system after each batch.
+        options.enable_cpu_mem_arena = settings.cpu_mem_arena
         provider_options: list[dict[str, str]] = []
         for provider in providers:
             if provider == CUDA:

@@ -21,11 +21,20 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.queue_depth = Gauge("restore_queue_depth_tiles", "Tiles waiting per model", ["model"], registry=r)
+        self.queue_seconds = Gauge(
+            "restore_queue_seconds", "Estimated seconds of work admitted and not yet dispatched, per model", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            "restore_in_flight", "Use of each in-flight budget (body_bytes: bytes; pixels: decoded pixels)", ["budget"], registry=r
+        )
+        self.budget_rejections = Counter(
+            "restore_budget_rejections", "Requests refused with 503 because an in-flight budget was spent", ["budget"], registry=r
+        )
         self.tiles = Counter("restore_tiles", "Tiles inferred per model", ["model"], registry=r)
         self.dropped_tiles = Counter(
             "restore_dropped_tiles", "Tiles dropped because their client went away or their batch failed", ["model"], registry=r
         )
-        self.rejections = Counter("restore_queue_rejections", "Requests refused with 503 because the queue was full", ["model"], registry=r)
+        self.rejections = Counter("restore_queue_rejections", "Requests refused with 503 because too much work was queued before them", ["model"], registry=r)
         self.batch_size = Histogram("restore_batch_size_tiles", "Tiles per inference batch", ["model"], buckets=_BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram(
             "restore_inference_seconds", "Wall time of one batch inference", ["model"], buckets=_LATENCY_BUCKETS, registry=r

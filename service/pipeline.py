@@ -9,9 +9,9 @@ import numpy.typing as npt
 
 from service.codecs import DecodedImage
 from service.manifest import ModelSpec
-from service.scheduler import ModelScheduler, TileJob
+from service.scheduler import ModelScheduler, Ticket, TileJob
 from service.settings import Settings
-from service.tiling import TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles
+from service.tiling import TILE_GRANULE, TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles
 from service.types import ImageArray, Tile
 
 
@@ -40,19 +40,27 @@ class TiledImage:
         blend_tile(self.output, output, self.plan, index)
 
 
-def plan_for(spec: ModelSpec, settings: Settings, height: int, width: int) -> TilePlan:
+def plan_for(
+    spec: ModelSpec, settings: Settings, height: int, width: int, tile: int | None = None, granule: int = TILE_GRANULE
+) -> TilePlan:
+    """The tiling of a ``height x width`` image: tiles of side ``tile`` (the model's, chosen at load) or RESTORE_TILE_SIZE."""
     return plan_tiles(
-        height, width, tile=settings.tile_size, margin=spec.overlap, feather=settings.tile_overlap, multiple=spec.multiple
+        height, width, tile=tile or settings.tile_size, margin=spec.overlap, feather=settings.tile_overlap,
+        multiple=spec.multiple, granule=granule,
     )
 
 
-async def restore(scheduler: ModelScheduler, spec: ModelSpec, settings: Settings, image: DecodedImage) -> Restored:
+async def restore(
+    scheduler: ModelScheduler, spec: ModelSpec, settings: Settings, image: DecodedImage,
+    *, tile: int | None = None, granule: int = TILE_GRANULE, ticket: Ticket | None = None,
+) -> Restored:
+    """Run ``image`` through the model on its queue place ``ticket`` (admitted now when None)."""
     pixels = image.color
     if spec.channels == 3 and image.channels == 1:
         pixels = np.repeat(pixels, 3, axis=2)
-    work = TiledImage(pixels, plan_for(spec, settings, image.height, image.width), image.max_value)
+    work = TiledImage(pixels, plan_for(spec, settings, image.height, image.width, tile, granule), image.max_value)
     job = TileJob(work.plan.count, work.plan.tile_shape, work.tile, work.accept)
-    await scheduler.run(job)
+    await scheduler.run(job, ticket)
     assert work.output is not None  # every tile was delivered
     output = work.output
     if image.channels == 1 and spec.channels == 3 and output.shape[2] == 3:

@@ -1,7 +1,13 @@
-"""Loads the models named by the manifest, verifies and warms each, and owns their schedulers.
+"""Loads the models named by the manifest, verifies, warms and times each, and owns their schedulers.
 
 Loading happens in the background after start-up so /healthz answers at once and /readyz reports
 progress; one model failing (bad checksum, unreadable file) never stops the others from serving.
+
+Timing: after its warm-up each model runs one probe tile, twice, and keeps the faster speed; that
+speed sizes its tiles (``tiling.tile_side_for``: one batch about ``batch_seconds``) and seeds the
+queue's estimate of seconds of work, which every batch then refines.
+
+The runtime also owns the in-flight budgets every request draws on: body bytes and decoded pixels.
 """
 
 from __future__ import annotations
@@ -9,23 +15,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from service import memory
+from service.budget import Budget
 from service.engine import Engine, OrtEngine, resolve_providers
 from service.errors import BadRequest, ModelUnavailable
 from service.manifest import ModelSpec, load_manifest, select_specs, sha256_of
 from service.metrics import Metrics
 from service.scheduler import ModelScheduler
 from service.settings import Settings
+from service.tiling import FINE_GRANULE, TILE_GRANULE, round_up, tile_side_for
 from service.types import Task
 
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[ModelSpec], Engine]
+#: Side of the tile each model is timed on at load: large enough that per-call overhead is small
+#: next to the convolutions (within ~15% of a 512 px tile for DnCNN, HED and the weather model).
+SPEED_PROBE_SIDE = 128
 
 
 @dataclass
@@ -34,6 +47,8 @@ class ModelState:
     status: Literal["loading", "ready", "failed"] = "loading"
     detail: str = "waiting to load"
     scheduler: ModelScheduler | None = None
+    tile: int = 0  # tile side chosen at load (see tiling.tile_side_for)
+    granule: int = TILE_GRANULE  # grid tiles are shrunk on: coarse when batches mix requests
 
     @property
     def provider(self) -> str | None:
@@ -50,6 +65,13 @@ class Runtime:
             engine_factory = lambda spec: OrtEngine(spec.file, settings, providers)  # noqa: E731
         self._engine_factory = engine_factory
         self.models: dict[str, ModelState] = {spec.name: ModelState(spec) for spec in specs}
+        retry = settings.retry_after_s
+        self.bodies = Budget(
+            "body_bytes", settings.max_body_bytes_in_flight, "body bytes", metrics, retry_after_s=retry, trim_at=memory.TRIM_BYTES
+        )
+        self.pixels = Budget(
+            "pixels", settings.max_pixels_in_flight, "decoded pixels", metrics, retry_after_s=retry, trim_at=memory.TRIM_PIXELS
+        )
         self._loader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -70,26 +92,37 @@ class Runtime:
 
     async def _load_all(self) -> None:
         for state in self.models.values():
-            state.detail = "loading"
-            try:
-                engine = await asyncio.to_thread(self._load, state.spec)
-            except Exception as exc:  # any failure is reported per model; the others still load
-                state.status, state.detail = "failed", str(exc)
-                self.metrics.model_ready.labels(state.spec.name).set(0)
-                log.error("model failed to load", extra={"model": state.spec.name, "error": str(exc)})
-                continue
-            s = self.settings
-            state.scheduler = ModelScheduler(
-                state.spec.name, engine, self.metrics, max_batch=s.batch_limit(engine.provider), max_wait_s=s.max_batch_wait_ms / 1000,
-                max_queue=s.max_queue, retry_after_s=s.retry_after_s,
-            )
-            state.scheduler.start()
-            state.status, state.detail = "ready", "loaded, verified, warmed up"
-            self.metrics.model_ready.labels(state.spec.name).set(1)
-            self.metrics.provider.labels(state.spec.name, engine.provider).set(1)
-            log.info("model ready", extra={"model": state.spec.name, "provider": engine.provider})
+            await self._load_one(state)
 
-    def _load(self, spec: ModelSpec) -> Engine:
+    async def _load_one(self, state: ModelState) -> None:
+        name = state.spec.name
+        state.detail = "loading"
+        try:
+            engine, speed = await asyncio.to_thread(self._load, state.spec)
+        except Exception as exc:  # any failure is reported per model; the others still load
+            state.status, state.detail = "failed", str(exc)
+            self.metrics.model_ready.labels(name).set(0)
+            log.error("model failed to load", extra={"model": name, "error": str(exc)})
+            return
+        s = self.settings
+        max_batch = s.batch_limit(engine.provider)
+        state.granule = TILE_GRANULE if max_batch > 1 else FINE_GRANULE
+        state.tile = tile_side_for(
+            speed, s.batch_seconds / max_batch, overlap=2 * state.spec.overlap + s.tile_overlap,
+            multiple=state.spec.multiple, largest=s.tile_size,
+        )
+        state.scheduler = ModelScheduler(
+            name, engine, self.metrics, max_batch=max_batch, max_wait_s=s.max_batch_wait_ms / 1000,
+            max_queue_s=s.max_queue_seconds, pixels_per_s=speed, retry_after_s=s.retry_after_s,
+        )
+        state.scheduler.start()
+        state.status, state.detail = "ready", "loaded, verified, warmed up"
+        self.metrics.model_ready.labels(name).set(1)
+        self.metrics.provider.labels(name, engine.provider).set(1)
+        log.info("model ready", extra={"model": name, "provider": engine.provider, "tile": state.tile, "mp_per_s": round(speed / 1e6, 3)})
+
+    def _load(self, spec: ModelSpec) -> tuple[Engine, float]:
+        """The verified, warmed-up engine and its speed in pixels per second."""
         if not spec.file.is_file():
             raise FileNotFoundError(f"{spec.file.name} is missing")
         digest = sha256_of(spec.file)
@@ -100,7 +133,13 @@ class Runtime:
         out = engine.infer(np.zeros((1, spec.channels, side, side), dtype=np.float32))
         if out.shape[0] != 1 or out.shape[2:] != (side, side) or not np.all(np.isfinite(out)):
             raise ValueError(f"warm-up produced shape {out.shape} or non-finite values")
-        return engine
+        probe = np.zeros((1, spec.channels, *(2 * [round_up(SPEED_PROBE_SIDE, spec.multiple)])), dtype=np.float32)
+        seconds = math.inf
+        for _ in range(2):  # the first run of a new shape also plans its memory
+            started = time.perf_counter()
+            engine.infer(probe)
+            seconds = min(seconds, time.perf_counter() - started)
+        return engine, probe.shape[2] * probe.shape[3] / max(seconds, 1e-9)
 
     def select(self, task: Task, *, channels: int, sigma: float | None = None) -> ModelState:
         """The model serving ``task`` for an image with ``channels``; errors name what is available."""

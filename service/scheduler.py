@@ -1,37 +1,56 @@
 """Per-model tile queue and batcher: many requests' tiles in, same-shaped batches out, results scattered back.
 
-Three parts, as in text-embeddings-inference's queue/batching/backend split:
+Four parts, as in text-embeddings-inference's queue/batching/backend split:
 
-* ``TileJob`` - one request's tiles; it produces inputs on demand (so a 50 MP image never exists
-  as a list of tiles) and accepts outputs.
-* ``ModelScheduler._form_batch`` - takes up to ``max_batch`` tiles of one shape, one tile per job
-  per round, round-robin across jobs (a newly arrived job first), so a huge request cannot starve
-  a small one.
+* ``Ticket`` - a request's place in the queue, taken from the image header before any pixel is
+  decoded: its estimated work (pixels the model computes, overlap included) and its deadline.
+* ``TileJob`` - one request's tiles, bound to its ticket once decoded; it produces inputs on
+  demand (so a 50 MP image never exists as a list of tiles) and accepts outputs.
+* ``ModelScheduler._form_batch`` - takes up to ``max_batch`` same-shaped tiles in deadline order.
 * ``ModelScheduler._run_batch`` - runs the engine off the event loop and hands every output to its
   job; an engine error fails every job in the batch; a cancelled job's outputs are dropped and counted.
 
-The queue is bounded in tiles; a request whose tiles do not fit is refused at once (503), never
-queued half.
+Order. The queue keeps a clock that counts the pixels it has dispatched. A request's deadline is
+the clock when it was admitted plus its own work, and batches are taken earliest deadline first:
+
+* equal requests are served in arrival order (the clock never runs back), never newest first;
+* a small request overtakes a big one that came earlier (its deadline is sooner), so it waits for
+  the batch in flight, not for minutes of someone else's tiles; plain round-robin would instead
+  halve its share for as long as the big one runs;
+* nothing starves: once the clock passes a request's deadline, every later arrival is due after
+  it, so what can still overtake it is bounded by the queue limit below.
+
+Admission. Each ticket's work is converted to seconds with the model's measured speed (pixels
+per second, measured at load and followed from every batch). A request is refused (503 with
+Retry-After) when the work due before it exceeds ``max_queue_s``: the bound is the wait it would
+see, in seconds, whatever the device, rather than a tile count that means minutes on a CPU and
+milliseconds on a GPU. Nothing is ever queued half.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
+import math
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from service.engine import Engine
-from service.errors import InferenceFailed, Overloaded, PayloadTooLarge, ServiceError
+from service.errors import InferenceFailed, ModelUnavailable, Overloaded, ServiceError
 from service.metrics import Metrics
 from service.types import Tile
 
 log = logging.getLogger(__name__)
+
+#: Weight of the newest batch in the measured speed: follows a change of load within ~10 batches.
+SPEED_SMOOTHING = 0.2
 
 
 @dataclass(eq=False)
@@ -55,8 +74,31 @@ class TileJob:
         return self.count - self.next_index
 
     @property
+    def tile_pixels(self) -> int:
+        return self.tile_shape[0] * self.tile_shape[1]
+
+    @property
     def queue_seconds(self) -> float:
         return (self.first_batch_at or self.submitted_at) - self.submitted_at
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A request's place in one model's queue, from admission until its waiter returns."""
+
+    work: int  # pixels the model computes for the request (tiles x tile area)
+    deadline: int  # on the queue's clock: pixels dispatched when admitted + work
+    order: int  # admission order, to break ties
+    job: TileJob | None = None  # bound once the image is decoded
+
+    @property
+    def pending(self) -> int:
+        """Pixels not yet dispatched to a batch (the estimate until the job is bound)."""
+        return self.work if self.job is None else self.job.remaining * self.job.tile_pixels
+
+
+def _due(ticket: Ticket) -> tuple[int, int]:
+    return ticket.deadline, ticket.order
 
 
 class ModelScheduler:
@@ -70,7 +112,8 @@ class ModelScheduler:
         *,
         max_batch: int,
         max_wait_s: float,
-        max_queue: int,
+        max_queue_s: float,
+        pixels_per_s: float,
         retry_after_s: int,
     ) -> None:
         self.name = name
@@ -78,10 +121,14 @@ class ModelScheduler:
         self._metrics = metrics
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
-        self._max_queue = max_queue
+        self._max_queue_s = max_queue_s
+        self._pixels_per_s = pixels_per_s
         self._retry_after_s = retry_after_s
-        self._jobs: deque[TileJob] = deque()
+        self._tickets: list[Ticket] = []  # earliest deadline first
+        self._clock = 0
+        self._order = itertools.count()
         self._pending = 0
+        self._stopped = False
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task[None] | None = None
@@ -91,41 +138,83 @@ class ModelScheduler:
         """Tiles waiting (not yet in a batch)."""
         return self._pending
 
+    @property
+    def pixels_per_s(self) -> float:
+        """The model's measured speed on this device, as admission uses it."""
+        return self._pixels_per_s
+
+    def queued_seconds(self, due_by: float = math.inf) -> float:
+        """Estimated seconds of work not yet dispatched whose deadline is at or before ``due_by``."""
+        return sum(t.pending for t in self._tickets if t.deadline <= due_by) / self._pixels_per_s
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for job in self._jobs:
-            if job.done is not None and not job.done.done():
+        for ticket in self._tickets:
+            job = ticket.job
+            if job is not None and job.done is not None and not job.done.done():
                 job.done.set_exception(InferenceFailed("the service is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def run(self, job: TileJob) -> None:
-        """Queue ``job`` and wait until every tile is delivered; cancelling the caller drops its tiles."""
-        if job.count > self._max_queue:
-            raise PayloadTooLarge(
-                f"the image needs {job.count} tiles but model {self.name} queues at most {self._max_queue}"
-            )
-        if self._pending + job.count > self._max_queue:
+    def admit(self, work: int) -> Ticket:
+        """Take a place for ``work`` pixels, or refuse with 503 when more than the limit is due before it."""
+        if self._stopped:
+            raise ModelUnavailable(f"model {self.name} is shutting down")
+        deadline = self._clock + work
+        ahead = self.queued_seconds(deadline)
+        if ahead > self._max_queue_s:
             self._metrics.rejections.labels(self.name).inc()
+            retry = max(self._retry_after_s, math.ceil(ahead - self._max_queue_s))
             raise Overloaded(
-                f"model {self.name} has {self._pending} tiles queued (limit {self._max_queue}); retry shortly",
-                headers={"Retry-After": str(self._retry_after_s)},
+                f"model {self.name} has about {ahead:.0f} s of work due before this request "
+                f"(limit {self._max_queue_s:g} s); retry in {retry} s",
+                headers={"Retry-After": str(retry)},
             )
+        ticket = Ticket(work, deadline, next(self._order))
+        bisect.insort(self._tickets, ticket, key=_due)
+        self._publish()
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        """Leave the queue (idempotent); an unfinished job's tiles are dropped and counted."""
+        if ticket.job is not None and ticket.job.delivered < ticket.job.count:
+            self._cancel(ticket.job)
+        if ticket in self._tickets:
+            self._tickets.remove(ticket)
+            self._publish()
+
+    @contextmanager
+    def reserve(self, work: int) -> Iterator[Ticket]:
+        """``admit`` for the duration of a block: decoding happens inside, holding the place."""
+        ticket = self.admit(work)
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)
+
+    async def run(self, job: TileJob, ticket: Ticket | None = None) -> None:
+        """Queue ``job`` (on ``ticket``, or admitted now) and wait until every tile is delivered.
+
+        Cancelling the caller drops its tiles.
+        """
+        if ticket is None:
+            ticket = self.admit(job.count * job.tile_pixels)
+        if self._stopped:
+            self.release(ticket)
+            raise ModelUnavailable(f"model {self.name} is shutting down")
         job.done = asyncio.get_running_loop().create_future()
-        # A new request takes the next turn, then joins the rotation: its first tile rides in the
-        # very next batch, so a small request waits for at most the batch already running.
-        self._jobs.appendleft(job)
+        ticket.job = job
         self._change_pending(job.count)
         self._wakeup.set()
         try:
             await job.done
-        except asyncio.CancelledError:
-            self._cancel(job)
-            raise
+        finally:
+            self.release(ticket)
 
     def _cancel(self, job: TileJob) -> None:
         job.cancelled = True
@@ -133,12 +222,13 @@ class ModelScheduler:
             self._metrics.dropped_tiles.labels(self.name).inc(job.remaining)
             self._change_pending(-job.remaining)
             job.next_index = job.count
-        if job in self._jobs:
-            self._jobs.remove(job)
 
     def _change_pending(self, delta: int) -> None:
         self._pending += delta
         self._metrics.queue_depth.labels(self.name).set(self._pending)
+
+    def _publish(self) -> None:
+        self._metrics.queue_seconds.labels(self.name).set(self.queued_seconds())
 
     async def _loop(self) -> None:
         while True:
@@ -152,25 +242,26 @@ class ModelScheduler:
             await self._run_batch(batch)
 
     def _form_batch(self) -> list[tuple[TileJob, int]]:
+        """Up to ``max_batch`` tiles of the shape of the job due first, taken in deadline order."""
         picked: list[tuple[TileJob, int]] = []
         shape: tuple[int, int] | None = None
-        progressed = True
-        while progressed and len(picked) < self._max_batch:
-            progressed = False
-            for job in self._jobs:
-                if len(picked) == self._max_batch:
-                    break
-                if job.remaining == 0 or (shape is not None and job.tile_shape != shape):
-                    continue
+        for ticket in self._tickets:
+            job = ticket.job
+            if job is None or job.remaining == 0:
+                continue  # still decoding, or every tile already dispatched
+            if shape is None:
                 shape = job.tile_shape
+            elif job.tile_shape != shape:
+                continue
+            while job.remaining and len(picked) < self._max_batch:
                 picked.append((job, job.next_index))
                 job.next_index += 1
-                progressed = True
+            if len(picked) == self._max_batch:
+                break
         if picked:
-            self._jobs.rotate(-1)  # the next batch starts with the next request
-            for job in [j for j in self._jobs if j.remaining == 0]:
-                self._jobs.remove(job)
+            self._clock += sum(job.tile_pixels for job, _ in picked)
             self._change_pending(-len(picked))
+            self._publish()
         return picked
 
     async def _run_batch(self, batch: list[tuple[TileJob, int]]) -> None:
@@ -186,9 +277,12 @@ class ModelScheduler:
             return
         except Exception as exc:  # a bug in blending must still answer every waiter
             log.exception("batch failed", extra={"model": self.name})
-            self._fail({job for job, _ in batch}, InferenceFailed(f"internal error while processing tiles: {exc}"))
+            self._fail({job for job, _ in batch}, InferenceFailed(f"model {self.name}: internal error while processing tiles (logged)"))
             return
         seconds = time.perf_counter() - started
+        if seconds > 0:
+            speed = sum(job.tile_pixels for job, _ in batch) / seconds
+            self._pixels_per_s += SPEED_SMOOTHING * (speed - self._pixels_per_s)
         self._metrics.batch_size.labels(self.name).observe(len(batch))
         self._metrics.inference_seconds.labels(self.name).observe(seconds)
         self._metrics.tiles.labels(self.name).inc(len(batch))

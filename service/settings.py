@@ -36,7 +36,14 @@ class Settings(BaseSettings):
         description="Most tiles in one inference batch; 0 = 8 on CUDA, 1 on CPU (where batching buys no speed).",
     )
     max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a partial batch waits for more tiles.")
-    max_queue: int = Field(2048, ge=1, description="Most tiles waiting per model; beyond it requests get 503.")
+    batch_seconds: float = Field(
+        0.5, ge=0, le=60,
+        description="Target time of one inference batch: each model's tiles are sized at load to take about this long at its measured speed (never under 4x its overlap nor over RESTORE_TILE_SIZE); 0 = always RESTORE_TILE_SIZE.",
+    )
+    max_queue_seconds: float = Field(
+        60.0, gt=0,
+        description="Most estimated seconds of work due before a request on its model; beyond it 503 with Retry-After, before the image is decoded.",
+    )
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body.")
     max_pixels: int = Field(100_000_000, ge=1, description="Largest image (width x height), checked before decoding.")
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -48,7 +55,21 @@ class Settings(BaseSettings):
         "HEURISTIC", description="EXHAUSTIVE benchmarks every new tile shape; HEURISTIC avoids first-request stalls."
     )
     warmup_size: int = Field(64, ge=1, le=4096, description="Side of the warm-up tile each model runs before ready.")
-    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 when a queue is full.")
+    retry_after_s: int = Field(
+        1, ge=1, description="Retry-After sent with 503 when a budget is spent (a full queue sends its own estimate, at least this)."
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024, ge=1024,
+        description="Most request-body bytes held by all requests together; beyond it 503 with Retry-After (one request alone may exceed it).",
+    )
+    max_pixels_in_flight: int = Field(
+        100_000_000, ge=1,
+        description="Most decoded pixels held by all requests together, from decoding to the sent response; beyond it 503 with Retry-After (one request alone may exceed it).",
+    )
+    cpu_mem_arena: bool = Field(
+        False,
+        description="ONNX Runtime's CPU memory arena. Off, a batch's activations go back to the system after it; on, each model keeps its largest batch's memory for good.",
+    )
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG output quality (always 4:4:4 chroma).")
     webp_quality: int = Field(95, ge=1, le=100, description="WebP output quality.")
     png_compress_level: int = Field(

@@ -1,4 +1,4 @@
-"""Batching across requests, fairness, bounded queue, cancellation and error fan-out."""
+"""Batching across requests, order (arrival, deadline, no starvation), admission by seconds, cancellation, errors."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import threading
 import numpy as np
 import pytest
 
-from service.errors import InferenceFailed, Overloaded, PayloadTooLarge
+from service.errors import InferenceFailed, Overloaded
 from service.metrics import Metrics
 from service.scheduler import ModelScheduler, TileJob
 from tests.conftest import BoxEngine
 
 pytestmark = pytest.mark.anyio
+TILE = 64  # pixels of one 8 x 8 tile
 
 
 def job(count: int, value: float, shape: tuple[int, int] = (8, 8), sink: list | None = None) -> TileJob:  # type: ignore[type-arg]
@@ -25,17 +26,29 @@ def job(count: int, value: float, shape: tuple[int, int] = (8, 8), sink: list | 
 
 def scheduler(engine: BoxEngine, **overrides: float) -> tuple[ModelScheduler, Metrics]:
     metrics = Metrics()
-    options = {"max_batch": 4, "max_wait_s": 0.0, "max_queue": 64, "retry_after_s": 2, **overrides}
+    options = {"max_batch": 4, "max_wait_s": 0.0, "max_queue_s": 1e9, "pixels_per_s": 1e9, "retry_after_s": 2, **overrides}
     return ModelScheduler("m", engine, metrics, **options), metrics  # type: ignore[arg-type]
 
 
+def served(engine: BoxEngine) -> list[float]:
+    """The value of every tile, in the order the engine saw them."""
+    return [value for call in engine.calls for value in call]
+
+
+async def until(condition: object, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
 @pytest.mark.parametrize("max_batch", [1, 4])
-async def test_batches_mix_requests_round_robin_so_small_ones_are_not_starved(max_batch: int) -> None:
+async def test_small_request_overtakes_a_big_one_and_waits_only_for_the_batch_in_flight(max_batch: int) -> None:
     gate = threading.Event()
     engine = BoxEngine(radius=0, gate=gate)
     sched, _ = scheduler(engine, max_batch=max_batch)
     sched.start()
-    big_done: list[float] = []
     big = asyncio.create_task(sched.run(job(40, 1.0)))
     await asyncio.sleep(0.05)  # first batch of the big job is in flight (held by the gate)
     small = asyncio.create_task(sched.run(job(1, 2.0)))
@@ -44,10 +57,108 @@ async def test_batches_mix_requests_round_robin_so_small_ones_are_not_starved(ma
     await small
     assert not big.done(), "the small request must finish long before the big one"
     await big
-    big_done.append(1)
     small_batch = next(i for i, call in enumerate(engine.calls) if 2.0 in call)
     assert small_batch == 1  # the batch right after the one in flight
     assert all(len(call) <= max_batch for call in engine.calls)
+    await sched.stop()
+
+
+async def test_equal_requests_are_served_in_arrival_order_never_newest_first() -> None:
+    """The LIFO bug of issue 13: a newly arrived one-tile request went first, so under a steady
+    stream of new requests the earlier ones never came up."""
+    gate = threading.Event()
+    engine = BoxEngine(radius=0, gate=gate)
+    sched, _ = scheduler(engine, max_batch=1)
+    sched.start()
+    tasks = []
+    for value in range(1, 9):
+        tasks.append(asyncio.create_task(sched.run(job(1, float(value)))))
+        await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert served(engine) == [float(v) for v in range(1, 9)]
+    await sched.stop()
+
+
+async def test_closed_loop_clients_are_all_served_and_wait_only_for_those_ahead() -> None:
+    """Eight clients each send one-tile requests back to back (the 32-client bench in small): every
+    client is served every round, and no request waits longer than the batch in flight plus one turn
+    of each client (its own included)."""
+    engine = BoxEngine(radius=0)
+    sched, _ = scheduler(engine, max_batch=1)
+    sched.start()
+    waits: dict[int, list[int]] = {client: [] for client in range(8)}
+
+    async def client(number: int) -> None:
+        for _ in range(6):
+            before = len(engine.calls)
+            await sched.run(job(1, float(number)))
+            waits[number].append(len(engine.calls) - before)
+
+    await asyncio.gather(*(client(n) for n in range(8)))
+    assert all(len(w) == 6 for w in waits.values())
+    assert max(max(w) for w in waits.values()) <= 1 + 8
+    await sched.stop()
+
+
+async def test_a_stream_of_small_requests_cannot_starve_a_big_one() -> None:
+    """Later, smaller requests may overtake a big one only until the queue's clock reaches its
+    deadline; after that it goes first, however many keep arriving."""
+    engine = BoxEngine(radius=0)
+    sched, _ = scheduler(engine, max_batch=1)
+    sched.start()
+    stop = asyncio.Event()
+
+    async def small_client(number: int) -> None:
+        while not stop.is_set():
+            await sched.run(job(1, 2.0))
+
+    smalls = [asyncio.create_task(small_client(n)) for n in range(4)]
+    await until(lambda: len(engine.calls) >= 4)
+    start = len(engine.calls)
+    await sched.run(job(4, 1.0))  # work 4 tiles: at most 4 smaller-or-equal ones can go before it
+    waited = len(engine.calls) - start
+    stop.set()
+    await asyncio.gather(*smalls)
+    assert waited <= 4 + 4 + 4  # its own tiles, those due first on arrival, the small ones due before it
+    await sched.stop()
+
+
+async def test_queue_refuses_by_estimated_seconds_of_work_due_first() -> None:
+    """One 8x8 tile per second: 20 tiles queued are 20 s. A second big request would wait them all
+    (refused, Retry-After = the excess); a small one is due first, so it waits for nothing."""
+    gate = threading.Event()
+    sched, metrics = scheduler(BoxEngine(radius=0, gate=gate), max_batch=1, pixels_per_s=TILE, max_queue_s=10)
+    sched.start()
+    first = asyncio.create_task(sched.run(job(21, 1.0)))
+    await until(lambda: sched.depth == 20)  # one tile in flight, 20 waiting
+    assert sched.queued_seconds() == pytest.approx(20)
+    with pytest.raises(Overloaded) as refused:
+        sched.admit(20 * TILE)
+    assert refused.value.headers["Retry-After"] == "10"
+    assert metrics.rejections.labels("m")._value.get() == 1
+    small = sched.admit(TILE)  # due before the big one: nothing ahead of it
+    sched.release(small)
+    gate.set()
+    await first
+    await sched.stop()
+
+
+async def test_a_reserved_place_counts_before_its_image_is_decoded_and_is_given_back() -> None:
+    sched, _ = scheduler(BoxEngine(radius=0), pixels_per_s=TILE, max_queue_s=5)
+    with sched.reserve(6 * TILE):
+        assert sched.queued_seconds() == pytest.approx(6)
+        with pytest.raises(Overloaded):
+            sched.admit(10 * TILE)
+    assert sched.queued_seconds() == 0
+    sched.admit(10 * TILE)  # alone in the queue: admitted, however big
+
+
+async def test_speed_estimate_follows_the_batches() -> None:
+    sched, _ = scheduler(BoxEngine(radius=0, delay=0.01), pixels_per_s=1e12)
+    sched.start()
+    await sched.run(job(3, 1.0))
+    assert sched.pixels_per_s < 1e12  # measured batches pull the seed down
     await sched.stop()
 
 
@@ -57,23 +168,6 @@ async def test_tiles_of_different_shapes_never_share_a_batch() -> None:
     sched.start()
     await asyncio.gather(sched.run(job(3, 1.0, (8, 8))), sched.run(job(3, 1.0, (4, 6))))
     assert {shape[2:] for shape in engine.batches} == {(8, 8), (4, 6)}
-    await sched.stop()
-
-
-async def test_full_queue_refuses_with_retry_after_and_oversize_job_is_413() -> None:
-    gate = threading.Event()
-    sched, metrics = scheduler(BoxEngine(radius=0, gate=gate), max_queue=10)
-    sched.start()
-    first = asyncio.create_task(sched.run(job(10, 1.0)))
-    await asyncio.sleep(0.05)
-    with pytest.raises(Overloaded) as refused:
-        await sched.run(job(8, 1.0))
-    assert refused.value.headers["Retry-After"] == "2"
-    with pytest.raises(PayloadTooLarge):
-        await sched.run(job(11, 1.0))
-    gate.set()
-    await first
-    assert metrics.rejections.labels("m")._value.get() == 1
     await sched.stop()
 
 
@@ -87,7 +181,7 @@ async def test_cancelled_request_has_its_pending_tiles_dropped() -> None:
     await asyncio.sleep(0.05)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert sched.depth == 0
+    assert sched.depth == 0 and sched.queued_seconds() == 0
     gate.set()
     await asyncio.sleep(0.1)
     assert len(engine.batches) == 1 and outputs == []  # the in-flight batch's outputs were discarded
@@ -105,6 +199,7 @@ async def test_engine_error_reaches_every_request_in_the_batch() -> None:
     sched.start()
     results = await asyncio.gather(sched.run(job(2, 1.0)), sched.run(job(2, 1.0)), return_exceptions=True)
     assert all(isinstance(r, InferenceFailed) for r in results)
+    assert sched.queued_seconds() == 0
     await sched.stop()
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from service.tiling import TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles
+from service.tiling import FINE_GRANULE, MIN_TILE_OVERLAPS, TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles, tile_side_for
 from tests.conftest import MODELS_DIR, box_filter, noisy_image
 
 
@@ -143,3 +143,39 @@ def test_seam_measure_sees_seams_of_naive_tiling(dncnn_session) -> None:  # type
     plan = plan_tiles(*image.shape[:2], tile=96, margin=0, feather=1)
     ratio = seam_ratio(run_tiled(image, plan, infer)[:, :, 0], plan, 0, 1)
     assert abs(ratio - 1) > 0.05
+
+
+@pytest.mark.parametrize(
+    "speed,seconds,overlap,multiple,expected",
+    [
+        (150_000, 0.5, 56, 1, 256),  # DnCNN on 2 CPU cores: sqrt(75,000) = 273 -> 256 on the 64 px grid
+        (150_000, 0.1, 56, 1, 256),  # the budget would allow 122 px; 4 overlaps (224) round up to 256
+        (100_000, 0.5, 242, 16, 1024),  # HED's wide receptive field: 4 x 242 = 968 -> 1024, whatever the budget
+        (720_000, 0.5, 80, 32, 576),  # the weather model: sqrt(360,000) = 600 -> 576
+        (1e12, 0.5, 56, 1, 1024),  # a GPU: RESTORE_TILE_SIZE bounds the memory
+        (150_000, 0.0, 56, 1, 1024),  # budget off
+    ],
+)
+def test_tile_side_follows_the_time_budget_within_work_and_memory_bounds(
+    speed: float, seconds: float, overlap: int, multiple: int, expected: int
+) -> None:
+    side = tile_side_for(speed, seconds, overlap=overlap, multiple=multiple, largest=1024)
+    assert side == expected
+    assert side % multiple == 0
+    assert side == 1024 or side >= MIN_TILE_OVERLAPS * overlap
+
+
+def test_plan_work_counts_every_computed_pixel_overlap_included() -> None:
+    plan = plan_tiles(2048, 1536, tile=1024, margin=20, feather=16)
+    assert plan.work == plan.count * plan.tile_shape[0] * plan.tile_shape[1]
+    assert 2048 * 1536 < plan.work < 1.3 * 2048 * 1536
+    assert plan_tiles(100, 80, tile=1024, margin=20, feather=16).work == 100 * 80
+
+
+def test_a_fine_granule_shrinks_tiles_closer_to_what_the_image_needs() -> None:
+    """One tile per batch (CPU): tiles need not share a shape across requests, so 512 px in 256 px
+    tiles takes three 208 px tiles per axis (1.49x the pixels) rather than three of 256 (2.25x)."""
+    coarse = plan_tiles(512, 512, tile=256, margin=20, feather=16)
+    fine = plan_tiles(512, 512, tile=256, margin=20, feather=16, granule=FINE_GRANULE)
+    assert coarse.tile_shape == (256, 256) and fine.tile_shape == (208, 208)
+    assert fine.count == coarse.count == 9 and fine.work < 0.7 * coarse.work

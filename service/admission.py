@@ -1,0 +1,68 @@
+"""Admission: what a model request must pass before it costs CPU time or much memory.
+
+Each step refuses (413, or 503 with Retry-After) before the next one spends anything:
+
+1. body bytes: the declared Content-Length, or the bytes so far, against the in-flight body
+   budget (``uploads.read_upload``);
+2. the header alone (``codecs.probe``): size and channels, so the model is chosen and its tiles
+   are planned without decoding a pixel;
+3. the model's queue: the estimated seconds of work due before this request (``scheduler.admit``);
+4. decoded pixels in flight (the runtime's pixel budget);
+
+and only then is the image decoded, after which its body bytes are given back. What a request
+holds is registered on its exit stack, which ``release_holds`` (a dependency of every model
+route) closes once the response is sent, whatever happened in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from service import codecs
+from service.pipeline import plan_for
+from service.runtime import ModelState, Runtime
+from service.scheduler import Ticket
+from service.types import Task
+from service.uploads import read_upload
+
+
+@dataclass(frozen=True)
+class Admitted:
+    image: codecs.DecodedImage
+    state: ModelState
+    ticket: Ticket  # the request's place in the model's queue
+    decode_seconds: float
+
+
+async def release_holds(request: Request) -> AsyncIterator[None]:
+    """Dependency of every model route: budgets and queue places taken while serving it are given
+    back after the response is sent (or the request fails), and a large request's freed memory
+    goes back to the system."""
+    async with AsyncExitStack() as stack:
+        request.state.holds = stack
+        yield
+
+
+async def admit(request: Request, runtime: Runtime, *, task: Task, sigma: float | None) -> Admitted:
+    """Read, price and decode the request's image, refusing as early as possible."""
+    settings = runtime.settings
+    holds: AsyncExitStack = request.state.holds
+    body = holds.enter_context(runtime.bodies.hold())
+    data = await read_upload(request, settings.max_body_bytes, body)
+    header = await asyncio.to_thread(codecs.probe, data, settings.max_pixels)  # chunks before the pixels may be large
+    state = runtime.select(task, channels=header.channels, sigma=sigma)
+    assert state.scheduler is not None
+    plan = plan_for(state.spec, settings, header.height, header.width, state.tile, state.granule)
+    ticket = holds.enter_context(state.scheduler.reserve(plan.work))
+    holds.enter_context(runtime.pixels.hold(header.pixels))
+    started = time.perf_counter()
+    image = await asyncio.to_thread(codecs.decode, data, settings.max_pixels)
+    del data
+    body.release()
+    return Admitted(image, state, ticket, time.perf_counter() - started)
