@@ -81,11 +81,13 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="Readiness: 200 once every model loaded, verified and warmed up")
+    @app.get("/readyz", tags=["operations"], summary="Readiness: 200 once every required model loaded, verified and warmed up")
     async def readyz() -> JSONResponse:
-        if runtime.ready:
-            return JSONResponse({"status": "ready", "models": sorted(runtime.models)})
-        return JSONResponse({"status": "not ready", "not_ready": runtime.not_ready()}, status_code=503)
+        not_ready = runtime.not_ready()
+        if runtime.ready:  # optional models (not in RESTORE_REQUIRED_MODELS) may still be loading or retried
+            serving = sorted(name for name, state in runtime.models.items() if state.status == "ready")
+            return JSONResponse({"status": "ready", "models": serving, **({"not_ready": not_ready} if not_ready else {})})
+        return JSONResponse({"status": "not ready", "not_ready": not_ready}, status_code=503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -98,6 +100,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
                 {
                     **state.spec.public(),
                     "status": state.status,
+                    "required": state.required,
+                    "load_attempts": state.attempts,
                     "provider": state.provider,
                     "speed_mp_per_s": None if state.scheduler is None else round(state.scheduler.pixels_per_s / 1e6, 4),
                     "tile": {

@@ -30,6 +30,7 @@ class Metrics:
         self.budget_rejections = Counter(
             "restore_budget_rejections", "Requests refused with 503 because an in-flight budget was spent", ["budget"], registry=r
         )
+        self.load_attempts = Counter("restore_model_load_attempts", "Attempts to load a model, failed or not", ["model"], registry=r)
         self.tiles = Counter("restore_tiles", "Tiles inferred per model", ["model"], registry=r)
         self.dropped_tiles = Counter(
             "restore_dropped_tiles", "Tiles dropped because their client went away or their batch failed", ["model"], registry=r

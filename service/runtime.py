@@ -1,7 +1,9 @@
 """Loads the models named by the manifest, verifies, warms and times each, and owns their schedulers.
 
 Loading happens in the background after start-up so /healthz answers at once and /readyz reports
-progress; one model failing (bad checksum, unreadable file) never stops the others from serving.
+progress; one model failing (bad checksum, unreadable file) never stops the others from serving,
+and a failed model is tried again with exponential backoff (a fixed file, a GPU that frees up),
+never given up on. Readiness: every model in ``required_models`` (default: all) is ready.
 
 Timing: after its warm-up each model runs one probe tile, twice, and keeps the faster speed; that
 speed sizes its tiles (``tiling.tile_side_for``: one batch about ``batch_seconds``) and seeds the
@@ -26,7 +28,7 @@ from service import memory
 from service.budget import Budget
 from service.engine import Engine, OrtEngine, resolve_providers
 from service.errors import BadRequest, ModelUnavailable
-from service.manifest import ModelSpec, load_manifest, select_specs, sha256_of
+from service.manifest import ManifestError, ModelSpec, load_manifest, select_specs, sha256_of
 from service.metrics import Metrics
 from service.scheduler import ModelScheduler
 from service.settings import Settings
@@ -47,8 +49,10 @@ class ModelState:
     status: Literal["loading", "ready", "failed"] = "loading"
     detail: str = "waiting to load"
     scheduler: ModelScheduler | None = None
+    required: bool = True  # must be ready for /readyz to answer 200
     tile: int = 0  # tile side chosen at load (see tiling.tile_side_for)
     granule: int = TILE_GRANULE  # grid tiles are shrunk on: coarse when batches mix requests
+    attempts: int = 0
 
     @property
     def provider(self) -> str | None:
@@ -64,7 +68,11 @@ class Runtime:
             providers = resolve_providers(settings.device)  # raises StartupError before we serve
             engine_factory = lambda spec: OrtEngine(spec.file, settings, providers)  # noqa: E731
         self._engine_factory = engine_factory
-        self.models: dict[str, ModelState] = {spec.name: ModelState(spec) for spec in specs}
+        required = settings.required_models or tuple(spec.name for spec in specs)
+        unknown = sorted(set(required) - {spec.name for spec in specs})
+        if unknown:
+            raise ManifestError(f"RESTORE_REQUIRED_MODELS names models that are not loaded: {unknown}")
+        self.models: dict[str, ModelState] = {spec.name: ModelState(spec, required=spec.name in required) for spec in specs}
         retry = settings.retry_after_s
         self.bodies = Budget(
             "body_bytes", settings.max_body_bytes_in_flight, "body bytes", metrics, retry_after_s=retry, trim_at=memory.TRIM_BYTES
@@ -85,24 +93,37 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        return all(state.status == "ready" for state in self.models.values())
+        return all(state.status == "ready" for state in self.models.values() if state.required)
 
     def not_ready(self) -> dict[str, str]:
         return {name: f"{s.status}: {s.detail}" for name, s in self.models.items() if s.status != "ready"}
 
     async def _load_all(self) -> None:
-        for state in self.models.values():
-            await self._load_one(state)
+        """Load every model; then retry the failed ones, waiting load_retry_s, doubling up to load_retry_max_s."""
+        waiting = list(self.models.values())
+        delay = self.settings.load_retry_s
+        while True:
+            for state in waiting:
+                await self._load_one(state)
+            waiting = [state for state in waiting if state.status == "failed"]
+            if not waiting:
+                return
+            for state in waiting:
+                state.detail = f"{state.detail} (attempt {state.attempts}; next in {delay:g} s)"
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self.settings.load_retry_max_s)
 
     async def _load_one(self, state: ModelState) -> None:
         name = state.spec.name
-        state.detail = "loading"
+        state.attempts += 1
+        self.metrics.load_attempts.labels(name).inc()
+        state.status, state.detail = "loading", "loading"
         try:
             engine, speed = await asyncio.to_thread(self._load, state.spec)
         except Exception as exc:  # any failure is reported per model; the others still load
             state.status, state.detail = "failed", str(exc)
             self.metrics.model_ready.labels(name).set(0)
-            log.error("model failed to load", extra={"model": name, "error": str(exc)})
+            log.error("model failed to load", extra={"model": name, "error": str(exc), "attempt": state.attempts})
             return
         s = self.settings
         max_batch = s.batch_limit(engine.provider)

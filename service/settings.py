@@ -70,13 +70,21 @@ class Settings(BaseSettings):
         False,
         description="ONNX Runtime's CPU memory arena. Off, a batch's activations go back to the system after it; on, each model keeps its largest batch's memory for good.",
     )
+    load_retry_s: float = Field(
+        5.0, gt=0, le=3600, description="Wait before retrying a model that failed to load; doubles after each failure."
+    )
+    load_retry_max_s: float = Field(300.0, gt=0, le=86400, description="Longest wait between two load attempts of a model.")
+    required_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated models that must be ready for /readyz to answer 200; empty = every loaded model. The others are retried in the background.",
+    )
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG output quality (always 4:4:4 chroma).")
     webp_quality: int = Field(95, ge=1, le=100, description="WebP output quality.")
     png_compress_level: int = Field(
         3, ge=0, le=9, description="zlib level for 8-bit PNG output: 3 encodes about twice as fast as 6 for ~10% larger files."
     )
 
-    @field_validator("models", "api_keys", mode="before")
+    @field_validator("models", "api_keys", "required_models", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
