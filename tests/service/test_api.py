@@ -309,6 +309,8 @@ async def test_client_that_disconnects_has_its_tiles_dropped(tmp_path: Path) -> 
         await call
         runtime = app.state.runtime
         assert runtime.models["fake"].scheduler.depth == 0
+        assert runtime.models["fake"].scheduler.queued_seconds() == 0  # its queue place was given back,
+        assert runtime.pixels.used == 0 and runtime.bodies.used == 0  # and its in-flight budgets
         dropped = runtime.metrics.dropped_tiles.labels("fake")._value.get()
         assert dropped >= 8  # 16 tiles, at most a couple inferred before the client left
         assert len(engine.batches) <= 3
