@@ -2,12 +2,12 @@
 
     python -m bench.service_bench overhead     # 1 MP PNG end to end vs raw ORT on the same pixels
     python -m bench.service_bench concurrency  # throughput at 1/4/16 concurrent clients
-    python -m bench.service_bench fairness     # a 0.25 MP request during a 4 MP request
     python -m bench.service_bench memory       # peak RSS of the server for a 50 MP request
     python -m bench.service_bench edges        # /edges end to end, megapixels per second
 
 Each starts ``python -m service`` on a free port with the models it needs, waits for /readyz,
 runs, prints a markdown block, and stops the server. Requests are bounded in count and time.
+Fairness, admission and memory under load are in ``bench.load_bench``.
 """
 
 from __future__ import annotations
@@ -155,47 +155,6 @@ def concurrency(requests_per_client: int) -> None:
             )
 
 
-def fairness() -> None:
-    big, small = png(scene(2048, 2048, 3, seed=1)), png(scene(512, 512, 3, seed=2))
-
-    async def scenario(url: str) -> tuple[float, float, float]:
-        async with httpx.AsyncClient(timeout=1800) as http:
-            headers = {"Content-Type": "image/png"}
-            start = time.perf_counter()
-            big_task = asyncio.create_task(http.post(f"{url}/denoise", content=big, headers=headers))
-            await asyncio.sleep(2.0)
-            small_start = time.perf_counter()
-            small_response = await http.post(f"{url}/denoise", content=small, headers=headers)
-            small_done = time.perf_counter()
-            big_response = await big_task
-            big_done = time.perf_counter()
-            small_response.raise_for_status(), big_response.raise_for_status()
-            return small_done - small_start, big_done - start, small_done - start
-
-    with server(COLOR, RESTORE_TILE_SIZE="512") as (url, _):
-        post(url, small)
-        solo = statistics.median(post(url, small)[0] for _ in range(3))
-        metrics_before = httpx.get(f"{url}/metrics").text
-        small_latency, big_latency, small_finished_at = asyncio.run(scenario(url))
-        batches = _histogram(httpx.get(f"{url}/metrics").text, COLOR) - _histogram(metrics_before, COLOR)
-    batch_count, batch_seconds = batches
-    per_batch = batch_seconds / batch_count
-    print(f"| solo 0.25 MP latency | {solo:.2f} s |")
-    print(f"| 0.25 MP latency while 4 MP in flight | {small_latency:.2f} s |")
-    print(f"| bound: solo + 2 batches | {solo + 2 * per_batch:.2f} s (mean batch {per_batch:.2f} s over {batch_count:.0f}) |")
-    print(f"| small finished at / big finished at | {small_finished_at:.2f} s / {big_latency:.2f} s |")
-
-
-def _histogram(text: str, model: str) -> np.ndarray:
-    count = total = 0.0
-    for line in text.splitlines():
-        if line.startswith(f'restore_inference_seconds_count{{model="{model}"}}'):
-            count = float(line.split()[-1])
-        if line.startswith(f'restore_inference_seconds_sum{{model="{model}"}}'):
-            total = float(line.split()[-1])
-    return np.array([count, total])
-
-
 def memory(megapixels: float, channels: int) -> None:
     side = int((megapixels * 1e6) ** 0.5)
     image = scene(side, side, channels, seed=3)
@@ -225,7 +184,7 @@ def edges(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["overhead", "concurrency", "fairness", "memory", "edges"])
+    parser.add_argument("what", choices=["overhead", "concurrency", "memory", "edges"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--megapixels", type=float, default=50.0)
     parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
@@ -234,8 +193,6 @@ def main() -> None:
         overhead(args.repeats)
     elif args.what == "concurrency":
         concurrency(args.repeats)
-    elif args.what == "fairness":
-        fairness()
     elif args.what == "edges":
         edges(args.repeats)
     else:
