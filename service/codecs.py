@@ -3,14 +3,22 @@
 Pillow does most of the work. Two gaps are filled by other maintained libraries: Pillow decodes a
 16-bit RGB(A) PNG to 8 bits and cannot write 16-bit colour, so 16-bit PNG goes through imagecodecs,
 and 16-bit TIFF through tifffile. EXIF orientation is applied to the pixel array so every path
-returns the upright image.
+returns the upright image, and the EXIF block travels on with its orientation reset to 1.
+
+Every failure while decoding is the data's fault (422), whatever the decoder raised: Pillow,
+imagecodecs and tifffile fail on hostile bytes with OSError, SyntaxError, RuntimeError subclasses,
+OverflowError (a float EXIF tag), ValueError... and a list of those never keeps up, so ``decode``
+lets only our own errors and MemoryError through.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import imagecodecs
@@ -18,8 +26,11 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import BadRequest, CorruptImage, PayloadTooLarge, UnsupportedMediaType
+from service import metadata
+from service.errors import BadRequest, CorruptImage, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.types import ImageArray, OutputFormat
+
+log = logging.getLogger(__name__)
 
 # We check the pixel count ourselves from the header, before any pixel is decoded, and answer 413:
 # Pillow's own bomb guard would warn or raise with a message clients cannot act on.
@@ -27,11 +38,18 @@ Image.MAX_IMAGE_PIXELS = None
 
 #: Pillow format name -> our name, for the formats we read.
 READABLE = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp"}
-_EXIF_ORIENTATION = 0x0112
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 #: Pillow modes ``decode`` returns as one colour channel (palette images become RGB).
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, imagecodecs.PngError, imagecodecs.DeflateError)
+#: JPEG keeps EXIF in one APP1 marker segment (64 KiB); a larger block is left out, not an error.
+_JPEG_MAX_EXIF = 65533
+#: Largest width or height each encoder writes: libwebp 16383, libjpeg 65500, and libpng's default
+#: user limit for 16-bit PNG (imagecodecs); Pillow's own 8-bit PNG writer has no such limit.
+_MAX_SIDE: dict[tuple[OutputFormat, int], int] = {
+    ("webp", 8): 16383, ("webp", 16): 16383, ("jpeg", 8): 65500, ("jpeg", 16): 65500, ("png", 16): 1_000_000,
+}
+#: 8-bit TIFF is written by Pillow as classic TIFF: 32-bit offsets, so the pixel data stays under 4 GiB.
+_CLASSIC_TIFF_BYTES = 2**32 - 2**20
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class DecodedImage:
     alpha: ImageArray | None  # height x width, same dtype as color
     icc_profile: bytes | None
     source_format: str  # one of READABLE's values
+    exif: bytes | None = None  # the input's EXIF block, orientation reset to 1 (the pixels are upright)
 
     @property
     def height(self) -> int:
@@ -90,16 +109,21 @@ def _open(data: bytes, max_pixels: int) -> Image.Image | None:
         if data[:4] in _TIFF_MAGIC:  # e.g. 16-bit gray+alpha, which Pillow has no mode for
             return None
         raise UnsupportedMediaType("the body is not an image in a format we read (PNG, JPEG, WebP, TIFF, BMP)") from exc
-    except _DECODE_ERRORS as exc:
+    except Exception as exc:
+        _reraise_ours(exc)
         raise CorruptImage(f"cannot parse the image header: {exc}") from exc
     if READABLE.get(image.format or "") is None:
         raise UnsupportedMediaType(f"{image.format} images are not supported; send PNG, JPEG, WebP, TIFF or BMP")
-    width, height = image.size
+    _check_size(*image.size, max_pixels)
+    return image
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    """The header's size, before any pixel is decoded: 413 over the limit, 422 with no pixels at all."""
     if width * height > max_pixels:
         raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if width < 1 or height < 1:
-        raise CorruptImage("the image has no pixels")
-    return image
+        raise CorruptImage(f"the image header claims {width}x{height} pixels")
 
 
 def _probe_tiff_16(data: bytes, max_pixels: int) -> ImageHeader:
@@ -107,10 +131,10 @@ def _probe_tiff_16(data: bytes, max_pixels: int) -> ImageHeader:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages.first
             width, height, samples = int(page.imagewidth), int(page.imagelength), int(page.samplesperpixel)
-    except _DECODE_ERRORS + (tifffile.TiffFileError,) as exc:
+    except Exception as exc:
+        _reraise_ours(exc)
         raise CorruptImage(f"the TIFF data is corrupt or truncated: {exc}") from exc
-    if width * height > max_pixels:
-        raise PayloadTooLarge(f"the image is {width}x{height} pixels; the limit is {max_pixels}")
+    _check_size(width, height, max_pixels)
     return ImageHeader(width, height, 1 if samples <= 2 else 3)
 
 
@@ -120,18 +144,31 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
     if image is None:
         return _decode_tiff_16(data, max_pixels)
     fmt = READABLE[image.format or ""]
-    try:
-        orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    except _DECODE_ERRORS:
-        orientation = 1  # a broken EXIF block should not cost the user their image
-    icc = image.info.get("icc_profile") or None
-    try:
+    orientation, block = metadata.read(image, fmt)
+    with _blame_the_data(f"the {fmt.upper()} data is corrupt or truncated"):
+        icc = image.info.get("icc_profile") or None
         color, alpha, icc = _pixels(image, data, fmt, icc)
-    except _DECODE_ERRORS as exc:
-        raise CorruptImage(f"the {fmt.upper()} data is corrupt or truncated: {exc}") from exc
+        if fmt == "tiff" and _tiff_bits(image) != 16:
+            orientation = 1  # Pillow's TIFF loader has turned these pixels upright already
     color = _orient(color, orientation)
     alpha = None if alpha is None else _orient(alpha[:, :, None], orientation)[:, :, 0]
-    return DecodedImage(np.ascontiguousarray(color), alpha, icc, fmt)
+    return DecodedImage(np.ascontiguousarray(color), alpha, icc, fmt, block)
+
+
+def _reraise_ours(exc: Exception) -> None:
+    """Our own errors (already a verdict) and MemoryError (our limit, not the data's fault) pass unchanged."""
+    if isinstance(exc, (ServiceError, MemoryError)):
+        raise exc
+
+
+@contextmanager
+def _blame_the_data(what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        _reraise_ours(exc)
+        log.debug("undecodable upload", extra={"error": repr(exc)})
+        raise CorruptImage(f"{what}: {exc}") from exc
 
 
 def _pixels(
@@ -165,20 +202,15 @@ def _tiff_bits(image: Image.Image) -> int:
 
 
 def _decode_tiff_16(data: bytes, max_pixels: int) -> DecodedImage:
-    try:
+    with _blame_the_data("the TIFF data is corrupt or truncated"):
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages.first
-            if page.imagewidth * page.imagelength > max_pixels:
-                raise PayloadTooLarge(
-                    f"the image is {page.imagewidth}x{page.imagelength} pixels; the limit is {max_pixels}"
-                )
+            _check_size(int(page.imagewidth), int(page.imagelength), max_pixels)
             icc = page.tags.valueof(34675)
-    except _DECODE_ERRORS + (tifffile.TiffFileError,) as exc:
-        raise CorruptImage(f"the TIFF data is corrupt or truncated: {exc}") from exc
-    try:
+            orientation = metadata.orientation(page.tags.valueof(metadata.ORIENTATION, 1))
         color, alpha = _split(_tiff_16(data))
-    except _DECODE_ERRORS + (tifffile.TiffFileError,) as exc:
-        raise CorruptImage(f"the TIFF data is corrupt or truncated: {exc}") from exc
+    color = _orient(color, orientation)
+    alpha = None if alpha is None else _orient(alpha[:, :, None], orientation)[:, :, 0]
     return DecodedImage(np.ascontiguousarray(color), alpha, bytes(icc) if icc else None, "tiff")
 
 
@@ -234,29 +266,48 @@ def to_8bit(array: ImageArray) -> np.ndarray:
     return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
+def encode_limit(fmt: OutputFormat, width: int, height: int, *, channels: int = 4, bits: int = 8) -> str | None:
+    """Why ``fmt`` cannot hold this image, or None; asked before inference, so no work is thrown away."""
+    side = _MAX_SIDE.get((fmt, bits))
+    if side is not None and max(width, height) > side:
+        return f"{fmt.upper()} holds at most {side} pixels per side; the image is {width}x{height}"
+    if fmt == "tiff" and bits == 8 and width * height * channels >= _CLASSIC_TIFF_BYTES:
+        return f"an 8-bit TIFF holds under 4 GiB of pixels; the image is {width}x{height}x{channels}"
+    return None
+
+
 def encode(
     color: ImageArray,
     alpha: ImageArray | None,
     icc_profile: bytes | None,
     fmt: OutputFormat,
     *,
+    exif: bytes | None = None,
     jpeg_quality: int = 95,
     webp_quality: int = 95,
     png_compress_level: int = 3,
 ) -> bytes:
-    """Encode HxWx(1|3) pixels (+ alpha). 16 bits survive in PNG and TIFF; JPEG and WebP are 8-bit."""
+    """Encode HxWx(1|3) pixels (+ alpha). 16 bits survive in PNG and TIFF; JPEG and WebP are 8-bit.
+
+    ``exif`` goes whole into JPEG (unless over its 64 KiB marker limit), WebP and PNG. TIFF gets its
+    main photo tags only: neither libtiff through Pillow nor tifffile writes the Exif/GPS sub-IFDs.
+    """
     if fmt == "jpeg":
         alpha = None  # JPEG has no alpha channel
+        if exif and len(exif) > _JPEG_MAX_EXIF:
+            exif = None
     if fmt in ("jpeg", "webp"):
         color, alpha = to_8bit(color), None if alpha is None else to_8bit(alpha)
     array = color if alpha is None else np.concatenate([color, alpha[:, :, None]], axis=2)
     if array.dtype == np.uint16:
-        return _encode_16(array, fmt, icc_profile)
+        return _encode_16(array, fmt, icc_profile, exif)
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[array.shape[2]]
     image = Image.fromarray(array[:, :, 0] if mode == "L" else array, mode=mode)
     options: dict[str, object] = {}
     if icc_profile:
         options["icc_profile"] = icc_profile
+    if exif:
+        options["exif"] = metadata.flat(exif).tobytes() if fmt == "tiff" else exif
     if fmt == "jpeg":
         options.update(quality=jpeg_quality, subsampling=0)
     elif fmt == "webp":
@@ -272,10 +323,14 @@ def encode(
     return buffer.getvalue()
 
 
-def _encode_16(array: np.ndarray, fmt: OutputFormat, icc_profile: bytes | None) -> bytes:
+def _encode_16(array: np.ndarray, fmt: OutputFormat, icc_profile: bytes | None, exif: bytes | None) -> bytes:
     if fmt == "png":
         png = bytes(imagecodecs.png_encode(np.ascontiguousarray(array)))
-        return _with_iccp(png, icc_profile) if icc_profile else png
+        if exif:  # the eXIf chunk holds the TIFF structure without JPEG's "Exif\0\0" prefix
+            png = _after_ihdr(png, b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
+        if icc_profile:
+            png = _after_ihdr(png, b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc_profile))
+        return png
     buffer = io.BytesIO()
     channels = array.shape[2]
     tifffile.imwrite(
@@ -285,12 +340,12 @@ def _encode_16(array: np.ndarray, fmt: OutputFormat, icc_profile: bytes | None) 
         extrasamples=["unassalpha"] if channels in (2, 4) else None,
         compression="adobe_deflate",
         iccprofile=icc_profile,
+        **metadata.tifffile_arguments(exif),
     )
     return buffer.getvalue()
 
 
-def _with_iccp(png: bytes, icc_profile: bytes) -> bytes:
-    """Insert an iCCP chunk right after IHDR (signature 8 bytes + IHDR chunk 25 bytes)."""
-    body = b"ICC Profile\x00\x00" + zlib.compress(icc_profile)
-    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+def _after_ihdr(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """Insert a chunk right after IHDR (signature 8 bytes + IHDR chunk 25 bytes)."""
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     return png[:33] + chunk + png[33:]

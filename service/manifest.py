@@ -10,11 +10,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.types import Task
 
 _TASKS: frozenset[str] = frozenset({"denoise", "edges", "weather"})
+T = TypeVar("T")
 
 
 class ManifestError(ValueError):
@@ -39,6 +40,7 @@ class ModelSpec:
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any], root: Path) -> ModelSpec:
+        """One entry, checked field by field: a wrong type is a ManifestError naming the model, never a traceback."""
         try:
             task = entry["task"]
             if task not in _TASKS:
@@ -48,22 +50,24 @@ class ModelSpec:
                 raise ManifestError(f"model {entry['name']!r}: channels must be 1 or 3")
             known = {f for f in cls.__dataclass_fields__ if f != "extra"}
             return cls(
-                name=str(entry["name"]),
+                name=_typed(entry, "name", str),
                 task=task,
-                file=root / str(entry["file"]),
-                sha256=str(entry["sha256"]).lower(),
-                version=str(entry["version"]),
+                file=root / _typed(entry, "file", str),
+                sha256=_typed(entry, "sha256", str).lower(),
+                version=_typed(entry, "version", str),
                 channels=channels,
                 sigma=None if entry.get("sigma") is None else float(entry["sigma"]),
                 overlap=int(entry["overlap"]),
                 multiple=max(1, int(entry["multiple"])),
-                default=bool(entry["default"]),
+                default=_typed(entry, "default", bool),
                 provenance=dict(entry.get("provenance") or {}),
                 metrics=dict(entry.get("metrics") or {}),
                 extra={k: v for k, v in entry.items() if k not in known},
             )
         except KeyError as exc:
             raise ManifestError(f"model {entry.get('name')!r}: missing field {exc}") from exc
+        except (TypeError, ValueError) as exc:  # int("three"), dict("abc"), float([1])...
+            raise ManifestError(f"model {entry.get('name')!r}: a field has the wrong type: {exc}") from exc
 
     def public(self) -> dict[str, Any]:
         """The entry as clients see it in /v1/models (file name only, no server paths)."""
@@ -84,6 +88,14 @@ class ModelSpec:
         }
 
 
+def _typed(entry: dict[str, Any], key: str, kind: type[T]) -> T:
+    """``entry[key]`` if it is a ``kind``: str() of a list would be a name, bool("false") would be True."""
+    value = entry[key]
+    if not isinstance(value, kind):
+        raise TypeError(f"{key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
 def load_manifest(models_dir: Path) -> list[ModelSpec]:
     """Parse the manifest, failing loudly on duplicate names or missing fields."""
     path = models_dir / "manifest.json"
@@ -91,7 +103,10 @@ def load_manifest(models_dir: Path) -> list[ModelSpec]:
         document = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ManifestError(f"cannot read {path}: {exc}") from exc
-    specs = [ModelSpec.from_entry(entry, models_dir) for entry in document.get("models", [])]
+    entries = document.get("models", []) if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise ManifestError(f"{path} must be an object whose \"models\" is a list of objects, one per model")
+    specs = [ModelSpec.from_entry(entry, models_dir) for entry in entries]
     names = [spec.name for spec in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from service.errors import BadRequest, NotAcceptable
@@ -14,6 +15,10 @@ MEDIA_TYPES: dict[OutputFormat, str] = {
     "tiff": "image/tiff",
 }
 _ALIASES = {"jpg": "jpeg", "tif": "tiff"}
+
+
+def _no_constraint(fmt: OutputFormat) -> str | None:
+    return None
 
 
 def parse_format(value: str) -> OutputFormat:
@@ -52,17 +57,33 @@ def _quality(media_type: str, ranges: list[tuple[str, float]]) -> float:
     return best[1]
 
 
-def choose_format(query: str | None, accept: str | None, source_format: str) -> OutputFormat:
-    """?format= wins; else the best Accept match, preferring the input's format; else the input's."""
-    default: OutputFormat = cast(OutputFormat, source_format) if source_format in MEDIA_TYPES else "png"
+def choose_format(
+    query: str | None, accept: str | None, source_format: str, *, unfit: Callable[[OutputFormat], str | None] = _no_constraint
+) -> OutputFormat:
+    """?format= wins; else the best Accept match, preferring the input's format; else the input's (PNG if
+    it cannot hold the result). ``unfit(fmt)`` says why a format cannot hold this output (size, depth),
+    so every output constraint is settled here, before inference: 422 for ?format=, 406 for Accept.
+    """
     if query:
-        return parse_format(query)
-    if not accept or not accept.strip():
-        return default
-    ranges = _accept_ranges(accept)
+        fmt = parse_format(query)
+        if reason := unfit(fmt):
+            raise BadRequest(f"format={query}: {reason}")
+        return fmt
+    default: OutputFormat = cast(OutputFormat, source_format) if source_format in MEDIA_TYPES else "png"
     order = [default, *(f for f in MEDIA_TYPES if f != default)]
-    scored = [(_quality(MEDIA_TYPES[f], ranges), -i, f) for i, f in enumerate(order)]
-    quality, _, chosen = max(scored)
+    reasons = {f: unfit(f) for f in order}
+    fitting = [f for f in order if not reasons[f]]
+    if not accept or not accept.strip():
+        if not fitting:
+            raise BadRequest("no output format can hold this image: " + "; ".join(str(r) for r in reasons.values()))
+        return fitting[0]
+    ranges = _accept_ranges(accept)
+    scored = [(_quality(MEDIA_TYPES[f], ranges), -i, f) for i, f in enumerate(order) if f in fitting]
+    quality, _, chosen = max(scored, default=(0.0, 0, default))
     if quality <= 0:
-        raise NotAcceptable(f"cannot produce any of Accept: {accept}; we serve {', '.join(MEDIA_TYPES.values())}")
+        unfit_text = "; ".join(f"{f}: {r}" for f, r in reasons.items() if r)
+        raise NotAcceptable(
+            f"cannot produce any of Accept: {accept}; we serve {', '.join(MEDIA_TYPES[f] for f in fitting)}"
+            + (f" for this request ({unfit_text})" if unfit_text else "")
+        )
     return chosen

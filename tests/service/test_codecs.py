@@ -9,6 +9,7 @@ import zlib
 import imagecodecs
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image, ImageCms, ImageOps
 
 from service import codecs
@@ -124,3 +125,107 @@ def decompression_bomb(width: int, height: int) -> bytes:
 def test_decompression_bomb_is_refused_from_the_header() -> None:
     with pytest.raises(PayloadTooLarge, match="100000x100000"):
         codecs.decode(decompression_bomb(100_000, 100_000), 100_000_000)
+
+
+def exif_with_double_orientation(value: float) -> bytes:
+    """An EXIF block whose Orientation is stored as a DOUBLE (type 12), as a hostile file may do."""
+    entry = struct.pack("<HHII", 0x0112, 12, 1, 26)  # tag, type DOUBLE, count 1, value at offset 26
+    return b"Exif\x00\x00" + b"II*\x00" + struct.pack("<IH", 8, 1) + entry + struct.pack("<I", 0) + struct.pack("<d", value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 1e300, 9.0])
+def test_an_orientation_that_is_not_1_to_8_counts_as_1(value: float) -> None:
+    pixels = noisy_image(6, 10, 3)
+    decoded = codecs.decode(encode_pil(pixels, "PNG", exif=exif_with_double_orientation(value)), 10**6)
+    np.testing.assert_array_equal(decoded.color, pixels)
+
+
+def _tiff(array: np.ndarray, compression: str | None, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, compression=compression, **options)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+TIFF_COMPRESSIONS = ["packbits", "lzw", "zstd", "lzma", "jpeg2000", "jpegxl", "adobe_deflate"]
+
+
+@pytest.mark.parametrize("compression", TIFF_COMPRESSIONS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_corrupt_compressed_tiff_is_a_corrupt_image(compression: str, dtype: type) -> None:
+    """Every decoder's own error (imagecodecs' RuntimeErrors, tifffile's ValueErrors...) becomes 422."""
+    data = _tiff(noisy_image(24, 20, 3, dtype=dtype), compression, photometric="rgb")
+    rng = np.random.default_rng(3)
+    for case in range(24):
+        broken = bytearray(data[: int(rng.integers(8, len(data)))] if case % 2 else data)
+        for _ in range(0 if case % 2 else 8):
+            broken[int(rng.integers(8, len(broken)))] = int(rng.integers(256))
+        try:
+            codecs.decode(bytes(broken), 10**6)
+        except (CorruptImage, UnsupportedMediaType, PayloadTooLarge, BadRequest):
+            pass
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_tiff_orientation_is_applied_once(orientation: int, bits: int) -> None:
+    """Pillow turns 8-bit TIFF pixels upright itself; tifffile (16-bit) leaves it to us."""
+    pixels = noisy_image(6, 10, 3, dtype=np.uint16 if bits == 16 else np.uint8)
+    data = _tiff(pixels, "adobe_deflate", photometric="rgb", extratags=[(0x0112, "H", 1, orientation, True)])
+    expected = np.rot90(pixels, 2) if orientation == 3 else np.rot90(pixels, -1)
+    np.testing.assert_array_equal(codecs.decode(data, 10**6).color, expected)
+
+
+def _camera_exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Canon"
+    exif.get_ifd(0x8769)[0x9003] = "2024:01:02 03:04:05"  # DateTimeOriginal, in the Exif sub-IFD
+    return exif
+
+
+@pytest.mark.parametrize("source", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "tiff"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_exif_travels_with_orientation_reset_to_1(source: str, fmt: str, dtype: type) -> None:
+    data = encode_pil(noisy_image(6, 10, 3), source, exif=_camera_exif(6).tobytes())
+    decoded = codecs.decode(data, 10**6)
+    assert decoded.color.shape == (10, 6, 3)  # turned upright...
+    color = decoded.color.astype(dtype) * (257 if dtype == np.uint16 else 1)
+    out = Image.open(io.BytesIO(codecs.encode(color, None, None, fmt, exif=decoded.exif))).getexif()  # type: ignore[arg-type]
+    assert out[0x0112] == 1 and out[0x010F] == "Canon"  # ...so the output says it is upright
+    if fmt != "tiff":  # TIFF keeps the main tags only: our writers cannot write the Exif sub-IFD
+        assert out.get_ifd(0x8769)[0x9003] == "2024:01:02 03:04:05"
+
+
+def test_no_exif_in_no_exif_out() -> None:
+    decoded = codecs.decode(encode_pil(noisy_image(6, 10, 3), "PNG"), 10**6)
+    assert decoded.exif is None
+    assert not Image.open(io.BytesIO(codecs.encode(decoded.color, None, None, "jpeg", exif=None))).getexif()
+
+
+def test_exif_too_large_for_jpeg_is_left_out() -> None:
+    exif = _camera_exif(1)
+    exif[0x010E] = "x" * 70_000  # ImageDescription: the block no longer fits one JPEG marker
+    data = codecs.encode(noisy_image(6, 10, 3), None, None, "jpeg", exif=exif.tobytes())
+    assert not Image.open(io.BytesIO(data)).getexif()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "width", "height", "bits", "fits"),
+    [
+        ("webp", 16383, 1, 8, True), ("webp", 16384, 1, 8, False), ("webp", 1, 20000, 16, False),
+        ("jpeg", 65500, 1, 8, True), ("jpeg", 65501, 1, 8, False), ("jpeg", 2, 70000, 16, False),
+        ("png", 2_000_000, 1, 8, True), ("png", 1_000_000, 1, 16, True), ("png", 1_000_001, 1, 16, False),
+        ("tiff", 2_000_000, 1, 16, True), ("tiff", 40_000, 30_000, 8, False),
+    ],
+)
+def test_encode_limit_matches_the_encoders(fmt: str, width: int, height: int, bits: int, fits: bool) -> None:
+    reason = codecs.encode_limit(fmt, width, height, channels=4, bits=bits)  # type: ignore[arg-type]
+    assert (reason is None) == fits
+    if width * height <= 2_000_000:  # cheap enough to check against the encoder itself
+        pixels = np.zeros((height, width, 1), np.uint16 if bits == 16 else np.uint8)
+        if fits:
+            codecs.encode(pixels, None, None, fmt)  # type: ignore[arg-type]
+        else:
+            with pytest.raises(Exception):  # noqa: B017 - each encoder fails in its own way
+                codecs.encode(pixels, None, None, fmt)  # type: ignore[arg-type]

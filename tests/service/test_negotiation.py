@@ -33,3 +33,16 @@ def test_nothing_acceptable_is_406() -> None:
 def test_unknown_format_parameter_is_422() -> None:
     with pytest.raises(BadRequest):
         choose_format("gif", None, "png")
+
+
+def _webp_too_small(fmt: str) -> str | None:
+    return "WEBP holds at most 16383 pixels per side" if fmt == "webp" else None
+
+
+def test_a_format_that_cannot_hold_the_image_is_refused_or_passed_over() -> None:
+    with pytest.raises(BadRequest, match="format=webp: WEBP holds"):
+        choose_format("webp", None, "png", unfit=_webp_too_small)
+    assert choose_format(None, None, "webp", unfit=_webp_too_small) == "png"  # the input's own format cannot: PNG
+    assert choose_format(None, "image/webp, image/png;q=0.5", "png", unfit=_webp_too_small) == "png"
+    with pytest.raises(NotAcceptable, match="webp: WEBP holds"):
+        choose_format(None, "image/webp", "png", unfit=_webp_too_small)
