@@ -9,7 +9,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from service import logs
+from service import logs, server
 from service.errors import StartupError
 from service.manifest import ManifestError
 from service.settings import Settings
@@ -33,7 +33,7 @@ def main() -> int:
     except (StartupError, ManifestError) as exc:
         print(f"restore: cannot start: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False, workers=1)
+    uvicorn.Server(server.config(app, settings, host=args.host, port=args.port)).run()
     return 0
 
 

@@ -5,55 +5,35 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.routing import APIRoute
 
 from service import codecs
 from service.admission import admit, release_holds
-from service.errors import PROBLEM_JSON, ServiceError, Unauthorized
-from service.negotiation import MEDIA_TYPES, choose_format, parse_format
+from service.errors import BadRequest, ServiceError, Unauthorized
+from service.negotiation import MEDIA_TYPES, choose_format
+from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
 from service.pipeline import quantize, restore
 from service.runtime import ModelState, Runtime
 from service.settings import Settings
 from service.types import OutputFormat, Task
 
-IMAGE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "The image: multipart/form-data with a file field `image`, or the raw bytes with an image content type.",
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": ["image"], "properties": {"image": {"type": "string", "format": "binary"}}}
-            },
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/webp": {"schema": {"type": "string", "format": "binary"}},
-            "image/tiff": {"schema": {"type": "string", "format": "binary"}},
-            "image/bmp": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
-_PROBLEM = {"content": {PROBLEM_JSON: {"schema": {"type": "object"}}}}
-IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The restored image", "content": {t: {} for t in MEDIA_TYPES.values()}},
-    401: {"description": "Missing or wrong API key", **_PROBLEM},
-    406: {"description": "No acceptable output format", **_PROBLEM},
-    413: {"description": "Body or pixel count over the limit", **_PROBLEM},
-    415: {"description": "Not an image format we read", **_PROBLEM},
-    422: {"description": "Corrupt image or bad parameter", **_PROBLEM},
-    503: {"description": "Queue full (see Retry-After) or model not ready", **_PROBLEM},
-}
-
+#: Output formats as ?format= takes them: our names, the usual aliases, and both in upper case.
+FormatName = Literal["png", "jpeg", "jpg", "webp", "tiff", "tif", "PNG", "JPEG", "JPG", "WEBP", "TIFF", "TIF"]
 FormatQuery = Annotated[
-    str | None,
+    FormatName | None,
     Query(description="Output format, overriding Accept: png, jpeg, webp or tiff. Default: the input's format (BMP -> PNG)."),
 ]
+#: Chooses the output format once the image is decoded, before inference (see negotiation.choose_format).
+OutputChooser = Callable[[codecs.DecodedImage], OutputFormat]
 
 
 class ClientDisconnected(Exception):
@@ -66,12 +46,29 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def require_api_key(request: Request) -> None:
+    """Compared as bytes: hmac.compare_digest refuses non-ASCII str, and a header is bytes on the wire
+    (Starlette decodes it as latin-1, so encoding back gives exactly what the client sent)."""
     keys = runtime_of(request).settings.api_keys
     if not keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), key) for key in keys):
+    sent = token.strip().encode("latin-1")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(sent, key.encode("utf-8", "surrogateescape")) for key in keys):
         raise Unauthorized("send Authorization: Bearer <api key>", headers={"WWW-Authenticate": "Bearer"})
+
+
+def reject_stray_query(request: Request) -> None:
+    """422 for a query parameter the route does not take, or one given twice: silently ignoring
+    ``sigmaa=25`` or keeping the last of ``sigma=25&sigma=50`` would serve what the client did not ask for."""
+    route = request.scope.get("route")
+    taken = {param.alias for param in route.dependant.query_params} if isinstance(route, APIRoute) else set()
+    counts = Counter(name for name, _ in request.query_params.multi_items())
+    for name, count in counts.items():
+        if name not in taken:
+            offered = ", ".join(sorted(taken)) or "no query parameters"
+            raise BadRequest(f"unknown query parameter {name!r}: {request.url.path} takes {offered}")
+        if count > 1:
+            raise BadRequest(f"query parameter {name!r} is given {count} times; give it once")
 
 
 class StageTimer:
@@ -96,16 +93,19 @@ class ModelRun:
     state: ModelState
     output: npt.NDArray[np.float32]  # height x width x model output channels
     timer: StageTimer
+    fmt: OutputFormat
 
 
-async def run_model(request: Request, *, task: Task, sigma: float | None = None) -> ModelRun:
-    """Read, admit, decode, and run the model tiled; cancelled (tiles dropped) if the client leaves."""
+async def run_model(request: Request, *, task: Task, choose_output: OutputChooser, sigma: float | None = None) -> ModelRun:
+    """Read, decode, settle the output format, pick the model, and run it tiled; cancelled (tiles
+    dropped) if the client leaves. Every refusal comes before inference, so no work is thrown away."""
     runtime = runtime_of(request)
     settings: Settings = runtime.settings
     timer = StageTimer()
     admitted = await admit(request, runtime, task=task, sigma=sigma)  # refuses before decoding (admission.py)
     image, state = admitted.image, admitted.state
     timer.add("decode", admitted.decode_seconds)
+    fmt = choose_output(image)
     assert state.scheduler is not None
 
     work = asyncio.ensure_future(
@@ -121,10 +121,10 @@ async def run_model(request: Request, *, task: Task, sigma: float | None = None)
     restored = work.result()
     timer.add("queue", restored.queue_seconds)
     timer.add("infer", restored.infer_seconds)
-    return ModelRun(image, state, restored.pixels, timer)
+    return ModelRun(image, state, restored.pixels, timer, fmt)
 
 
-async def encoded_response(request: Request, run: ModelRun, fmt: OutputFormat, encode: Callable[[], bytes]) -> Response:
+async def encoded_response(request: Request, run: ModelRun, encode: Callable[[], bytes]) -> Response:
     """Encode off the event loop and attach the timing and model headers."""
     started = time.perf_counter()
     body = await asyncio.to_thread(encode)
@@ -134,7 +134,7 @@ async def encoded_response(request: Request, run: ModelRun, fmt: OutputFormat, e
         metrics.stage.labels(request.url.path, stage).observe(seconds)
     return Response(
         body,
-        media_type=MEDIA_TYPES[fmt],
+        media_type=MEDIA_TYPES[run.fmt],
         headers={
             "Server-Timing": run.timer.header(),
             "X-Model": run.state.spec.name,
@@ -144,28 +144,35 @@ async def encoded_response(request: Request, run: ModelRun, fmt: OutputFormat, e
 
 
 async def serve_image(request: Request, *, task: Task, sigma: float | None, fmt_query: str | None) -> Response:
-    """Image in, restored image out: same size, bit depth, alpha and ICC profile as the input."""
-    if fmt_query:
-        parse_format(fmt_query)  # a bad ?format= is refused before any work
-    run = await run_model(request, task=task, sigma=sigma)
-    fmt = choose_format(fmt_query, request.headers.get("accept"), run.image.source_format)
+    """Image in, restored image out: same size, bit depth, alpha, ICC profile and EXIF as the input."""
+    accept = request.headers.get("accept")
+    choose_format(fmt_query, accept, "png")  # a bad ?format= (422) or Accept (406) is refused before the body is read
+
+    def choose_output(image: codecs.DecodedImage) -> OutputFormat:
+        channels, bits = image.channels + (image.alpha is not None), image.color.dtype.itemsize * 8
+        return choose_format(
+            fmt_query, accept, image.source_format,
+            unfit=lambda fmt: codecs.encode_limit(fmt, image.width, image.height, channels=channels, bits=bits),
+        )
+
+    run = await run_model(request, task=task, sigma=sigma, choose_output=choose_output)
     settings = runtime_of(request).settings
     image = run.image
 
     def encode() -> bytes:
         pixels = quantize(run.output, image.color.dtype)
         return codecs.encode(
-            pixels, image.alpha, image.icc_profile, fmt,
+            pixels, image.alpha, image.icc_profile, run.fmt, exif=image.exif if settings.keep_metadata else None,
             jpeg_quality=settings.jpeg_quality, webp_quality=settings.webp_quality,
             png_compress_level=settings.png_compress_level,
         )
 
-    return await encoded_response(request, run, fmt, encode)
+    return await encoded_response(request, run, encode)
 
 
-#: Every model route: the API key first; what a request holds (queue place, in-flight budgets) is
-#: given back once it is answered.
-MODEL_DEPENDENCIES = [Depends(require_api_key), Depends(release_holds)]
+#: Every model route: the API key first, then its query parameters; what a request holds (queue
+#: place, in-flight budgets) is given back once it is answered.
+MODEL_DEPENDENCIES = [Depends(require_api_key), Depends(reject_stray_query), Depends(release_holds)]
 router = APIRouter(dependencies=MODEL_DEPENDENCIES)
 
 

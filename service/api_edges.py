@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 
 from service import codecs, edgemaps
-from service.api import (
-    IMAGE_BODY, IMAGE_RESPONSES, MODEL_DEPENDENCIES, FormatQuery, encoded_response, run_model, runtime_of,
-)
-from service.errors import BadRequest
-from service.negotiation import choose_format, parse_format
+from service.api import MODEL_DEPENDENCIES, FormatQuery, encoded_response, run_model, runtime_of
+from service.negotiation import choose_format
+from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
 from service.pipeline import quantize
+from service.types import OutputFormat
 
 router = APIRouter(dependencies=MODEL_DEPENDENCIES)
 
 Side = Literal["fuse", "1", "2", "3", "4", "5"]
+
+
+class Depth(enum.IntEnum):
+    """An IntEnum, not Literal[8, 16]: the query string "16" validates as the enum, never as a Literal int."""
+
+    EIGHT = 8
+    SIXTEEN = 16
 
 
 @router.post(
@@ -42,28 +49,30 @@ async def edges(
         Query(description="Which output: the learned fusion (`fuse`, default) or side output 1 (fine) to 5 (coarse).", examples=["fuse"]),
     ] = "fuse",
     depth: Annotated[
-        int,
+        Depth,
         Query(description="Bits per pixel, 8 or 16; 16 keeps the raw probabilities (PNG and TIFF only).", examples=[16]),
-    ] = 8,
+    ] = Depth.EIGHT,
     format: FormatQuery = None,
 ) -> Response:
     """A one-channel map of the upright input's size: 0 = no edge, 255 (or 65535) = certain edge.
 
     PNG unless `format`/`Accept` ask otherwise; alpha and colour profile of the input do not apply.
     """
-    if format:
-        parse_format(format)
-    if depth not in (8, 16):
-        raise BadRequest(f"depth={depth} is not 8 or 16")
-    if depth == 16 and format and parse_format(format) not in ("png", "tiff"):
-        raise BadRequest("depth=16 needs format=png or format=tiff")
-    run = await run_model(request, task="edges")
-    fmt = choose_format(format, request.headers.get("accept"), "png")
-    if depth == 16 and fmt not in ("png", "tiff"):
-        raise BadRequest(f"depth=16 needs PNG or TIFF output, not {fmt}")
+    accept = request.headers.get("accept")
+
+    def unfit(fmt: OutputFormat, width: int = 1, height: int = 1) -> str | None:
+        if depth == 16 and fmt not in ("png", "tiff"):
+            return "depth=16 needs PNG or TIFF"
+        return codecs.encode_limit(fmt, width, height, channels=1, bits=int(depth))
+
+    choose_format(format, accept, "png", unfit=unfit)  # 422 or 406 before the body is read
+    run = await run_model(
+        request, task="edges",
+        choose_output=lambda image: choose_format(format, accept, "png", unfit=lambda f: unfit(f, image.width, image.height)),
+    )
     outputs = list(run.state.spec.extra.get("outputs", ["fuse", "side1", "side2", "side3", "side4", "side5"]))
     channel = outputs.index("fuse" if side == "fuse" else f"side{side}")
-    dtype = np.dtype(np.uint16) if depth == 16 else np.dtype(np.uint8)
+    dtype = np.dtype(np.uint16) if depth == Depth.SIXTEEN else np.dtype(np.uint8)
     settings = runtime_of(request).settings
 
     def encode() -> bytes:
@@ -73,6 +82,6 @@ async def edges(
         if threshold is not None:
             prob = edgemaps.binarize(prob, threshold).astype(np.float32)
         pixels = quantize(np.array(prob, dtype=np.float32)[:, :, None], dtype)
-        return codecs.encode(pixels, None, None, fmt, png_compress_level=settings.png_compress_level)
+        return codecs.encode(pixels, None, None, run.fmt, png_compress_level=settings.png_compress_level)
 
-    return await encoded_response(request, run, fmt, encode)
+    return await encoded_response(request, run, encode)

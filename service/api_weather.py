@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api import IMAGE_BODY, IMAGE_RESPONSES, MODEL_DEPENDENCIES, FormatQuery, serve_image
+from service.api import MODEL_DEPENDENCIES, FormatQuery, serve_image
+from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
 
 router = APIRouter(dependencies=MODEL_DEPENDENCIES)
 

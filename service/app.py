@@ -12,20 +12,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service import api, api_edges, api_weather
-from service.errors import PROBLEM_JSON, BadRequest, ServiceError
+from service.errors import PROBLEM_JSON, BadRequest, ServiceError, problem_response
 from service.metrics import Metrics
-from service.middleware import RequestContext
+from service.middleware import RequestContext, RequestLimits
+from service.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth
 from service.runtime import EngineFactory, Runtime
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
-
-
-def problem_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error.problem(), status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON)
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:
@@ -49,7 +47,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _disconnected(request: Request, exc: Exception) -> Response:
-    log.info("client disconnected; its tiles were dropped")
+    """The client left (during the upload, or while its tiles waited): 499 in the log and metrics, no traceback."""
+    log.info("client disconnected; nothing was sent and its tiles, if any, were dropped")
     return Response(status_code=499)
 
 
@@ -76,12 +75,16 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(api.ClientDisconnected, _disconnected)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness: 200 while the process serves")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="Readiness: 200 once every required model loaded, verified and warmed up")
+    @app.get(
+        "/readyz", tags=["operations"], summary="Readiness: 200 once every required model loaded, verified and warmed up",
+        responses=READYZ_RESPONSES,
+    )
     async def readyz() -> JSONResponse:
         not_ready = runtime.not_ready()
         if runtime.ready:  # optional models (not in RESTORE_REQUIRED_MODELS) may still be loading or retried
@@ -89,7 +92,7 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
             return JSONResponse({"status": "ready", "models": serving, **({"not_ready": not_ready} if not_ready else {})})
         return JSONResponse({"status": "not ready", "not_ready": not_ready}, status_code=503)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response, responses=METRICS_RESPONSES)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -125,5 +128,11 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     app.include_router(api_weather.router, tags=["models"])
     routes = [*app.routes, *api.router.routes, *api_edges.router.routes, *api_weather.router.routes]
     endpoints = frozenset(str(r.path) for r in routes if getattr(r, "path", None))
-    app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)
+    model_routers = (api.router, api_edges.router, api_weather.router)
+    app.add_middleware(
+        RequestLimits, limited=frozenset(str(r.path) for router in model_routers for r in router.routes),
+        max_requests=settings.max_requests, body_timeout_s=settings.body_timeout_s, retry_after_s=settings.retry_after_s,
+    )
+    app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)  # outermost: it sees every answer
+    document_auth(app, settings)
     return app

@@ -83,10 +83,16 @@ def resolve_providers(device: str) -> list[str]:
 
 
 class OrtEngine:
-    """One ONNX Runtime session; ORT sessions are safe to call from several threads."""
+    """One ONNX Runtime session; ORT sessions are safe to call from several threads.
 
-    def __init__(self, path: Path, settings: Settings, providers: list[str]) -> None:
+    ORT's messages carry the model's full path and its own source paths, so they go to the log only;
+    the errors raised here, which clients read, name the model.
+    """
+
+    def __init__(self, path: Path, settings: Settings, providers: list[str], *, name: str | None = None) -> None:
         import onnxruntime as ort
+
+        self.name = name or path.stem
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -108,10 +114,11 @@ class OrtEngine:
         try:
             self._session = ort.InferenceSession(str(path), options, providers=providers, provider_options=provider_options)
         except Exception as exc:  # ORT raises its own untyped errors: translate at the boundary
-            raise StartupError(f"cannot load {path.name}: {exc}") from exc
+            log.error("onnxruntime cannot load the model", extra={"model": self.name, "path": str(path), "error": str(exc)})
+            raise StartupError(f"ONNX Runtime cannot load model {self.name} (the reason is in the server log)") from exc
         active = self._session.get_providers()
         if CUDA in providers and settings.device == "cuda" and CUDA not in active:
-            raise StartupError(f"RESTORE_DEVICE=cuda but ONNX Runtime could not use CUDA for {path.name}")
+            raise StartupError(f"RESTORE_DEVICE=cuda but ONNX Runtime could not use CUDA for model {self.name}")
         self._provider = active[0]
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
@@ -124,5 +131,9 @@ class OrtEngine:
         try:
             (result,) = self._session.run([self._output], {self._input: batch})
         except Exception as exc:
-            raise InferenceFailed(f"onnxruntime failed on a batch of shape {batch.shape}: {exc}") from exc
+            log.error("onnxruntime failed on a batch", extra={"model": self.name, "shape": batch.shape, "error": str(exc)})
+            raise InferenceFailed(
+                f"model {self.name} failed on a batch of {batch.shape[0]} tiles of {batch.shape[-2]}x{batch.shape[-1]} "
+                "(the reason is in the server log)"
+            ) from exc
         return np.asarray(result, dtype=np.float32)

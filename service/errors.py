@@ -1,24 +1,32 @@
 """One exception tree for everything a request can run into, and one table from error to HTTP status.
 
-    ServiceError
-    ├── BadRequest ............ 422  a parameter or multipart field is wrong
+    ServiceError .............. 500  anything unforeseen (rendered without internals)
+    ├── MalformedRequest ...... 400  not valid HTTP/1.1 (answered by the server before the app sees it)
+    ├── RequestTimeout ........ 408  headers or body stalled past their timeout
+    ├── HeadersTooLarge ....... 431  request line and headers over RESTORE_MAX_HEADER_BYTES
+    ├── BadRequest ............ 422  a parameter or multipart field is wrong, unknown or repeated
     ├── Unauthorized .......... 401  missing or wrong API key
     ├── PayloadTooLarge ....... 413  body over the byte limit, image over the pixel limit
     ├── UnsupportedMediaType .. 415  not an image format we read
     ├── CorruptImage .......... 422  a format we read, but the data is broken or truncated
     ├── NotAcceptable ......... 406  no output format satisfies Accept / ?format
-    ├── Overloaded ............ 503  the model's queue is full (with Retry-After)
+    ├── Overloaded ............ 503  queue full, or too many requests or connections (with Retry-After)
     ├── ModelUnavailable ...... 503  the model did not load, or has not finished warming up
+    ├── ShuttingDown .......... 503  SIGTERM's grace period ran out before this request finished
     └── InferenceFailed ....... 500  the runtime itself failed (never caused by input)
 
 Lower-level errors (Pillow, imagecodecs, ONNX Runtime) are translated where they are raised, with
 ``raise ... from exc``, so the HTTP layer only ever sees this tree. Errors are rendered as RFC 9457
-``application/problem+json``.
+``application/problem+json``. A client that leaves before the answer is logged and counted as 499
+(nginx's "client closed request"); nothing reaches it.
 """
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import ClassVar
+
+from starlette.responses import JSONResponse
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -43,6 +51,18 @@ class ServiceError(Exception):
             "status": self.status,
             "detail": self.detail,
         }
+
+
+class MalformedRequest(ServiceError):
+    status, title, slug = 400, "Malformed request", "malformed-request"
+
+
+class RequestTimeout(ServiceError):
+    status, title, slug = 408, "Request timeout", "request-timeout"
+
+
+class HeadersTooLarge(ServiceError):
+    status, title, slug = 431, "Request header fields too large", "headers-too-large"
 
 
 class BadRequest(ServiceError):
@@ -77,9 +97,26 @@ class ModelUnavailable(ServiceError):
     status, title, slug = 503, "Model unavailable", "model-unavailable"
 
 
+class ShuttingDown(ServiceError):
+    status, title, slug = 503, "Shutting down", "shutting-down"
+
+
 class InferenceFailed(ServiceError):
     status, title, slug = 500, "Inference failed", "inference-failed"
 
 
 class StartupError(RuntimeError):
     """Raised before serving when the configuration cannot be honoured (e.g. cuda without a GPU)."""
+
+
+def public_detail(exc: BaseException) -> str:
+    """What a client may read about a failure (/readyz, 503 details): the message, except that an OS
+    error names its file without the directory. The full text belongs in the log."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or type(exc).__name__}: {PurePath(str(exc.filename)).name}"
+    return str(exc)
+
+
+def problem_response(error: ServiceError) -> JSONResponse:
+    """The one rendering of an error: its status, its headers, the problem+json body."""
+    return JSONResponse(error.problem(), status_code=error.status, headers=error.headers, media_type=PROBLEM_JSON)

@@ -27,7 +27,7 @@ import numpy as np
 from service import memory
 from service.budget import Budget
 from service.engine import Engine, OrtEngine, resolve_providers
-from service.errors import BadRequest, ModelUnavailable
+from service.errors import BadRequest, ModelUnavailable, public_detail
 from service.manifest import ManifestError, ModelSpec, load_manifest, select_specs, sha256_of
 from service.metrics import Metrics
 from service.scheduler import ModelScheduler
@@ -66,7 +66,7 @@ class Runtime:
         specs = select_specs(load_manifest(settings.models_dir), settings.models)
         if engine_factory is None:
             providers = resolve_providers(settings.device)  # raises StartupError before we serve
-            engine_factory = lambda spec: OrtEngine(spec.file, settings, providers)  # noqa: E731
+            engine_factory = lambda spec: OrtEngine(spec.file, settings, providers, name=spec.name)  # noqa: E731
         self._engine_factory = engine_factory
         required = settings.required_models or tuple(spec.name for spec in specs)
         unknown = sorted(set(required) - {spec.name for spec in specs})
@@ -121,7 +121,7 @@ class Runtime:
         try:
             engine, speed = await asyncio.to_thread(self._load, state.spec)
         except Exception as exc:  # any failure is reported per model; the others still load
-            state.status, state.detail = "failed", str(exc)
+            state.status, state.detail = "failed", public_detail(exc)
             self.metrics.model_ready.labels(name).set(0)
             log.error("model failed to load", extra={"model": name, "error": str(exc), "attempt": state.attempts})
             return

@@ -83,6 +83,29 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(
         3, ge=0, le=9, description="zlib level for 8-bit PNG output: 3 encodes about twice as fast as 6 for ~10% larger files."
     )
+    keep_metadata: bool = Field(
+        True, description="Copy the input's EXIF (orientation reset to 1) to outputs whose format carries it; false strips it."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600,
+        description="Longest wait for a request line and headers, counted from a new connection or the first byte of the next request.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest silence while a request body is read; then 408 and the connection closes."
+    )
+    keep_alive_s: float = Field(5.0, gt=0, le=3600, description="Idle time after a response before a keep-alive connection is closed.")
+    max_header_bytes: int = Field(65536, ge=4096, description="Largest request line plus headers; beyond it 431.")
+    max_connections: int = Field(
+        256, ge=1, description="Most open connections; one more is answered 503 with Retry-After and closed."
+    )
+    max_requests: int = Field(
+        64, ge=1,
+        description="Most model requests in flight (uploading, queued or running); beyond it 503 with Retry-After. Operations endpoints do not count.",
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="On SIGTERM, how long in-flight requests may finish before they are cancelled and the process exits.",
+    )
 
     @field_validator("models", "api_keys", "required_models", mode="before")
     @classmethod

@@ -6,17 +6,22 @@ import asyncio
 import hashlib
 import io
 import json
+import socket
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from PIL import Image
 
+from service import server
 from service.app import create_app
 from service.manifest import ModelSpec
 from service.settings import Settings
@@ -35,15 +40,19 @@ def anyio_backend() -> str:
 class BoxEngine:
     """A zero-padded mean filter of radius ``radius``: a stand-in CNN whose receptive field we know.
 
-    Optional ``gate`` blocks every batch until set, and ``delay`` slows batches, for queue tests.
+    Optional ``gate`` blocks every batch until set, and ``delay`` slows batches, for queue tests;
+    ``outputs`` repeats the first output channel that many times (HED has six outputs).
     """
 
     provider = "FakeExecutionProvider"
 
-    def __init__(self, radius: int = 2, delay: float = 0.0, gate: threading.Event | None = None) -> None:
+    def __init__(
+        self, radius: int = 2, delay: float = 0.0, gate: threading.Event | None = None, outputs: int | None = None
+    ) -> None:
         self.radius = radius
         self.delay = delay
         self.gate = gate
+        self.outputs = outputs
         self.batches: list[tuple[int, ...]] = []
         self.calls: list[list[float]] = []
 
@@ -54,7 +63,8 @@ class BoxEngine:
             threading.Event().wait(self.delay)
         self.batches.append(batch.shape)
         self.calls.append([float(t.mean()) for t in batch])
-        return box_filter(batch, self.radius)
+        out = box_filter(batch, self.radius)
+        return out if self.outputs is None else np.repeat(out[:, :1], self.outputs, axis=1)
 
 
 def box_filter(batch: np.ndarray, radius: int) -> np.ndarray:
@@ -85,6 +95,56 @@ def write_fake_manifest(root: Path, entries: list[dict[str, Any]]) -> Path:
     return root
 
 
+def write_fake_suite(root: Path) -> Path:
+    """Fake models behind every endpoint: gray (blind and sigma 25) and colour denoisers, edges, weather."""
+    return write_fake_manifest(root, [
+        {"name": "gray"}, {"name": "gray-s25", "sigma": 25}, {"name": "colour", "channels": 3},
+        {"name": "edges", "task": "edges", "channels": 3}, {"name": "weather", "task": "weather", "channels": 3},
+    ])
+
+
+def fake_engine(spec: ModelSpec) -> BoxEngine:
+    """The engine for ``write_fake_suite``'s models: six outputs for edges, as HED has."""
+    return BoxEngine(radius=1, outputs=6 if spec.task == "edges" else None)
+
+
+@dataclass
+class Running:
+    base: str  # http://127.0.0.1:port
+    address: tuple[str, int]
+    server: uvicorn.Server
+    thread: threading.Thread
+
+
+@contextmanager
+def running_server(settings: Settings, engine_factory: Callable[[ModelSpec], Any] = fake_engine) -> Iterator[Running]:
+    """The app behind the real HTTP edge (service.server: uvicorn, EdgeProtocol) on a free local port,
+    in a thread, once /readyz answers 200; stopped (as SIGTERM would) on exit."""
+    app = create_app(settings, engine_factory=engine_factory)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    address = sock.getsockname()
+    base = f"http://127.0.0.1:{address[1]}"
+    instance = uvicorn.Server(server.config(app, settings, host="127.0.0.1", port=0))
+    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(600):
+            try:
+                if instance.started and httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the server never became ready")
+        yield Running(base, address, instance, thread)
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+
+
 @asynccontextmanager
 async def serve(
     settings: Settings, engine_factory: Callable[[ModelSpec], Any] | None = None, *, wait_ready: bool = True
@@ -102,6 +162,15 @@ async def serve(
                 else:
                     raise AssertionError(f"never ready: {(await client.get('/readyz')).text}")
             yield client
+
+
+def asgi_scope(path: str, headers: list[tuple[bytes, bytes]], method: str = "POST") -> dict[str, Any]:
+    """An HTTP scope for tests that drive the ASGI app directly (a client that leaves mid-request)."""
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 1), "server": ("test", 80),
+    }
 
 
 def noisy_image(

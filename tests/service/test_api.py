@@ -17,8 +17,11 @@ from PIL import Image, ImageCms
 
 from service import codecs
 from service.engine import OrtEngine
+from service.errors import InferenceFailed, public_detail
 from service.settings import Settings
-from tests.conftest import MODELS_DIR, BoxEngine, encode_pil, noisy_image, serve, write_fake_manifest
+from tests.conftest import (
+    MODELS_DIR, BoxEngine, asgi_scope, encode_pil, fake_engine, noisy_image, serve, write_fake_manifest, write_fake_suite,
+)
 from tests.service.test_codecs import decompression_bomb
 
 pytestmark = pytest.mark.anyio
@@ -295,12 +298,7 @@ async def test_client_that_disconnects_has_its_tiles_dropped(tmp_path: Path) -> 
         async def send(message: dict) -> None:  # type: ignore[type-arg]
             sent.append(message)
 
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-            "path": "/denoise", "raw_path": b"/denoise", "query_string": b"", "root_path": "",
-            "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())],
-            "client": ("127.0.0.1", 1), "server": ("test", 80),
-        }
+        scope = asgi_scope("/denoise", [(b"content-type", b"image/png"), (b"content-length", str(len(body)).encode())])
         call = asyncio.create_task(app(scope, receive, send))
         await asyncio.sleep(0.3)  # tiles queued, one batch held by the gate
         leave.set()
@@ -314,3 +312,120 @@ async def test_client_that_disconnects_has_its_tiles_dropped(tmp_path: Path) -> 
         dropped = runtime.metrics.dropped_tiles.labels("fake")._value.get()
         assert dropped >= 8  # 16 tiles, at most a couple inferred before the client left
         assert len(engine.batches) <= 3
+
+
+@pytest.fixture
+async def fake_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """Fake models behind every endpoint (tests/conftest.py), API keys on, one non-ASCII."""
+    settings = Settings(models_dir=write_fake_suite(tmp_path), tile_size=64, tile_overlap=2, api_keys=("k1", "clé"))
+    async with serve(settings, fake_engine) as c:
+        c.headers["Authorization"] = "Bearer k1"
+        yield c
+
+
+@pytest.mark.parametrize("key", ["clé".encode(), "clé".encode("latin-1"), "ключ".encode(), b"\xff\xfe"])
+async def test_non_ascii_bearer_tokens_are_compared_as_bytes(fake_client: httpx.AsyncClient, key: bytes) -> None:
+    png = encode_pil(noisy_image(8, 8, 1), "PNG")
+    response = await fake_client.post("/denoise", content=png, headers={"Authorization": b"Bearer " + key})
+    assert response.status_code == (200 if key == "clé".encode() else 401), response.text
+    if response.status_code == 401:
+        assert response.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "named"),
+    [
+        ("/denoise", "sigma=25&sigma=50", "'sigma' is given 2 times"),
+        ("/denoise", "sigmaa=25", "unknown query parameter 'sigmaa'"),
+        ("/derain", "sigma=25", "unknown query parameter 'sigma'"),
+        ("/edges", "thin=true&thin=false", "'thin' is given 2 times"),
+        ("/edges", "format=png&Format=png", "unknown query parameter 'Format'"),
+    ],
+)
+async def test_repeated_or_unknown_query_parameters_are_422(
+    fake_client: httpx.AsyncClient, path: str, query: str, named: str
+) -> None:
+    response = await fake_client.post(f"{path}?{query}", content=encode_pil(noisy_image(8, 8, 1), "PNG"))
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+    assert named in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "query", "accept", "status"),
+    [
+        (20000, 1, "format=webp", None, 422),  # WebP: 16383 px a side
+        (70000, 2, "format=jpeg", None, 422),  # JPEG: 65500
+        (20000, 1, "", "image/webp", 406),
+        (70000, 2, "", "image/jpeg, image/webp", 406),
+    ],
+)
+async def test_output_limits_are_refused_before_inference(
+    tmp_path: Path, width: int, height: int, query: str, accept: str | None, status: int
+) -> None:
+    engine = BoxEngine(radius=1)
+    async with serve(Settings(models_dir=write_fake_suite(tmp_path)), lambda spec: engine) as client:
+        warmed = len(engine.batches)
+        headers = {"Accept": accept} if accept else {}
+        response = await client.post(f"/denoise?{query}", content=encode_pil(noisy_image(height, width, 1), "PNG"), headers=headers)
+        assert response.status_code == status and response.headers["content-type"] == PROBLEM
+        assert "65500" in response.text or "16383" in response.text
+        assert len(engine.batches) == warmed  # no tile was inferred
+
+
+async def test_an_accept_that_cannot_hold_the_image_falls_back_to_one_that_can(fake_client: httpx.AsyncClient) -> None:
+    png = encode_pil(noisy_image(1, 20000, 1), "PNG")
+    response = await fake_client.post("/denoise", content=png, headers={"Accept": "image/webp, image/png;q=0.5"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+
+
+async def test_unacceptable_output_is_406_before_the_body_is_read(fake_client: httpx.AsyncClient) -> None:
+    """Not even a valid image is needed: Accept and depth alone rule every format out."""
+    for path, accept in (("/denoise", "application/json"), ("/edges?depth=16", "image/jpeg, image/webp")):
+        response = await fake_client.post(path, content=b"not read", headers={"Accept": accept})
+        assert response.status_code == 406 and response.headers["content-type"] == PROBLEM
+
+
+def _photo_with_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "Canon"
+    return encode_pil(noisy_image(10, 30, 3), "JPEG", exif=exif.tobytes(), quality=95)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+async def test_exif_is_kept_upright_or_stripped(tmp_path: Path, keep: bool) -> None:
+    settings = Settings(models_dir=write_fake_suite(tmp_path), keep_metadata=keep)
+    async with serve(settings, fake_engine) as client:
+        for fmt in ("jpeg", "png", "webp", "tiff"):
+            response = await client.post(f"/derain?format={fmt}", content=_photo_with_exif(6))
+            image = Image.open(io.BytesIO(response.content))
+            assert image.size == (10, 30)
+            exif = image.getexif()
+            if keep:
+                assert exif[0x0112] == 1 and exif[0x010F] == "Canon", fmt
+            else:
+                assert 0x010F not in exif, fmt
+
+
+async def test_errors_name_the_model_never_a_server_path(tmp_path: Path) -> None:
+    """A file ONNX Runtime cannot parse (its error text names the full path) and a failing batch."""
+    root = write_fake_manifest(tmp_path / "models", [{"name": "broken"}])  # its bytes are not ONNX
+    async with serve(Settings(models_dir=root), wait_ready=False) as client:
+        for _ in range(200):
+            ready = await client.get("/readyz")
+            if ready.json()["not_ready"].get("broken", "").startswith("failed"):
+                break
+            await asyncio.sleep(0.05)
+        detail = ready.json()["not_ready"]["broken"]
+        assert "broken" in detail and str(tmp_path) not in detail and "/" not in detail
+        refused = await client.post("/denoise", content=encode_pil(noisy_image(8, 8, 1), "PNG"))
+        assert refused.status_code == 503 and str(tmp_path) not in refused.text
+    engine = OrtEngine(MODELS_DIR / "dncnn-gray-s25.onnx", Settings(intra_op_threads=1), ["CPUExecutionProvider"], name="dncnn-gray-s25")
+    with pytest.raises(InferenceFailed) as failed:
+        engine.infer(np.zeros((1, 3, 8, 8), np.float32))  # three channels into a gray model
+    assert "dncnn-gray-s25" in failed.value.detail and str(MODELS_DIR) not in failed.value.detail
+
+
+def test_os_errors_show_the_file_name_only() -> None:
+    error = PermissionError(13, "Permission denied", "/srv/models/onnx/x.onnx")
+    assert public_detail(error) == "Permission denied: x.onnx"
