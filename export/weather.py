@@ -35,9 +35,10 @@ from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_
 from export.measure import psnr, quantize, tiled_forward
 from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
+from models.weathernet import WeatherNet, WeatherNetConfig
 
 __all__ = [
-    "NAME", "MIN_TILED_PSNR", "network_config", "load_student", "sample_image", "tiled_psnr",
+    "NAME", "MIN_TILED_PSNR", "ARCHITECTURES", "network_config", "build_network", "load_student", "sample_image", "tiled_psnr",
     "choose_overlap", "weather_from_onnx", "main",
 ]
 
@@ -83,17 +84,36 @@ def weather_from_onnx(model: onnx.ModelProto) -> MSBDN:
     return network.eval()
 
 
-def network_config(config: Mapping[str, Any]) -> MSBDNConfig:
-    """The network of a training config (a checkpoint's ``config``): the fields it shares with
-    ``MSBDNConfig``, the others' defaults where it has none."""
+ARCHITECTURES = ("msbdn", "weathernet")
+
+
+def network_config(config: Mapping[str, Any]) -> MSBDNConfig | WeatherNetConfig:
+    """The network of a training config (a checkpoint's ``config``), by its ``architecture``
+    (``msbdn`` where it has none): for MSBDN-RDFF the fields it shares with ``MSBDNConfig``; for
+    WeatherNet ``width`` x 16 base channels, ``max_channels``, ``attention`` and ``head``."""
+    architecture = config.get("architecture", "msbdn")
+    if architecture == "weathernet":
+        return WeatherNetConfig(width=round(16 * float(config.get("width", 1.0))),
+                                # the architecture pilots ran before the field existed, at 128
+                                max_channels=int(config.get("max_channels", 128)),
+                                attention=str(config.get("attention", "dct")),
+                                head=str(config.get("head", "physical")))
+    if architecture != "msbdn":
+        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
     names = {field.name for field in dataclasses.fields(MSBDNConfig)}
     return MSBDNConfig(**{k: v for k, v in config.items() if k in names})
 
 
-def load_student(path: Path) -> tuple[MSBDN, dict[str, Any]]:
+def build_network(config: Mapping[str, Any]) -> MSBDN | WeatherNet:
+    """A new network for a training config (see ``network_config``)."""
+    network = network_config(config)
+    return WeatherNet(network) if isinstance(network, WeatherNetConfig) else MSBDN(network)
+
+
+def load_student(path: Path) -> tuple[MSBDN | WeatherNet, dict[str, Any]]:
     """The network of a checkpoint (any stage) in eval mode, and the checkpoint's metadata."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = MSBDN(network_config(state["config"]))
+    model = build_network(state["config"])
     model.load_state_dict(state["model"])
     return model.eval(), {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer")}
 

@@ -280,6 +280,12 @@ class MSBDN(nn.Module):
             out = out + x
         return (out, features) if return_features else out
 
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward(x, return_features=True)``: the interface the weather trainer uses for every
+        architecture (``models.weathernet.WeatherNet`` has the same method)."""
+        out, features = self.forward(x, return_features=True)  # type: ignore[misc]
+        return out, features
+
 
 def build_msbdn(width: float = 1.0, res_blocks: int = 18, residual: bool = False) -> MSBDN:
     return MSBDN(MSBDNConfig(width=width, res_blocks=res_blocks, residual=residual))

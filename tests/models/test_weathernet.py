@@ -1,0 +1,140 @@
+"""models/weathernet.py: shapes, identity at start, local (tileable) statistics, DCT bases, the
+physical head, and ONNX export parity of the blocks and the whole network at odd sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.onnx_export import export_onnx
+from models.weathernet import (
+    MULTIPLE, GatedBlock, LocalChannelStatistics, PhysicalHead, WeatherNet, WeatherNetConfig,
+    build_weathernet, dct_basis, dct_frequencies, feature_channels,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(width=8, max_channels=32, encoder_blocks=(1, 1, 1, 1), middle_blocks=1,
+            decoder_blocks=(1, 1, 1, 1))
+
+
+def _randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Zero-initialised gates and heads make a new network the identity: perturb every parameter
+    so the tests exercise real arithmetic."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("attention", ["pool", "dct"])
+@pytest.mark.parametrize("head", ["residual", "physical"])
+def test_a_new_network_is_nearly_the_identity(attention: str, head: str) -> None:
+    model = build_weathernet(**TINY, attention=attention, head=head).eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        y = model(x)
+    if head == "residual":
+        torch.testing.assert_close(y, x, rtol=0, atol=0)
+    else:  # t = t_min + (1 - t_min) sigmoid(4) = 0.984: within 2% of the input
+        assert float((y - x).abs().max()) < 0.02
+
+
+def test_output_and_features_have_the_documented_shapes() -> None:
+    config = WeatherNetConfig(**TINY)
+    model = _randomised(WeatherNet(config))
+    x = torch.rand(2, 3, 3 * MULTIPLE, 5 * MULTIPLE)
+    with torch.no_grad():
+        out, features = model.forward_features(x)
+        plain = model(x)
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    assert out.shape == x.shape and bool(torch.isfinite(out).all())
+    channels = feature_channels(config)
+    assert channels == (32, 32, 32, 32)  # 8 * 2**level, capped at max_channels
+    for feature, c, scale in zip(features, channels, (4, 8, 16, 16)):
+        assert feature.shape == (2, c, x.shape[2] // scale, x.shape[3] // scale)
+
+
+def test_default_size() -> None:
+    model = WeatherNet()
+    assert sum(p.numel() for p in model.parameters()) == 1_065_847
+    assert feature_channels(model.config) == (64, 96, 96, 96)
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(attention="global"), dict(head="none"), dict(width=12), dict(encoder_blocks=(1, 1))]
+)
+def test_bad_configs_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        WeatherNetConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_config_round_trips_through_a_dict() -> None:
+    config = WeatherNetConfig(**TINY, attention="pool")
+    assert WeatherNetConfig.from_dict(config.as_dict()) == config
+
+
+def test_dct_frequencies_are_the_lowest_in_zigzag_order() -> None:
+    assert dct_frequencies(6) == [(0, 0), (1, 0), (0, 1), (0, 2), (1, 1), (2, 0)]
+    basis = torch.stack([dct_basis(7, u) for u in range(7)]).double()
+    gram = basis @ basis.T  # DCT-II bases are orthogonal
+    assert float((gram - torch.diag(torch.diag(gram))).abs().max()) < 1e-7
+    torch.testing.assert_close(dct_basis(7, 0), torch.full((7,), 1 / 7))  # (0) is the mean
+
+
+def test_pool_statistics_are_the_local_mean() -> None:
+    stats = LocalChannelStatistics(4, "pool", window=5)
+    x = torch.rand(1, 4, 20, 30)
+    y = stats(x)
+    torch.testing.assert_close(y[0, :, 10, 12], x[0, :, 8:13, 10:15].mean(dim=(1, 2)))
+
+
+def test_statistics_are_local_so_tiles_agree() -> None:
+    """A change far from a pixel (beyond the window) leaves its statistic unchanged: no global pooling."""
+    stats = LocalChannelStatistics(16, "dct", window=7)
+    x = torch.rand(1, 16, 40, 40)
+    changed = x.clone()
+    changed[..., 30:, 30:] += 1.0
+    torch.testing.assert_close(stats(x)[..., :20, :20], stats(changed)[..., :20, :20])
+
+
+def test_dct_groups_get_distinct_frequencies() -> None:
+    stats = LocalChannelStatistics(16, "dct", window=7)
+    rows = stats.rows[:, 0, :, 0]
+    cols = stats.cols[:, 0, 0, :]
+    pairs = {(tuple(r.tolist()), tuple(c.tolist())) for r, c in zip(rows, cols)}
+    assert len(pairs) == 8  # 8 groups of 2 channels, one frequency each
+
+
+def test_physical_head_inverts_the_scattering_model() -> None:
+    """With t and A set, the head returns J exactly from I = J t + A (1 - t)."""
+    head = PhysicalHead(4, 4, t_min=0.1)
+    t_value, a_value = 0.4, 0.7
+    with torch.no_grad():
+        head.transmission.bias.fill_(float(np.log((t_value - 0.1) / 0.9 / (1 - (t_value - 0.1) / 0.9))))
+        head.airlight.bias.fill_(float(np.log(a_value / (1 - a_value))))
+    clean = torch.rand(1, 3, 16, 16)
+    hazy = clean * t_value + a_value * (1 - t_value)
+    with torch.no_grad():
+        out = head(hazy, torch.zeros_like(hazy), torch.rand(1, 4, 4, 4), torch.rand(1, 4, 1, 1))
+    torch.testing.assert_close(out, clean, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["pool", "dct"])
+def test_block_exports_to_onnx_at_odd_sizes(tmp_path: Path, attention: str) -> None:
+    block = _randomised(GatedBlock(16, attention, window=7))
+    diff = export_onnx(block, tmp_path / "block.onnx", (1, 16, 24, 24), check_shape=(2, 16, 37, 53),
+                       fp16_storage=False, tolerance=1e-4)
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("head", ["residual", "physical"])
+def test_network_exports_to_onnx_with_dynamic_sides(tmp_path: Path, head: str) -> None:
+    model = _randomised(WeatherNet(WeatherNetConfig(**TINY, head=head)))
+    diff = export_onnx(model, tmp_path / "net.onnx", (1, 3, 64, 64),
+                       check_shape=(2, 3, 3 * MULTIPLE, 7 * MULTIPLE), fp16_storage=False, tolerance=1e-4)
+    assert diff <= 1e-4
