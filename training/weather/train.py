@@ -12,21 +12,33 @@ Usage (one command per stage; every one resumable with ``--resume``)::
 
 Method (Chen et al., CVPR 2022, and the authors' ``train.py``):
 
-* teacher: MSBDN-RDFF (``models.msbdn``) on one weather, L1 to the clean image;
+* teacher: one network (``--architecture``: the paper's MSBDN-RDFF, ``models.msbdn``, or
+  ``models.weathernet``, chosen by the pilots in docs/weather.md) on one weather, L1 to the clean
+  image;
 * stage 1, knowledge collection: the student sees every weather in every batch (one block per
   weather, block ``t`` also goes through teacher ``t``); loss = CKT (outputs + projected features +
-  teacher-feature reconstruction, ``training.weather.losses.CKTLoss``) + 0.1 x SCR;
+  0.05 x teacher-feature reconstruction, as ``PFV_loss`` in the authors' ``train.py``;
+  ``training.weather.losses.CKTLoss``) + 0.1 x SCR;
 * stage 2, knowledge examination: the student alone, L1 to the clean image + 0.2 x HCR.
 
-Data: ``training.weather.data.WeatherPatches`` synthesises rain/haze/snow on random crops of
-BSDS500 train+val; batch ``i`` is a pure function of ``(seed, i)`` so a resumed run replays the
-uninterrupted one. Validation: PSNR/SSIM per weather on ``--val-count`` BSDS500 *test* images that
-are not in the held-out test set (centre crops, degraded with a fixed seed), every ``--val-every``
-iterations, logged to ``log.csv`` with the loss terms; checkpoint ``last.pt`` at the same time.
+Data (``--data``): ``synthetic`` makes every batch in the loop with ``training.weather.data``'s
+first generators (``WeatherPatches``); ``pool`` samples a pre-rendered pool of varied renderers
+(``training.weather.pool``, ``training.weather.renderers``), with ``--clean-per-batch`` clean->clean
+pairs after the weather blocks: they have no teacher, so stage 1 trains them by L1 to the photo
+itself (``clean`` term), the other stages by the same L1 as the rest. Either way batch ``i`` is a
+pure function of ``(seed, i)`` so a resumed run replays the uninterrupted one. Validation:
+PSNR/SSIM per weather on ``--val-count`` BSDS500 *test* images that are not in the held-out test
+set (centre crops, degraded with a fixed seed), and on the same crops left clean (``psnr_clean``:
+how far the network moves a clean photo), every ``--val-every`` iterations, logged to ``log.csv``
+with the loss terms and the CPU seconds; checkpoint ``last.pt`` at the same time.
+``--benchmark N`` times N steps (and the share spent making batches) and exits.
 
 Compute-driven choices, stated (the authors train full width on a GPU for 250 epochs):
 
-* ``--width`` / ``--res-blocks`` shrink the network (``models.msbdn.MSBDNConfig``);
+* ``--width`` / ``--res-blocks`` shrink MSBDN-RDFF (``models.msbdn.MSBDNConfig``); ``--width`` /
+  ``--max-channels`` / ``--attention`` / ``--head`` set WeatherNet; ``--channels-last`` and
+  ``--amp`` (bfloat16) are what is fastest on a CPU with avx512_bf16, one thread per process
+  (``OMP_NUM_THREADS=1``) when several runs share the cores; ``--clip`` bounds the gradient norm;
 * ``--device cuda`` runs the networks and losses on a GPU (``--amp``: bfloat16 autocast there too,
   no loss scaling needed); the weather synthesis stays in NumPy on the CPU, one batch per step;
 * ``--residual``: global residual learning (output = input + network, last conv zero-initialised,
@@ -64,12 +76,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.measure import psnr, quantize
-from export.weather import load_student
-from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig, feature_channels
+from export.weather import ARCHITECTURES, build_network, load_student, network_config
+from models.msbdn import MSBDNConfig
+from models.weathernet import WeatherNetConfig
 from training.common.log import (
     Progress, check_resumable, machine_description, save_checkpoint, write_csv,
 )
 from training.weather.data import WEATHERS, WeatherPatches, degrade, load_images
+from training.weather.pool import PairPool
+from training.weather.renderers import CLEAN
 from training.weather.losses import CKTLoss, HCRLoss, SCRLoss, VGGFeatures
 
 __all__ = [
@@ -81,17 +96,31 @@ CHECKPOINT = "last.pt"
 LOG = "log.csv"
 VAL_SEED = 7
 STAGES = ("teacher", "stage1", "stage2")
+DATA = ("synthetic", "pool")
+#: Input sides the networks accept are multiples of this (MSBDN-RDFF: 32, WeatherNet: 16).
+MULTIPLE = 32
+#: The authors' weight of the teacher-feature reconstruction term in stage 1 (``PFV_loss`` in
+#: their ``train.py``: ``0.05 * L1(reconstructed, teacher features)``).
+RECONSTRUCTION_WEIGHT = 0.05
 
 
 @dataclass(frozen=True)
 class WeatherTrainConfig:
-    """Everything that defines a run; ``width``/``res_blocks`` are the network's size."""
+    """Everything that defines a run; ``architecture`` and ``width`` .. ``head`` the network."""
 
     stage: str = "teacher"
     weather: str | None = None  # teacher only
-    width: float = 1.0
-    res_blocks: int = 18
-    residual: bool = False
+    architecture: str = "msbdn"  # or "weathernet" (models.weathernet)
+    width: float = 1.0  # x the paper's channels (MSBDN-RDFF) or x 16 base channels (WeatherNet)
+    res_blocks: int = 18  # MSBDN-RDFF only
+    residual: bool = False  # MSBDN-RDFF only (WeatherNet is always residual)
+    max_channels: int = 96  # WeatherNet only: the widest level's channels
+    attention: str = "dct"  # WeatherNet only: "pool" or "dct"
+    head: str = "physical"  # WeatherNet only: "residual" or "physical"
+    data: str = "synthetic"  # in-loop first generators, or "pool" (training.weather.pool)
+    clean_per_batch: int = 0  # clean->clean pairs per batch (pool data only)
+    clip: float = 0.0  # gradient-norm clipping (0: none)
+    channels_last: bool = False
     patch: int = 96
     per_weather: int = 4  # images per weather per batch (a teacher's batch is all its weather)
     iterations: int = 1000
@@ -106,8 +135,16 @@ class WeatherTrainConfig:
     amp: bool = False
     device: str = "cpu"
 
-    def network(self) -> MSBDNConfig:
-        return MSBDNConfig(width=self.width, res_blocks=self.res_blocks, residual=self.residual)
+    def network(self) -> MSBDNConfig | WeatherNetConfig:
+        return network_config(dataclasses.asdict(self))
+
+    def counts(self) -> dict[str, int]:
+        """Rows per group in a pool batch: a teacher's weather (or every weather), then clean."""
+        weathers = [self.weather or ""] if self.stage == "teacher" else list(WEATHERS)
+        counts = {w: self.per_weather for w in weathers}
+        if self.clean_per_batch:
+            counts[CLEAN] = self.clean_per_batch
+        return counts
 
 
 # May differ between a checkpoint and the command that resumes it.
@@ -153,12 +190,13 @@ def validation_set(
     bsds_root: Path, exclude: set[str], count: int, crop: int = 192
 ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """``count`` BSDS500 test images outside ``exclude`` (the held-out test set), centre crops,
-    degraded per weather with a fixed seed: ``{weather: [(degraded, clean), ...]}``."""
+    degraded per weather with a fixed seed: ``{weather: [(degraded, clean), ...]}``, and the
+    same crops undegraded under ``"clean"`` (how much a clean photo is changed: no harm)."""
     paths = sorted(p for p in (bsds_root / "images" / "test").glob("*.jpg") if p.stem not in exclude)
     step = max(1, len(paths) // max(count, 1))
     chosen = paths[::step][:count]
     images = load_images_from(chosen)
-    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {w: [] for w in WEATHERS}
+    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {w: [] for w in (*WEATHERS, CLEAN)}
     for index, image in enumerate(images):
         h, w = image.shape[:2]
         top, left = (h - crop) // 2, (w - crop) // 2
@@ -166,6 +204,7 @@ def validation_set(
         for k, weather in enumerate(WEATHERS):
             rng = np.random.default_rng([VAL_SEED, index, k])
             out[weather].append((degrade(clean, weather, rng), clean))
+        out[CLEAN].append((clean, clean))
     return out
 
 
@@ -202,9 +241,9 @@ class WeatherTrainer:
     def __init__(
         self,
         config: WeatherTrainConfig,
-        data: WeatherPatches,
+        data: WeatherPatches | PairPool,
         features: VGGFeatures | None = None,
-        teachers: Sequence[MSBDN] = (),
+        teachers: Sequence[nn.Module] = (),
         init: dict[str, torch.Tensor] | None = None,
     ) -> None:
         if config.stage not in STAGES:
@@ -215,17 +254,24 @@ class WeatherTrainer:
             raise ValueError(f"stage 1 needs {len(WEATHERS)} teachers ({', '.join(WEATHERS)})")
         if config.stage != "teacher" and features is None:
             raise ValueError("the contrastive losses need the feature network")
+        if config.data not in DATA:
+            raise ValueError(f"data must be one of {DATA}")
+        if config.clean_per_batch and not isinstance(data, PairPool):
+            raise ValueError("clean pairs per batch need pool data")
         self.config = config
         self.data = data
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
-        self.model = MSBDN(config.network())
+        self.model = build_network(dataclasses.asdict(config))
         if init is not None:
             self.model.load_state_dict(init)
-        self.model.to(self.device)  # before the optimiser: it must hold the device's tensors
-        self.teachers = [t.eval().requires_grad_(False).to(self.device) for t in teachers]
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        # before the optimiser: it must hold the device's tensors
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.teachers = [t.eval().requires_grad_(False).to(self.device, memory_format=self.memory_format)
+                         for t in teachers]
         self.ckt = (
-            CKTLoss(feature_channels(self.teachers[0].config), len(WEATHERS)).to(self.device)
+            CKTLoss(_feature_channels(self.teachers[0]), len(WEATHERS)).to(self.device)
             if config.stage == "stage1" else None
         )
         self.contrastive: nn.Module | None = None
@@ -240,14 +286,20 @@ class WeatherTrainer:
 
     # -------------------------------------------------------------------------------- batches
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(clean, degraded) for iteration ``index``: a teacher's weather only, else all blocks."""
+        """(clean, degraded) for iteration ``index``: a teacher's weather only, else all blocks;
+        with pool data, ``clean_per_batch`` clean->clean rows last."""
         per = self.config.per_weather
-        clean, degraded = self.data.batch(index, per)
-        if self.config.stage == "teacher":
-            k = WEATHERS.index(self.config.weather or "")
-            clean, degraded = clean[k * per : (k + 1) * per], degraded[k * per : (k + 1) * per]
-        return (torch.from_numpy(clean).to(self.device, non_blocking=True),
-                torch.from_numpy(degraded).to(self.device, non_blocking=True))
+        if isinstance(self.data, PairPool):
+            clean, degraded = self.data.batch(index, self.config.counts())
+        else:
+            clean, degraded = self.data.batch(index, per)
+            if self.config.stage == "teacher":
+                k = WEATHERS.index(self.config.weather or "")
+                clean, degraded = clean[k * per : (k + 1) * per], degraded[k * per : (k + 1) * per]
+        return tuple(  # type: ignore[return-value]
+            torch.from_numpy(a).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            for a in (clean, degraded)
+        )
 
     def _contrastive_crop(
         self, index: int, restored: torch.Tensor, clean: torch.Tensor, degraded: torch.Tensor
@@ -273,14 +325,19 @@ class WeatherTrainer:
         if stage == "stage1":
             assert self.ckt is not None and self.contrastive is not None
             per = self.config.per_weather
+            blocks = len(WEATHERS) * per  # the clean rows, if any, follow the weather blocks
             with torch.no_grad():
                 outputs, features = [], []
                 for k, teacher in enumerate(self.teachers):
-                    out, feats = teacher(degraded[k * per : (k + 1) * per], return_features=True)
+                    out, feats = teacher.forward_features(degraded[k * per : (k + 1) * per])
                     outputs.append(out)
                     features.append(feats)
-            restored, student_features = self.model(degraded, return_features=True)
-            terms.update(self.ckt(restored, student_features, outputs, features))
+            restored, student_features = self.model.forward_features(degraded)
+            terms.update(self.ckt(restored[:blocks], [f[:blocks] for f in student_features],
+                                  outputs, features))
+            terms["reconstruction"] = RECONSTRUCTION_WEIGHT * terms["reconstruction"]
+            if len(restored) > blocks:  # clean photos: no teacher, the photo itself is the target
+                terms["clean"] = F.l1_loss(restored[blocks:], clean[blocks:])
         else:
             assert self.contrastive is not None
             restored = self.model(degraded)
@@ -303,6 +360,8 @@ class WeatherTrainer:
         total = sum(terms.values(), torch.zeros((), device=self.device))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if self.config.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         self.optimizer.step()
         self.iteration += 1
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
@@ -324,6 +383,14 @@ class WeatherTrainer:
             self.ckt.load_state_dict(state["ckt"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
+
+
+def _feature_channels(model: nn.Module) -> list[int]:
+    """Channels of the maps ``model.forward_features`` returns (one tiny run)."""
+    parameter = next(model.parameters())
+    with torch.no_grad():
+        _, features = model.forward_features(torch.zeros(1, 3, 2 * MULTIPLE, 2 * MULTIPLE, device=parameter.device))
+    return [int(f.shape[1]) for f in features]
 
 
 # ----------------------------------------------------------------------------------------- loop
@@ -414,13 +481,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="stop (validated, saved) at this iteration; the schedule keeps --iterations")
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--val-count", type=int, default=6)
+    parser.add_argument("--architecture", choices=ARCHITECTURES,
+                        help="msbdn (the paper's MSBDN-RDFF) or weathernet (models.weathernet)")
     parser.add_argument("--width", type=float)
     parser.add_argument("--res-blocks", type=int)
     parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
-                        help="global residual learning (output = input + network)")
-    for field in ("patch", "per_weather", "iterations", "cr_crop", "cr_per_weather", "seed"):
+                        help="MSBDN-RDFF: global residual learning (output = input + network)")
+    parser.add_argument("--attention", choices=("pool", "dct"), help="WeatherNet's channel statistics")
+    parser.add_argument("--head", choices=("residual", "physical"), help="WeatherNet's output head")
+    parser.add_argument("--data", choices=DATA,
+                        help="synthetic: the first generators in the loop; pool: a written pool")
+    parser.add_argument("--pool", type=Path, default=Path("runs/weather-pool"),
+                        help="the pool (python -m training.weather.pool) for --data pool")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--benchmark", type=int, metavar="N",
+                        help="time N training steps (data and network apart) and exit")
+    for field in ("max_channels", "patch", "per_weather", "clean_per_batch", "iterations", "cr_crop",
+                  "cr_per_weather", "seed"):
         parser.add_argument("--" + field.replace("_", "-"), type=int)
-    for field in ("lr", "lr_min", "warmup", "cr_weight", "cr_start"):
+    for field in ("lr", "lr_min", "warmup", "cr_weight", "cr_start", "clip"):
         parser.add_argument("--" + field.replace("_", "-"), type=float)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="bfloat16 autocast (CPUs with avx512_bf16, CUDA GPUs from sm_80)")
@@ -429,22 +508,45 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _config(args: argparse.Namespace, teachers: Sequence[MSBDN]) -> WeatherTrainConfig:
+#: The fields that define the network: a student gets them from its teachers (stage 1) or from
+#: its stage-1 checkpoint (stage 2).
+NETWORK_FIELDS = ("architecture", "width", "res_blocks", "residual", "max_channels", "attention", "head")
+
+
+def _config(args: argparse.Namespace, network: dict[str, Any] | None) -> WeatherTrainConfig:
     base = WeatherTrainConfig(
         stage=args.stage, weather=args.weather if args.stage == "teacher" else None,
         cr_weight=0.2 if args.stage == "stage2" else 0.1,
         cr_start=0.1 if args.stage == "stage1" else 0.0,
     )
-    if teachers:  # the student has the teachers' architecture (the paper's setting)
-        net = teachers[0].config
-        base = dataclasses.replace(
-            base, width=net.width, res_blocks=net.res_blocks, residual=net.residual
-        )
+    if network:  # the student has the teachers' architecture (the paper's setting)
+        base = dataclasses.replace(base, **{k: network[k] for k in NETWORK_FIELDS if k in network})
     overrides = {
         f.name: getattr(args, f.name) for f in dataclasses.fields(WeatherTrainConfig)
         if f.name not in ("stage", "weather") and getattr(args, f.name, None) is not None
     }
     return dataclasses.replace(base, **overrides)
+
+
+def benchmark(trainer: WeatherTrainer, steps: int) -> int:
+    """Time ``steps`` training steps; print the median and the fastest (a busy machine inflates
+    the median; the minimum is closest to the network's own cost) and the share spent making
+    batches. Leaves no checkpoint."""
+    data_times, step_times = [], []
+    for _ in range(steps):
+        started = time.perf_counter()
+        trainer.batch(trainer.iteration)
+        data_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        trainer.step()  # makes its batch again: the step time includes it once
+        step_times.append(time.perf_counter() - started)
+    steady = sorted(step_times[2:] or step_times)
+    data = sorted(data_times[2:] or data_times)
+    median, fastest = steady[len(steady) // 2], steady[0]
+    print(f"benchmark: {len(steady)} steps, step median {median:.3f} s, fastest {fastest:.3f} s; "
+          f"batch making median {data[len(data) // 2]:.4f} s "
+          f"({100 * data[len(data) // 2] / median:.1f}% of a step)", flush=True)
+    return 0
 
 
 def _feature_network(path: Path) -> VGGFeatures:
@@ -459,31 +561,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.weather.testset import write_test_set
 
     args = _parse_args(argv)
-    teachers: list[MSBDN] = []
+    teachers: list[nn.Module] = []
+    network: dict[str, Any] | None = None
     if args.stage == "stage1":
         if not args.teachers:
             raise SystemExit("stage1 needs --teachers RAIN HAZE SNOW")
-        teachers = [load_student(p)[0] for p in args.teachers]
+        loaded = [load_student(p) for p in args.teachers]
+        teachers = [model for model, _ in loaded]
+        network = loaded[0][1]["config"]
     init = None
     if args.stage == "stage2":
         if not args.init:
             raise SystemExit("stage2 needs --init (the stage-1 checkpoint)")
-        student, _ = load_student(args.init)
-        teachers_config = student.config
+        student, student_meta = load_student(args.init)
+        network = student_meta["config"]
         init = student.state_dict()
-        args.width = args.width or teachers_config.width
-        args.res_blocks = args.res_blocks or teachers_config.res_blocks
-        args.residual = teachers_config.residual if args.residual is None else args.residual
-    config = _config(args, teachers)
+    config = _config(args, network)
     write_test_set(args.bsds, args.testset)
     exclude = {p.stem for p in (args.testset / "clean").glob("*.png")}
     val_sets = validation_set(args.bsds, exclude, args.val_count)
     if config.stage == "teacher":
-        val_sets = {config.weather or "": val_sets[config.weather or ""]}
-    images = load_images(args.bsds, ("train", "val"))
-    data = WeatherPatches(images, config.patch, config.seed)
+        val_sets = {k: v for k, v in val_sets.items() if k in (config.weather, CLEAN)}
+    if config.data == "pool":
+        data: WeatherPatches | PairPool = PairPool(args.pool, config.patch, config.seed)
+        source = f"pool {args.pool} ({data.meta['pairs']} pairs of {data.meta['size']} px per group)"
+    else:
+        data = WeatherPatches(load_images(args.bsds, ("train", "val")), config.patch, config.seed)
+        source = f"{len(data.images)} training images"
     features = _feature_network(args.hed_onnx) if config.stage != "teacher" else None
     trainer = WeatherTrainer(config, data, features, teachers, init)
+    if args.benchmark:
+        return benchmark(trainer, args.benchmark)
     command = shlex.join(["python", "-m", "training.weather.train", *(argv or sys.argv[1:])])
     meta: dict[str, Any] = {"command": command, "machine": machine_description(trainer.device)}
     if args.resume:
@@ -492,9 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta.update({k: state[k] for k in ("history", "elapsed_s", "cpu_s") if k in state})
         meta["command"] = f"{state.get('command', '')} && {command}"
     parameters = sum(p.numel() for p in trainer.model.parameters())
-    print(f"{config.stage} {config.weather or ''}: MSBDN-RDFF width {config.width} res_blocks "
-          f"{config.res_blocks} ({parameters / 1e6:.2f} M parameters); {len(images)} training "
-          f"images, patch {config.patch}, {config.per_weather} per weather; "
+    print(f"{config.stage} {config.weather or ''}: {trainer.model.config} "
+          f"({parameters / 1e6:.2f} M parameters); {source}, patch {config.patch}, "
+          f"{config.counts() if config.data == 'pool' else config.per_weather} per batch; "
           f"{config.iterations} iterations; {meta['machine']}", flush=True)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
