@@ -154,8 +154,8 @@ async def serve(
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
-            if wait_ready:
-                for _ in range(600):
+            if wait_ready:  # loading, the speed probe and warm-up: seconds idle, a minute on a busy CPU
+                for _ in range(2400):
                     if (await client.get("/readyz")).status_code == 200:
                         break
                     await asyncio.sleep(0.05)
