@@ -9,7 +9,11 @@ Each step refuses (413, or 503 with Retry-After) before the next one spends anyt
 3. the model's queue: the estimated seconds of work due before this request (``scheduler.admit``);
 4. decoded pixels in flight (the runtime's pixel budget);
 
-and only then is the image decoded, after which its body bytes are given back. What a request
+and only then is the image decoded, after which its body bytes are given back. With
+``sigma=auto`` the model is chosen once more after decoding, from the image's estimated noise
+(``service.noise_level``): steps 2-3 price the request on the model an unknown level picks,
+and if the estimate picks another one the request moves to that model's queue, whose limit is
+checked then (so this one 503 can come after decoding). What a request
 holds is registered on its exit stack, which ``release_holds`` (a dependency of every model
 route) closes once the response is sent, whatever happened in between.
 """
@@ -17,6 +21,7 @@ route) closes once the response is sent, whatever happened in between.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -25,10 +30,11 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from service import codecs
+from service.noise_level import NoiseEstimate, estimate_noise, pick_sigma
 from service.pipeline import plan_for
 from service.runtime import ModelState, Runtime
 from service.scheduler import Ticket
-from service.types import Task
+from service.types import Sigma, Task
 from service.uploads import read_upload
 
 
@@ -38,6 +44,8 @@ class Admitted:
     state: ModelState
     ticket: Ticket  # the request's place in the model's queue
     decode_seconds: float
+    noise: NoiseEstimate | None = None  # sigma=auto only: what was measured
+    estimate_seconds: float = 0.0
 
 
 async def release_holds(request: Request) -> AsyncIterator[None]:
@@ -49,14 +57,17 @@ async def release_holds(request: Request) -> AsyncIterator[None]:
         yield
 
 
-async def admit(request: Request, runtime: Runtime, *, task: Task, sigma: float | None) -> Admitted:
+async def admit(request: Request, runtime: Runtime, *, task: Task, sigma: Sigma) -> Admitted:
     """Read, price and decode the request's image, refusing as early as possible."""
     settings = runtime.settings
     holds: AsyncExitStack = request.state.holds
     body = holds.enter_context(runtime.bodies.hold())
     data = await read_upload(request, settings.max_body_bytes, body)
     header = await asyncio.to_thread(codecs.probe, data, settings.max_pixels)  # chunks before the pixels may be large
-    state = runtime.select(task, channels=header.channels, sigma=sigma)
+    level = sigma
+    if isinstance(level, str):  # "auto": priced on the model an unknown level picks, chosen again once decoded
+        level = pick_sigma(NoiseEstimate(None), _ready_sigmas(runtime, task, header.channels))
+    state = runtime.select(task, channels=header.channels, sigma=level)
     assert state.scheduler is not None
     plan = plan_for(state.spec, settings, header.height, header.width, state.tile, state.granule)
     ticket = holds.enter_context(state.scheduler.reserve(plan.work))
@@ -65,4 +76,25 @@ async def admit(request: Request, runtime: Runtime, *, task: Task, sigma: float 
     image = await asyncio.to_thread(codecs.decode, data, settings.max_pixels)
     del data
     body.release()
-    return Admitted(image, state, ticket, time.perf_counter() - started)
+    admitted = Admitted(image, state, ticket, time.perf_counter() - started)
+    return await _by_noise_level(runtime, holds, task, admitted) if sigma == "auto" else admitted
+
+
+def _ready_sigmas(runtime: Runtime, task: Task, channels: int) -> list[float | None]:
+    return [s.spec.sigma for s in runtime.candidates(task, channels=channels) if s.status == "ready"]
+
+
+async def _by_noise_level(runtime: Runtime, holds: AsyncExitStack, task: Task, admitted: Admitted) -> Admitted:
+    """``sigma=auto``: estimate the image's noise level and move to the model it picks."""
+    image, state, ticket = admitted.image, admitted.state, admitted.ticket
+    started = time.perf_counter()
+    estimate = await asyncio.to_thread(estimate_noise, image.color, image.max_value)
+    seconds = time.perf_counter() - started
+    chosen = runtime.select(task, channels=image.channels, sigma=pick_sigma(estimate, _ready_sigmas(runtime, task, image.channels)))
+    if chosen is not state:
+        assert chosen.scheduler is not None and state.scheduler is not None
+        plan = plan_for(chosen.spec, runtime.settings, image.height, image.width, chosen.tile, chosen.granule)
+        new_ticket = holds.enter_context(chosen.scheduler.reserve(plan.work))
+        state.scheduler.release(ticket)  # idempotent: the exit stack's release later does nothing
+        state, ticket = chosen, new_ticket
+    return dataclasses.replace(admitted, state=state, ticket=ticket, noise=estimate, estimate_seconds=seconds)

@@ -7,8 +7,8 @@ import hmac
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -20,11 +20,12 @@ from service import codecs
 from service.admission import admit, release_holds
 from service.errors import BadRequest, ServiceError, Unauthorized
 from service.negotiation import MEDIA_TYPES, choose_format
+from service.noise_level import AUTO_RULE
 from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
 from service.pipeline import quantize, restore
 from service.runtime import ModelState, Runtime
 from service.settings import Settings
-from service.types import OutputFormat, Task
+from service.types import OutputFormat, Sigma, Task
 
 #: Output formats as ?format= takes them: our names, the usual aliases, and both in upper case.
 FormatName = Literal["png", "jpeg", "jpg", "webp", "tiff", "tif", "PNG", "JPEG", "JPG", "WEBP", "TIFF", "TIF"]
@@ -34,6 +35,8 @@ FormatQuery = Annotated[
 ]
 #: Chooses the output format once the image is decoded, before inference (see negotiation.choose_format).
 OutputChooser = Callable[[codecs.DecodedImage], OutputFormat]
+#: /denoise?sigma=auto: the estimated noise level, per channel on the 0-255 scale ("unknown" for tiny images).
+NOISE_SIGMA_HEADER = "X-Noise-Sigma"
 
 
 class ClientDisconnected(Exception):
@@ -94,9 +97,10 @@ class ModelRun:
     output: npt.NDArray[np.float32]  # height x width x model output channels
     timer: StageTimer
     fmt: OutputFormat
+    headers: dict[str, str] = field(default_factory=dict)  # sent with the response (X-Noise-Sigma)
 
 
-async def run_model(request: Request, *, task: Task, choose_output: OutputChooser, sigma: float | None = None) -> ModelRun:
+async def run_model(request: Request, *, task: Task, choose_output: OutputChooser, sigma: Sigma = None) -> ModelRun:
     """Read, decode, settle the output format, pick the model, and run it tiled; cancelled (tiles
     dropped) if the client leaves. Every refusal comes before inference, so no work is thrown away."""
     runtime = runtime_of(request)
@@ -105,6 +109,10 @@ async def run_model(request: Request, *, task: Task, choose_output: OutputChoose
     admitted = await admit(request, runtime, task=task, sigma=sigma)  # refuses before decoding (admission.py)
     image, state = admitted.image, admitted.state
     timer.add("decode", admitted.decode_seconds)
+    headers: dict[str, str] = {}
+    if admitted.noise is not None:  # sigma=auto
+        timer.add("estimate", admitted.estimate_seconds)
+        headers[NOISE_SIGMA_HEADER] = "unknown" if admitted.noise.sigma is None else f"{admitted.noise.sigma:.1f}"
     fmt = choose_output(image)
     assert state.scheduler is not None
 
@@ -121,7 +129,7 @@ async def run_model(request: Request, *, task: Task, choose_output: OutputChoose
     restored = work.result()
     timer.add("queue", restored.queue_seconds)
     timer.add("infer", restored.infer_seconds)
-    return ModelRun(image, state, restored.pixels, timer, fmt)
+    return ModelRun(image, state, restored.pixels, timer, fmt, headers)
 
 
 async def encoded_response(request: Request, run: ModelRun, encode: Callable[[], bytes]) -> Response:
@@ -139,11 +147,12 @@ async def encoded_response(request: Request, run: ModelRun, encode: Callable[[],
             "Server-Timing": run.timer.header(),
             "X-Model": run.state.spec.name,
             "X-Model-Version": run.state.spec.version,
+            **run.headers,
         },
     )
 
 
-async def serve_image(request: Request, *, task: Task, sigma: float | None, fmt_query: str | None) -> Response:
+async def serve_image(request: Request, *, task: Task, sigma: Sigma, fmt_query: str | None) -> Response:
     """Image in, restored image out: same size, bit depth, alpha, ICC profile and EXIF as the input."""
     accept = request.headers.get("accept")
     choose_format(fmt_query, accept, "png")  # a bad ?format= (422) or Accept (406) is refused before the body is read
@@ -176,24 +185,47 @@ MODEL_DEPENDENCIES = [Depends(require_api_key), Depends(reject_stray_query), Dep
 router = APIRouter(dependencies=MODEL_DEPENDENCIES)
 
 
+#: /denoise's responses: the image routes' own, and X-Noise-Sigma on a 200.
+DENOISE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **IMAGE_RESPONSES,
+    200: {
+        **IMAGE_RESPONSES[200],
+        "headers": {
+            NOISE_SIGMA_HEADER: {
+                "description": "With sigma=auto only: the estimated noise level (per channel, 0-255 scale, one decimal) "
+                "that picked the model named in X-Model, or `unknown` for an image under about 20x20 pixels",
+                "schema": {"type": "string", "examples": ["23.7", "unknown"]},
+            }
+        },
+    },
+}
+
+
 @router.post(
     "/denoise",
-    summary="Remove Gaussian noise (DnCNN)",
+    summary="Remove noise (DnCNN)",
     response_class=Response,
-    responses=IMAGE_RESPONSES,
+    responses=DENOISE_RESPONSES,
     openapi_extra=IMAGE_BODY,
 )
 async def denoise(
     request: Request,
     sigma: Annotated[
-        float | None,
+        float | Literal["auto"] | None,
         Query(
             description=(
-                "Noise level on the 0-255 scale. 15, 25 or 50 select the model trained for exactly that level; "
-                "omit it to use the blind model (trained for 0-55), which is the right choice when the level is "
-                "unknown. Any other value is refused with 422 and the list of levels on offer."
+                "Noise level on the 0-255 scale. 15, 25 or 50 select the model trained for exactly that level (any "
+                "other number is refused with 422 and the list of levels on offer). Omitted: the blind model "
+                "(trained on Gaussian noise of 0-55), right for noise that is white in R, G and B at any level, but "
+                "it leaves most of the noise in JPEG photos with 4:2:0 chroma, the usual camera and phone file "
+                "(CBSD68, sigma 25, quality 90: +0.8 dB, against +5.5 dB with sigma=25). `auto` estimates the noise of "
+                "each image (Liu et al. 2013 patch selection, Chen et al. 2015 eigenvalue rule, on the luma and on "
+                "the chroma), returns the level in X-Noise-Sigma and picks the model: " + AUTO_RULE
             ),
-            examples=[25],
+            openapi_examples={
+                "auto": {"summary": "estimate the level of each image and pick the model from it", "value": "auto"},
+                "level": {"summary": "the model trained for sigma 25", "value": 25},
+            },
         ),
     ] = None,
     format: FormatQuery = None,

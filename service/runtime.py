@@ -162,10 +162,15 @@ class Runtime:
             seconds = min(seconds, time.perf_counter() - started)
         return engine, probe.shape[2] * probe.shape[3] / max(seconds, 1e-9)
 
+    def candidates(self, task: Task, *, channels: int) -> list[ModelState]:
+        """The models that may serve ``task`` for an image with ``channels``: those of exactly that
+        many channels, else the colour ones (a gray image goes through a colour model as RGB)."""
+        fitting = [s for s in self.models.values() if s.spec.task == task and s.spec.channels in (channels, 3)]
+        return [s for s in fitting if s.spec.channels == channels] or fitting
+
     def select(self, task: Task, *, channels: int, sigma: float | None = None) -> ModelState:
         """The model serving ``task`` for an image with ``channels``; errors name what is available."""
-        candidates = [s for s in self.models.values() if s.spec.task == task and s.spec.channels in (channels, 3)]
-        exact = [s for s in candidates if s.spec.channels == channels] or candidates
+        exact = self.candidates(task, channels=channels)
         matching = [s for s in exact if s.spec.sigma == sigma]
         if not matching:
             if not exact:

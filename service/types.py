@@ -19,5 +19,7 @@ Weights1D = npt.NDArray[np.float32]
 Weights2D = npt.NDArray[np.float32]
 
 Task = Literal["denoise", "edges", "weather"]
+#: /denoise's noise level: a model's sigma, "auto" (estimated per image), or None (the blind model).
+Sigma = float | Literal["auto"] | None
 OutputFormat = Literal["png", "jpeg", "webp", "tiff"]
 Device = Literal["auto", "cuda", "cpu"]

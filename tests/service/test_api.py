@@ -429,3 +429,91 @@ async def test_errors_name_the_model_never_a_server_path(tmp_path: Path) -> None
 def test_os_errors_show_the_file_name_only() -> None:
     error = PermissionError(13, "Permission denied", "/srv/models/onnx/x.onnx")
     assert public_detail(error) == "Permission denied: x.onnx"
+
+
+@pytest.fixture
+async def levels_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """Fake colour models for every level and a blind one; a blind and a sigma 25 gray model."""
+    root = write_fake_manifest(tmp_path / "models", [
+        {"name": "colour", "channels": 3}, {"name": "colour-s15", "channels": 3, "sigma": 15},
+        {"name": "colour-s25", "channels": 3, "sigma": 25}, {"name": "colour-s50", "channels": 3, "sigma": 50},
+        {"name": "gray"}, {"name": "gray-s25", "sigma": 25},
+    ])
+    async with serve(Settings(models_dir=root, tile_size=64, tile_overlap=2), fake_engine) as client:
+        yield client
+
+
+def _photo(sigma: float, channels: int = 3, fmt: str = "PNG", size: int = 96) -> bytes:
+    """A smooth scene with Gaussian noise of ``sigma`` per channel, as PNG or JPEG (quality 90, 4:2:0)."""
+    clean = noisy_image(size, size, channels, seed=3, noise=0.0).astype(float)
+    noisy = np.clip(np.round(clean + np.random.default_rng(int(sigma)).normal(0, sigma, clean.shape)), 0, 255)
+    options = {"quality": 90, "subsampling": 2} if fmt == "JPEG" else {}
+    return encode_pil(noisy.astype(np.uint8), fmt, **options)
+
+
+@pytest.mark.parametrize(
+    "sigma,channels,fmt,model",
+    [
+        (25, 3, "PNG", "colour"), (50, 3, "PNG", "colour"), (25, 1, "PNG", "gray"), (25, 1, "JPEG", "gray"),
+        (0, 3, "JPEG", "colour"), (15, 3, "JPEG", "colour-s15"), (25, 3, "JPEG", "colour-s25"), (50, 3, "JPEG", "colour-s50"),
+    ],
+)
+async def test_sigma_auto_estimates_the_level_and_picks_the_model(
+    levels_client: httpx.AsyncClient, sigma: float, channels: int, fmt: str, model: str
+) -> None:
+    """White noise keeps the blind model; noise under JPEG 4:2:0 chroma gets the level's model."""
+    response = await levels_client.post("/denoise?sigma=auto", content=_photo(sigma, channels, fmt))
+    assert response.status_code == 200, response.text
+    estimate = float(response.headers["x-noise-sigma"])
+    assert abs(estimate - sigma) <= max(0.12 * sigma, 2.0), estimate
+    assert response.headers["x-model"] == model
+    assert "estimate;dur=" in response.headers["server-timing"]
+
+
+async def test_sigma_auto_on_an_image_too_small_to_tell_uses_the_blind_model(levels_client: httpx.AsyncClient) -> None:
+    response = await levels_client.post("/denoise?sigma=auto", content=encode_pil(noisy_image(8, 8, 3), "JPEG"))
+    assert response.status_code == 200
+    assert (response.headers["x-noise-sigma"], response.headers["x-model"]) == ("unknown", "colour")
+
+
+async def test_without_auto_there_is_no_estimate(levels_client: httpx.AsyncClient) -> None:
+    for query, model in (("", "colour"), ("?sigma=25", "colour-s25")):
+        response = await levels_client.post(f"/denoise{query}", content=_photo(25, fmt="JPEG"))
+        assert response.status_code == 200 and "x-noise-sigma" not in response.headers
+        assert response.headers["x-model"] == model and "estimate" not in response.headers["server-timing"]
+
+
+async def test_sigma_auto_gives_back_its_place_on_both_queues(tmp_path: Path) -> None:
+    """Priced on the blind model, moved to the level's model: neither queue keeps work afterwards."""
+    root = write_fake_manifest(tmp_path / "models", [
+        {"name": "colour", "channels": 3}, {"name": "colour-s25", "channels": 3, "sigma": 25},
+    ])
+    async with serve(Settings(models_dir=root, tile_size=64, tile_overlap=2), fake_engine) as client:
+        response = await client.post("/denoise?sigma=auto", content=_photo(25, fmt="JPEG"))
+        assert response.headers["x-model"] == "colour-s25"
+        queues = (await client.get("/metrics")).text
+    assert 'restore_queue_seconds{model="colour"} 0.0' in queues
+    assert 'restore_queue_seconds{model="colour-s25"} 0.0' in queues
+
+
+async def test_openapi_documents_sigma_auto(levels_client: httpx.AsyncClient) -> None:
+    operation = (await levels_client.get("/openapi.json")).json()["paths"]["/denoise"]["post"]
+    sigma = next(p for p in operation["parameters"] if p["name"] == "sigma")
+    assert {"auto", 25} <= {example["value"] for example in sigma["examples"].values()}
+    assert "auto" in str(sigma["schema"]) and "X-Noise-Sigma" in sigma["description"]
+    assert "X-Noise-Sigma" in operation["responses"]["200"]["headers"]
+
+
+async def test_sigma_auto_removes_the_noise_the_blind_model_leaves_in_a_420_jpeg(client: httpx.AsyncClient) -> None:
+    """The committed models on issue 15's case: sigma 25 noise saved as JPEG (quality 90, 4:2:0)."""
+    clean = noisy_image(128, 128, 3, seed=3, noise=0.0).astype(float)
+    noisy = np.clip(np.round(clean + np.random.default_rng(0).normal(0, 25, clean.shape)), 0, 255)
+    data = encode_pil(noisy.astype(np.uint8), "JPEG", quality=90, subsampling=2)
+
+    def psnr(response: httpx.Response) -> float:
+        out = decode(response).color.astype(float)
+        return float(10 * np.log10(255**2 / np.mean((out - clean) ** 2)))
+
+    default, auto = [await client.post(f"/denoise{query}", content=data) for query in ("", "?sigma=auto")]
+    assert default.headers["x-model"] == "dncnn-color-blind" and auto.headers["x-model"] == "dncnn-color-s25"
+    assert psnr(auto) > psnr(default) + 6  # measured: 37.2 against 23.7 dB (input 23.0)
