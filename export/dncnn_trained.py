@@ -33,6 +33,10 @@ __all__ = ["fold_batch_norm", "model_from_checkpoint", "trained_entry", "main"]
 
 VERSION = "1.0.0"
 ORIGIN = "trained in this repository with training/dncnn/train.py (Zhang et al. 2017 recipe)"
+FINE_TUNED_LICENSE = (
+    "fine-tuned from the DnCNN authors' released weights (https://github.com/cszn/DnCNN, no licence "
+    "stated upstream, research use): the same terms apply"
+)
 TRAIN_SETS = {
     "Train400": "Train400 (400 gray 180x180 images, from the DnCNN authors' repository)",
     "BSD432": "BSD432 (BSDS500 train+val+test minus the 68 CBSD68 images)",
@@ -72,20 +76,27 @@ def model_from_checkpoint(state: dict[str, Any]) -> DnCNN:
     (``arch`` with the ``depth`` / ``features`` overrides), with its weights."""
     config: Mapping[str, Any] = state["config"]
     network = dncnn_config(config["arch"], depth=config["depth"], features=config["features"])
+    network = dataclasses.replace(network, batch_norm=config.get("batch_norm", True))
     model = DnCNN(**dataclasses.asdict(network))
     model.load_state_dict(state["model"], strict=True)
     return model.eval()
 
 
-def _data_description(config: Mapping[str, Any], iterations: int) -> str:
+def _data_description(state: Mapping[str, Any], iterations: int) -> str:
+    config: Mapping[str, Any] = state["config"]
     low, high = config["sigma_range"]
-    noise = f"sigma {low:g}" if low == high else f"sigma uniform in [{low:g}, {high:g}]"
+    noise = f"Gaussian sigma {low:g}" if low == high else f"Gaussian sigma uniform in [{low:g}, {high:g}]"
+    validation = f"validation {config['val_set']} at sigma {config['val_sigma']}"
+    if config.get("noise", "gaussian") != "gaussian":  # described by the trainer, in the checkpoint
+        noise = f"{state.get('noise_description', config['noise'])}; gaussian_share {config.get('gaussian_share', 0.25):g}"
+        validation += " averaged with the realistic families (training.dncnn.camera_testset)"
     train_set, patch = config["train_set"], config["patch_size"]
+    start = f"; started from {config['init']}" if config.get("init") else ""
     return (
         f"{TRAIN_SETS.get(train_set, train_set)}; {patch}x{patch} patches, stride "
         f"{config['stride']}, scales {'/'.join(f'{s:g}' for s in config['scales'])}, 8 "
-        f"flip/rotation modes; Gaussian {noise}; {iterations} iterations x batch "
-        f"{config['batch_size']}; validation {config['val_set']} at sigma {config['val_sigma']}"
+        f"flip/rotation modes; {noise}; {iterations} iterations x batch "
+        f"{config['batch_size']}{start}; {validation}"
     )
 
 
@@ -111,9 +122,9 @@ def trained_entry(
         "provenance": {
             "source": "trained",
             "origin": ORIGIN,
-            "license": "MIT",
+            "license": FINE_TUNED_LICENSE if config.get("init") else "MIT",
             "command": state.get("command", ""),
-            "data": _data_description(config, iteration),
+            "data": _data_description(state, iteration),
             "machine": state.get("machine", ""),
             "duration": f"{minutes:.1f} min of training (iteration {iteration}, "
                         f"validation included)",

@@ -19,7 +19,9 @@ read by ``training.dncnn.evaluate.load_set``. Noise is drawn per batch, never st
 the batches an uninterrupted one would.
 
 Colour training set (CDnCNN-B, the paper's "BSD432"): the 500 BSDS500 images (train+val+test)
-minus the 68 that form CBSD68, matched by image id (file stem).
+minus the 68 that form CBSD68, matched by image id (file stem). Checked by pixels: each CBSD68 PNG
+equals the BSDS500 image of its id exactly (all 68 are validation images), so no test image is
+left in the training set under another name (tests/training/dncnn/test_data.py).
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from training.dncnn.camera_noise import camera_batch
 from training.dncnn.evaluate import load_set
 
 __all__ = [
-    "AUGMENT_MODES", "augment", "augment_batch", "extract_patches", "build_patch_set",
+    "AUGMENT_MODES", "NOISE_MODELS", "augment", "augment_batch", "extract_patches", "build_patch_set",
     "bsd432_files", "load_images", "load_training_images", "PatchSampler",
 ]
 
 AUGMENT_MODES = 8
+#: ``PatchSampler``'s noise: the paper's Gaussian, or camera-like (``training.dncnn.camera_noise``).
+NOISE_MODELS = ("gaussian", "camera")
 Images = Sequence[tuple[str, np.ndarray]]
 
 
@@ -155,13 +160,17 @@ class PatchSampler:
     """Batches of a patch set as a pure function of the iteration.
 
     Iteration ``i`` takes batch ``i mod B`` of pass ``i // B`` (``B = N // batch_size``, the
-    remainder dropped as the authors do), each pass a seeded permutation of the patches. Noise
-    std is ``sigma_range[0]`` when both ends are equal (DnCNN-S), else uniform per patch over the
-    range (DnCNN-B, [0, 55]), in the 8-bit scale.
+    remainder dropped as the authors do), each pass a seeded permutation of the patches. With
+    ``noise="gaussian"`` the std is ``sigma_range[0]`` when both ends are equal (DnCNN-S), else
+    uniform per patch over the range (DnCNN-B, [0, 55]), in the 8-bit scale. With
+    ``noise="camera"`` each patch gets one of ``training.dncnn.camera_noise.FAMILIES`` (sensor
+    noise, gamma, JPEG, or plain Gaussian with probability ``gaussian_share``), and the noise is
+    the noisy patch minus the clean one.
     """
 
     def __init__(
-        self, patches: np.ndarray, batch_size: int, sigma_range: tuple[float, float], seed: int
+        self, patches: np.ndarray, batch_size: int, sigma_range: tuple[float, float], seed: int,
+        noise: str = "gaussian", gaussian_share: float = 0.25,
     ) -> None:
         if patches.ndim != 4 or patches.dtype != np.uint8:
             raise ValueError(f"need uint8 (N, C, p, p) patches, got {patches.dtype}{patches.shape}")
@@ -170,6 +179,12 @@ class PatchSampler:
         low, high = sigma_range
         if not 0 <= low <= high:
             raise ValueError(f"bad sigma range {sigma_range}")
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"unknown noise model {noise!r}; known: {NOISE_MODELS}")
+        if noise == "camera" and patches.shape[1] != 3:
+            raise ValueError("camera noise is for colour patches")
+        self.noise = noise
+        self.gaussian_share = gaussian_share
         self.patches = patches
         self.batch_size = batch_size
         self.sigma_range = (float(low), float(high))
@@ -189,6 +204,10 @@ class PatchSampler:
         order = self._permutation(pass_index)
         index = np.sort(order[position * self.batch_size:(position + 1) * self.batch_size])
         clean = torch.from_numpy(self.patches[index]).float().div_(255.0)
+        if self.noise == "camera":
+            rng = np.random.default_rng([self.seed, 0xCA3E, iteration])
+            noisy = torch.from_numpy(camera_batch(clean.numpy(), rng, self.gaussian_share))
+            return clean, noisy - clean
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, 0x401E, iteration]).generate_state(1)[0])
         )

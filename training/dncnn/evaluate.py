@@ -4,7 +4,7 @@ Usage::
 
     python -m training.dncnn.evaluate --data ../shared/data/denoise \\
         --manifest models/onnx/manifest.json [--models NAME ...] [--sets BSD68 Set12 CBSD68] \\
-        [--limit N] [--fp32-reference NAME=PATH.onnx] [--write-manifest]
+        [--limit N] [--fp32-reference NAME=PATH.onnx] [--camera DIR] [--write-manifest]
 
 Protocol (the authors' MATLAB demo, in numpy):
 
@@ -18,7 +18,9 @@ Protocol (the authors' MATLAB demo, in numpy):
    clean 8-bit image over all pixels and channels; the table reports the mean over images.
 
 Gray models run on BSD68 and Set12, color models on CBSD68; sigma-specific models at their sigma,
-blind models at 15, 25 and 50. ``--fp32-reference`` runs a float32-stored export of the same
+blind models at 15, 25 and 50. ``--camera DIR`` adds, for every colour model, each family of the
+realistic CBSD68 set written by ``training.dncnn.camera_testset`` (steps 1-2 replaced by reading
+its 8-bit PNG or JPEG file), stored as ``metrics["CBSD68-camera"][family]``. ``--fp32-reference`` runs a float32-stored export of the same
 weights on the same jobs and records ``fp16_storage_delta_db`` = PSNR(fp16) - PSNR(fp32).
 """
 
@@ -38,7 +40,9 @@ from PIL import Image
 
 from export.measure import psnr, quantize
 
-__all__ = ["NOISE_SEED", "Job", "add_noise", "noise_rng", "evaluate_set", "plan_jobs", "main"]
+__all__ = [
+    "NOISE_SEED", "Job", "add_noise", "noise_rng", "evaluate_set", "evaluate_files", "plan_jobs", "main",
+]
 
 NOISE_SEED = 20170201  # fixed; see the module docstring for how each image's seed is derived
 BLIND_SIGMAS = (15, 25, 50)
@@ -51,7 +55,8 @@ METRICS_NOTE = (
     "mean PSNR in dB (training.dncnn.evaluate protocol: noise added in float, seed "
     f"{NOISE_SEED} per image, output clipped and rounded to 8 bit); weights stored as "
     "float16, computed in float32; fp16_storage_delta_db = PSNR(fp16-stored) - "
-    "PSNR(fp32-stored) where measured (dncnn-gray-s25)"
+    "PSNR(fp32-stored) where measured (dncnn-gray-s25); CBSD68-camera: the realistic families "
+    "of training.dncnn.camera_testset, the stored 8-bit PNG or JPEG file denoised"
 )
 PAPER_PSNR: dict[tuple[str, str, int], float] = {
     ("S", "BSD68", 15): 31.73, ("S", "BSD68", 25): 29.23, ("S", "BSD68", 50): 26.23,
@@ -71,7 +76,8 @@ class Job:
     channels: int
     blind: bool
     test_set: str
-    sigma: int
+    sigma: int  # 0 for a camera family
+    family: str = ""  # a family of the realistic CBSD68 set (training.dncnn.camera_testset)
 
 
 def add_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -126,11 +132,20 @@ def evaluate_set(
     return scores
 
 
+def evaluate_files(
+    session: ort.InferenceSession, images: Sequence[tuple[str, np.ndarray]], noisy: dict[str, np.ndarray]
+) -> list[float]:
+    """Per-image PSNR of one model on stored noisy 8-bit images (keyed by file stem)."""
+    return [psnr(quantize(denoise(session, noisy[Path(name).stem] / np.float32(255.0))), clean)
+            for name, clean in images]
+
+
 def plan_jobs(
     entries: Sequence[dict[str, Any]],
     root: Path,
     models: Sequence[str] | None,
     sets: Sequence[str] | None,
+    families: Sequence[str] = (),
 ) -> list[Job]:
     """Table cells for the selected denoise entries of the manifest."""
     known = {e["name"] for e in entries if e["task"] == "denoise"}
@@ -146,9 +161,11 @@ def plan_jobs(
         for test_set in GRAY_SETS if entry["channels"] == 1 else COLOR_SETS:
             if sets and test_set not in sets:
                 continue
+            path = root / entry["file"]
             for sigma in sigmas:
-                path = root / entry["file"]
                 jobs.append(Job(entry["name"], path, entry["channels"], blind, test_set, sigma))
+            for family in families if test_set == "CBSD68" else ():
+                jobs.append(Job(entry["name"], path, entry["channels"], blind, test_set, 0, family))
     return jobs
 
 
@@ -162,7 +179,8 @@ def _markdown(rows: list[tuple[Job, float, float | None]]) -> str:
     for job, value, paper in rows:
         ref = f"{paper:.2f}" if paper is not None else ""
         diff = f"{value - paper:+.2f}" if paper is not None else ""
-        cells = (job.model, job.test_set, str(job.sigma), f"{value:.2f}", ref, diff)
+        noise = job.family or str(job.sigma)
+        cells = (job.model, job.test_set, noise, f"{value:.2f}", ref, diff)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -205,6 +223,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--write-manifest", action="store_true", help="store the metrics in the manifest"
     )
+    parser.add_argument("--camera", type=Path,
+                        help="realistic CBSD68 set (training.dncnn.camera_testset): score its families too")
     args = parser.parse_args(argv)
     if args.write_manifest and args.limit:
         parser.error("--write-manifest needs the full sets (drop --limit)")
@@ -212,9 +232,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Imported here so the evaluation itself needs only numpy, Pillow and onnxruntime.
+    # Imported here so the evaluation itself needs only numpy, Pillow and onnxruntime (and
+    # camera_testset, which reads test sets with this module's load_set, after it is loaded).
     from export.manifest import read_manifest, update_manifest
     from export.onnx_export import sha256_file
+    from training.dncnn.camera_noise import TEST_FAMILIES
+    from training.dncnn.camera_testset import load_family
 
     args = _parse_args(argv)
     entries = read_manifest(args.manifest)
@@ -225,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not sep or not ref_path:
             raise SystemExit(f"--fp32-reference expects NAME=PATH, got {item!r}")
         references[name] = ref_path
-    jobs = plan_jobs(entries, root, args.models, args.sets)
+    families = [f.name for f in TEST_FAMILIES] if args.camera else []
+    jobs = plan_jobs(entries, root, args.models, args.sets, families)
+    noisy_files = {family: load_family(args.camera, family) for family in families}
     for path in sorted({job.path for job in jobs}):
         entry = next(e for e in entries if root / e["file"] == path)
         if sha256_file(path) != entry["sha256"]:
@@ -243,9 +268,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             sessions = {job.path: make_session(job.path)}  # one model in memory at a time
         start = time.perf_counter()
         cell = (job.test_set, job.sigma)
+        metrics = results.setdefault(job.model, {})
+        if job.family:
+            noisy = noisy_files[job.family]
+            value = float(np.mean(evaluate_files(sessions[job.path], cache[key], noisy)))
+            metrics.setdefault("CBSD68-camera", {})[job.family] = round(value, 4)
+            rows.append((job, value, None))
+            before = np.mean([psnr(noisy[Path(name).stem], clean) for name, clean in cache[key]])
+            print(f"{job.model} CBSD68 {job.family}: {value:.4f} dB (input {before:.2f} dB, "
+                  f"{time.perf_counter() - start:.0f} s)", flush=True)
+            continue
         value = float(np.mean(evaluate_set(sessions[job.path], cache[key], *cell)))
         rows.append((job, value, _paper(job)))
-        metrics = results.setdefault(job.model, {})
         metrics.setdefault(job.test_set, {})[str(job.sigma)] = round(value, 4)
         seconds = time.perf_counter() - start
         print(f"{job.model} {job.test_set} sigma={job.sigma}: {value:.4f} dB "

@@ -5,6 +5,7 @@ Usage::
     python -m training.dncnn.train --variant dncnn-s --sigma 25 --data ../shared/data \\
         --out runs/dncnn-s25 [--iterations N] [--milestones M ...] [--epoch-iters K] \\
         [--batch-size 128] [--device cpu|cuda] [--amp] [--max-minutes T] [--resume]
+    python -m training.dncnn.train --variant cdncnn-b-camera --init models/onnx/dncnn-color-blind.onnx ...
 
 The recipe, and the choices made where the paper and the authors' code differ, are in
 ``training.dncnn.trainer``; this module is the command: the epoch loop (validation, checkpoints,
@@ -26,7 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from training.common.log import CSV_NAME, Progress, machine_description, write_csv
-from training.dncnn.data import build_patch_set, load_training_images
+from training.dncnn.camera_noise import DESCRIPTION as CAMERA_DESCRIPTION
+from training.dncnn.data import NOISE_MODELS, build_patch_set, load_training_images
 from training.dncnn.evaluate import load_set
 from training.dncnn.trainer import (
     VARIANTS, Trainer, TrainConfig, learning_rate, load_checkpoint, save_checkpoint, validate,
@@ -69,7 +71,7 @@ def run(trainer: Trainer, val_images: Sequence[tuple[str, np.ndarray]], out: Pat
         val_start = time.monotonic()
         train_seconds = val_start - epoch_start
         psnr_value = validate(trainer.model, val_images, cfg.val_set, cfg.val_sigma,
-                              trainer.device, cfg.channels_last)
+                              trainer.device, cfg.channels_last, camera=cfg.noise == "camera")
         meta["elapsed_s"] = elapsed0 + time.monotonic() - start
         row = {
             "epoch": len(meta.setdefault("history", [])) + 1,
@@ -115,7 +117,7 @@ def benchmark(trainer: Trainer, steps: int) -> int:
 
 
 META_KEYS = ("history", "best_psnr", "best_iteration", "elapsed_s", "loss_sum", "loss_count",
-             "command", "machine")
+             "command", "machine", "noise_description")
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -134,7 +136,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--benchmark", type=int, metavar="N",
                         help="only time N training steps (after 2 warm-up steps) and exit")
     for field in ("batch_size", "iterations", "epoch_iters", "patch_size", "stride",
-                  "max_patches", "seed", "depth", "features", "val_sigma"):
+                  "max_patches", "seed", "depth", "features", "val_sigma", "warmup"):
         parser.add_argument("--" + field.replace("_", "-"), type=int)
     parser.add_argument("--scales", type=float, nargs="+", help="patch extraction scales")
     parser.add_argument("--lr", type=float)
@@ -144,6 +146,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="mixed precision: bfloat16 on CPU, float16 + GradScaler on CUDA")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--noise", choices=NOISE_MODELS,
+                        help="gaussian (the paper) or camera (training.dncnn.camera_noise)")
+    parser.add_argument("--gaussian-share", type=float, help="camera noise: share of plain Gaussian patches")
+    parser.add_argument("--init", help="start from this exported DnCNN (.onnx); implies --no-batch-norm")
+    parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
     return parser.parse_args(argv)
 
 
@@ -161,6 +168,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for key in ("milestones", "scales"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])
+    if args.init is not None:
+        if args.batch_norm:
+            raise SystemExit("--init loads a released (BatchNorm-folded) model: drop --batch-norm")
+        overrides["batch_norm"] = False
     return dataclasses.replace(VARIANTS[args.variant], **overrides)
 
 
@@ -177,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return benchmark(trainer, args.benchmark)
     command = shlex.join(["python", "-m", "training.dncnn.train", *(argv or sys.argv[1:])])
     meta: dict[str, Any] = {"command": command, "machine": machine_description(trainer.device)}
+    if config.noise == "camera":
+        meta["noise_description"] = CAMERA_DESCRIPTION
     if args.resume:
         state = load_checkpoint(args.out / CHECKPOINT_LAST)
         trainer.load_state_dict(state)

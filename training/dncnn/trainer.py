@@ -24,28 +24,45 @@ PyTorch ``main_train.py``), and the choices made where the sources differ:
   uninterrupted run (same losses) on the same machine and thread count;
 * precision: fp32 by default; ``--amp`` is bfloat16 autocast on CPU, float16 autocast with a
   GradScaler on CUDA. Validation always runs in float32.
+
+Camera noise (``noise="camera"``, the ``cdncnn-b-camera`` variant, issue 15): each patch gets one
+of ``training.dncnn.camera_noise.FAMILIES`` (sensor noise in linear light, gamma, JPEG 4:2:0 or
+4:4:4, or the paper's Gaussian) and the network learns to predict noisy minus clean; validation
+then averages the Gaussian sigma ``val_sigma`` PSNR with the realistic test families on the same
+images. ``init`` starts from the weights of an exported DnCNN (an ONNX file, e.g. the authors'
+CDnCNN-B as ``models/onnx/dncnn-color-blind.onnx``), which needs ``batch_norm=False``: the
+converted releases have BatchNorm folded into the convolutions. That network has no BatchNorm to
+keep it in range, and Adam's first steps move every weight by the full learning rate: one step
+of 1e-4 raised the loss of CDnCNN-B from 4.3 to 330, three of 1e-5 doubled it. ``warmup`` ramps
+the rate up over the first iterations while Adam's moment estimates settle.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 import torch
+from PIL import Image
 from torch import nn
 
+from export.dncnn import dncnn_from_onnx
 from export.measure import psnr, quantize
 from models.dncnn import DnCNN, DnCNNConfig, dncnn_config
 from training.common.log import check_resumable, save_checkpoint
+from training.dncnn.camera_noise import TEST_FAMILIES
+from training.dncnn.camera_testset import render
 from training.dncnn.data import PatchSampler
 from training.dncnn.evaluate import add_noise, noise_rng
 
 __all__ = [
     "TrainConfig", "VARIANTS", "RESUME_OVERRIDES", "Trainer", "init_weights", "learning_rate",
-    "validate", "save_checkpoint", "load_checkpoint", "config_from_dict",
+    "validate", "initial_weights", "save_checkpoint", "load_checkpoint", "config_from_dict",
 ]
 
 BN_SCALE_MIN = 0.025  # DnCNN_init.m: b_min
@@ -70,6 +87,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     lr_decay: float = 0.1
+    warmup: int = 0  # iterations of linear learning-rate warm-up from lr / warmup
     iterations: int | None = None  # default PAPER_PASSES passes over the patch set
     milestones: tuple[int, ...] | None = None  # default: 60% of the iterations
     epoch_iters: int | None = None  # default: one pass over the patch set
@@ -77,10 +95,15 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = True
     device: str = "cpu"
+    noise: str = "gaussian"  # or "camera" (training.dncnn.camera_noise)
+    gaussian_share: float = 0.25  # camera noise: the share of plain Gaussian patches
+    batch_norm: bool = True  # False: the released models' layout (needed by ``init``)
+    init: str | None = None  # an exported DnCNN (.onnx) to start from
 
     def model_config(self) -> DnCNNConfig:
         """The architecture: ``arch``'s config with the ``depth`` / ``features`` overrides."""
-        return dncnn_config(self.arch, depth=self.depth, features=self.features)
+        config = dncnn_config(self.arch, depth=self.depth, features=self.features)
+        return dataclasses.replace(config, batch_norm=self.batch_norm)
 
     def resolve(self, batches_per_pass: int) -> TrainConfig:
         """Fill the schedule defaults from the size of the patch set."""
@@ -102,6 +125,10 @@ VARIANTS: dict[str, TrainConfig] = {
     "cdncnn-b": TrainConfig(
         arch="cdncnn-b", train_set="BSD432", val_set="CBSD68", sigma_range=(0.0, 55.0),
         patch_size=50, max_patches=128 * 3000,
+    ),
+    "cdncnn-b-camera": TrainConfig(
+        arch="cdncnn-b", train_set="BSD432", val_set="CBSD68", sigma_range=(0.0, 55.0),
+        patch_size=50, max_patches=128 * 3000, noise="camera",
     ),
 }
 # May differ between a checkpoint and the command that resumes it.
@@ -133,28 +160,46 @@ def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> 
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
-    """Step schedule: ``lr * lr_decay ** (milestones passed)``."""
+    """Step schedule: ``lr * lr_decay ** (milestones passed)``, ramped up linearly over the first
+    ``warmup`` iterations."""
     passed = sum(iteration >= m for m in config.milestones or ())
-    return config.lr * config.lr_decay**passed
+    ramp = min(1.0, (iteration + 1) / config.warmup) if config.warmup else 1.0
+    return config.lr * config.lr_decay**passed * ramp
+
+
+def _noisy_versions(clean: np.ndarray, name: str, set_name: str, sigma: int, camera: bool) -> list[np.ndarray]:
+    """The validation inputs of one image: Gaussian at ``sigma``, and with ``camera`` the realistic
+    test set's families (``training.dncnn.camera_testset``), float32 in [0, 1]."""
+    versions = [add_noise(clean, sigma, noise_rng(set_name, name, sigma))]
+    for family in TEST_FAMILIES if camera else ():
+        decoded = Image.open(io.BytesIO(render(family, name, clean))).convert("RGB")
+        versions.append(np.asarray(decoded, dtype=np.float32) / 255.0)
+    return versions
 
 
 @torch.inference_mode()
 def validate(
     model: DnCNN, images: Sequence[tuple[str, np.ndarray]], set_name: str, sigma: int,
-    device: torch.device, channels_last: bool = False,
+    device: torch.device, channels_last: bool = False, camera: bool = False,
 ) -> float:
-    """Mean PSNR in float32 with ``training.dncnn.evaluate``'s noise, clipping and rounding."""
+    """Mean PSNR in float32 with ``training.dncnn.evaluate``'s noise, clipping and rounding (and
+    with ``camera``, over the realistic families too)."""
     model.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     scores = []
     for name, clean in images:
-        noisy = add_noise(clean, sigma, noise_rng(set_name, name, sigma))
-        chw = noisy[None] if noisy.ndim == 2 else noisy.transpose(2, 0, 1)
-        x = torch.from_numpy(np.ascontiguousarray(chw))[None].to(device, memory_format=fmt)
-        y = model(x)[0].float().cpu().numpy()
-        out = y[0] if noisy.ndim == 2 else y.transpose(1, 2, 0)
-        scores.append(psnr(quantize(out), clean))
+        for noisy in _noisy_versions(clean, name, set_name, sigma, camera):
+            chw = noisy[None] if noisy.ndim == 2 else noisy.transpose(2, 0, 1)
+            x = torch.from_numpy(np.ascontiguousarray(chw))[None].to(device, memory_format=fmt)
+            y = model(x)[0].float().cpu().numpy()
+            out = y[0] if noisy.ndim == 2 else y.transpose(1, 2, 0)
+            scores.append(psnr(quantize(out), clean))
     return float(np.mean(scores))
+
+
+def initial_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of an exported ``DnCNN(batch_norm=False)`` ONNX file (float32)."""
+    return {k: v.float() for k, v in dncnn_from_onnx(onnx.load(str(path))).state_dict().items()}
 
 
 class Trainer:
@@ -162,7 +207,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, patches: np.ndarray) -> None:
         device = torch.device(config.device)
-        sampler = PatchSampler(patches, config.batch_size, config.sigma_range, config.seed)
+        sampler = PatchSampler(patches, config.batch_size, config.sigma_range, config.seed, config.noise,
+                               config.gaussian_share)
         self.config = config.resolve(sampler.batches_per_pass)
         self.sampler = sampler
         self.device = device
@@ -170,6 +216,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         model = DnCNN(**dataclasses.asdict(self.config.model_config()))
         init_weights(model)
+        if config.init:
+            model.load_state_dict(initial_weights(Path(config.init)), strict=True)
         self.model = model.to(device, memory_format=self.format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.autocast_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16

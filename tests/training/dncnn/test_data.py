@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from training.dncnn.data import (
@@ -128,3 +129,28 @@ def test_train400_gives_the_authors_patch_count() -> None:
 def test_bsd432_from_bsds500() -> None:
     files = bsd432_files(DATA / "bsds500" / "images", DATA / "denoise" / "CBSD68")
     assert len(files) == 432
+
+
+@needs_data
+def test_cbsd68_is_pixel_identical_to_the_bsds500_images_of_its_ids() -> None:
+    """So excluding CBSD68 by id (bsd432_files) really keeps every test image out of BSD432."""
+    images = DATA / "bsds500" / "images"
+    by_id = {p.stem: p for p in images.rglob("*.jpg")}
+    for path in sorted((DATA / "denoise" / "CBSD68").iterdir()):
+        original = np.asarray(Image.open(by_id[path.stem]).convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), original, err_msg=path.name)
+    kept = {p.stem for p in bsd432_files(images, DATA / "denoise" / "CBSD68")}
+    assert len(kept) == 432 and not kept & {p.stem for p in (DATA / "denoise" / "CBSD68").iterdir()}
+
+
+def test_camera_sampler_is_seeded_and_needs_colour() -> None:
+    patches = build_patch_set([("a", _image(80, 80, 3))], 40, 10, (1.0,), seed=0)
+    sampler = PatchSampler(patches, batch_size=8, sigma_range=(0, 55), seed=0, noise="camera")
+    clean, noise = sampler.batch(2)
+    again_clean, again_noise = sampler.batch(2)
+    assert torch.equal(noise, again_noise) and clean.shape == noise.shape == (8, 3, 40, 40)
+    assert float((clean + noise).min()) > -1.2 and float((clean + noise).max()) < 2.2  # 5 sigma of 55/255
+    with pytest.raises(ValueError, match="colour"):
+        PatchSampler(build_patch_set([("a", _image(80, 80))], 40, 10, (1.0,), seed=0), 8, (0, 55), 0, noise="camera")
+    with pytest.raises(ValueError, match="noise model"):
+        PatchSampler(patches, 8, (0, 55), 0, noise="speckle")

@@ -27,20 +27,25 @@ def test_noise_is_seeded_per_image_not_per_run() -> None:
     assert abs(float(np.std(first - 128 / 255)) * 255 - 25) < 8
 
 
-def test_end_to_end_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # An identity "denoiser" (zero last conv): PSNR equals that of the clipped noisy image.
-    model = DnCNN(channels=1, depth=3, features=4, batch_norm=False).eval()
+def _identity_manifest(onnx_dir: Path, name: str, channels: int, sigma: int | None) -> Path:
+    """A manifest with one identity "denoiser" (zero last conv): its PSNR is the noisy input's."""
+    model = DnCNN(channels=channels, depth=3, features=4, batch_norm=False).eval()
     with torch.no_grad():
         model.tail.weight.zero_()
         model.tail.bias.zero_()
-    onnx_dir = tmp_path / "onnx"
-    export_onnx(model, onnx_dir / "id.onnx", (1, 1, 8, 8))
+    export_onnx(model, onnx_dir / f"{name}.onnx", (1, channels, 8, 8))
     entry = {
-        "name": "id", "task": "denoise", "file": "id.onnx", "sha256": sha256_file(onnx_dir / "id.onnx"),
-        "version": "0", "channels": 1, "sigma": 25, "overlap": 3, "multiple": 1, "default": True,
+        "name": name, "task": "denoise", "file": f"{name}.onnx", "sha256": sha256_file(onnx_dir / f"{name}.onnx"),
+        "version": "0", "channels": channels, "sigma": sigma, "overlap": 3, "multiple": 1, "default": True,
         "provenance": {}, "metrics": {},
     }
     write_manifest(onnx_dir / "manifest.json", [entry])
+    return onnx_dir / "manifest.json"
+
+
+def test_end_to_end_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_dir = tmp_path / "onnx"
+    _identity_manifest(onnx_dir, "id", 1, 25)
     rng = np.random.default_rng(0)
     for test_set in ("BSD68", "Set12"):
         (tmp_path / "data" / test_set).mkdir(parents=True)
@@ -71,3 +76,23 @@ def test_metrics_merge_keeps_entries_written_meanwhile() -> None:
     assert merged[1] == current[1]
     with pytest.raises(SystemExit, match="re-exported"):
         evaluate._with_metrics(current, {"a": {}}, {"a": "2"})
+
+
+def test_camera_families_are_scored_for_colour_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.dncnn import camera_testset
+
+    onnx_dir = tmp_path / "onnx"
+    _identity_manifest(onnx_dir, "id3", 3, None)
+    (tmp_path / "data" / "CBSD68").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(40, 216, (24, 20, 3), dtype=np.uint8)).save(tmp_path / "data" / "CBSD68" / f"{i}.png")
+    camera_testset.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "camera")])
+
+    evaluate.main(["--data", str(tmp_path / "data"), "--manifest", str(onnx_dir / "manifest.json"),
+                   "--camera", str(tmp_path / "camera"), "--write-manifest"])
+    assert "| id3 | CBSD68 | poisson-gaussian |" in capsys.readouterr().out
+    metrics = json.loads((onnx_dir / "manifest.json").read_text())["models"][0]["metrics"]
+    assert set(metrics["CBSD68-camera"]) == {"gaussian25-jpeg90-420", "poisson-gaussian", "poisson-gaussian-jpeg90-420"}
+    assert set(metrics["CBSD68"]) == {"15", "25", "50"}
+    assert 15 < metrics["CBSD68-camera"]["gaussian25-jpeg90-420"] < 25

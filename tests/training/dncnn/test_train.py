@@ -122,3 +122,92 @@ def test_cli_run_logs_checkpoints_and_resumes(tmp_path: Path) -> None:
     first, resumed = state["command"].split(" && ")  # the original command is kept
     assert first.endswith("--iterations 4") and resumed.endswith("--iterations 6 --resume")
     assert dncnn_trainer.config_from_dict(state["config"]).scales == (1.0, 0.9)
+
+
+def _colour_data_folder(root: Path) -> Path:
+    """BSDS500 images (train/val/test) whose val images include the CBSD68 ones, pixel for pixel."""
+    rng = np.random.default_rng(1)
+    for split, ids in {"train": ["1", "2"], "val": ["3", "4"], "test": ["5"]}.items():
+        (root / "bsds500" / "images" / split).mkdir(parents=True)
+        for image_id in ids:
+            smooth = _patches(3, 56, seed=int(image_id))[:, 0].transpose(1, 2, 0)
+            image = np.clip(smooth.astype(int) + rng.integers(-10, 10, smooth.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / "bsds500" / "images" / split / f"{image_id}.png")
+    (root / "denoise" / "CBSD68").mkdir(parents=True)
+    for image_id in ("3", "4"):
+        Image.open(root / "bsds500" / "images" / "val" / f"{image_id}.png").save(root / "denoise" / "CBSD68" / f"{image_id}.png")
+    for path in (root / "bsds500" / "images").rglob("*.png"):  # bsd432_files reads the .jpg of BSDS500
+        Image.open(path).save(path.with_suffix(".jpg"), quality=98)
+        path.unlink()
+    return root
+
+
+def _exported_colour_model(path: Path) -> Path:
+    from export.onnx_export import export_onnx
+    from models.dncnn import DnCNN
+
+    torch.manual_seed(0)
+    export_onnx(DnCNN(channels=3, depth=3, features=4, batch_norm=False).eval(), path, (1, 3, 16, 16))
+    return path
+
+
+def test_camera_noise_run_starts_from_an_exported_model_and_resumes_exactly(tmp_path: Path) -> None:
+    init = _exported_colour_model(tmp_path / "start.onnx")
+    config = TrainConfig(arch="cdncnn-b", depth=3, features=4, batch_size=4, iterations=4, epoch_iters=2,
+                         noise="camera", batch_norm=False, init=str(init), patch_size=24)
+    patches = np.repeat(_patches(16, 24), 3, axis=1)
+    first = Trainer(config, patches)
+    expected = dncnn_trainer.initial_weights(init)
+    assert all(torch.equal(first.model.state_dict()[k], v) for k, v in expected.items())
+    clean, noise = first.sampler.batch(0)
+    noisy = (clean + noise).numpy()
+    assert noisy.min() >= -0.5 and np.isfinite(noisy).all() and float(noise.abs().mean()) > 0
+    expected_losses = [first.train_step() for _ in range(4)]
+
+    head = Trainer(config, patches)
+    losses = [head.train_step() for _ in range(2)]
+    dncnn_trainer.save_checkpoint(tmp_path / "last.pt", head.state_dict())
+    resumed = Trainer(config, patches)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "last.pt"))
+    losses += [resumed.train_step() for _ in range(2)]
+    assert losses == expected_losses  # camera noise, JPEG included, is a function of (seed, i)
+
+
+def test_cli_camera_variant_trains_validates_and_exports(tmp_path: Path) -> None:
+    from export import dncnn_trained
+    from export.manifest import read_manifest, write_manifest
+
+    data, out = _colour_data_folder(tmp_path / "data"), tmp_path / "run"
+    init = _exported_colour_model(tmp_path / "start.onnx")
+    args = ["--variant", "cdncnn-b-camera", "--init", str(init), "--data", str(data), "--out", str(out),
+            "--depth", "3", "--features", "4", "--batch-size", "4", "--patch-size", "24", "--epoch-iters", "2",
+            "--scales", "1", "--max-patches", "64", "--lr", "1e-4", "--iterations", "2"]
+    assert train_dncnn.main(args) == 0
+    state = load_checkpoint(out / "last.pt")
+    config = dncnn_trainer.config_from_dict(state["config"])
+    assert (config.noise, config.batch_norm, config.init, config.train_set) == ("camera", False, str(init), "BSD432")
+    assert "Poisson-Gaussian" in state["noise_description"] and 5 < state["history"][0]["val_psnr"] < 60
+
+    onnx_dir = tmp_path / "onnx"
+    write_manifest(onnx_dir / "manifest.json", [])
+    assert dncnn_trained.main(["--checkpoint", str(out / "last.pt"), "--name", "tiny-camera", "--out", str(onnx_dir)]) == 0
+    (entry,) = read_manifest(onnx_dir / "manifest.json")
+    assert entry["channels"] == 3 and entry["sigma"] is None and entry["default"] is False
+    assert "research use" in entry["provenance"]["license"]  # fine-tuned from the authors' weights
+    assert "Poisson-Gaussian" in entry["provenance"]["data"] and str(init) in entry["provenance"]["data"]
+    assert "gaussian_share 0.25" in entry["provenance"]["data"]
+
+
+def test_init_needs_the_released_layout() -> None:
+    with pytest.raises(SystemExit, match="batch-norm"):
+        train_dncnn.config_from_args(train_dncnn._parse_args(
+            ["--data", "d", "--out", "o", "--init", "x.onnx", "--batch-norm"]))
+
+
+def test_warmup_ramps_the_rate_up_linearly() -> None:
+    config = TrainConfig(lr=1e-4, warmup=100, iterations=1000, milestones=(500,))
+    assert learning_rate(config, 0) == pytest.approx(1e-6)
+    assert learning_rate(config, 49) == pytest.approx(5e-5)
+    assert learning_rate(config, 99) == learning_rate(config, 400) == pytest.approx(1e-4)
+    assert learning_rate(config, 500) == pytest.approx(1e-5)
+    assert learning_rate(dataclasses.replace(config, warmup=0), 0) == pytest.approx(1e-4)
