@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service import api, api_edges, api_weather
+from service import api, api_edges, api_weather, web
 from service.errors import PROBLEM_JSON, BadRequest, ServiceError, problem_response
 from service.metrics import Metrics
 from service.middleware import RequestContext, RequestLimits
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
         version=VERSION,
         description="Image restoration on ONNX Runtime: POST an image, get it back restored.",
         lifespan=lifespan,
+        docs_url=None,  # served by service.web from packaged assets, not FastAPI's CDN defaults
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.add_exception_handler(ServiceError, _service_error)
@@ -126,6 +128,7 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     app.include_router(api.router, tags=["models"])
     app.include_router(api_edges.router, tags=["models"])
     app.include_router(api_weather.router, tags=["models"])
+    web.add_web(app)
     routes = [*app.routes, *api.router.routes, *api_edges.router.routes, *api_weather.router.routes]
     endpoints = frozenset(str(r.path) for r in routes if getattr(r, "path", None))
     model_routers = (api.router, api_edges.router, api_weather.router)
