@@ -49,6 +49,18 @@ PAGE_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 )
+#: The docs pages under the same rule: Swagger UI's page (FastAPI's template) has one inline script,
+#: and both inject inline styles. ReDoc 2 always shows the Redocly logo from cdn.redoc.ly (no option
+#: turns it off); refused here, its onError hides it, and nothing leaves the machine.
+SWAGGER_POLICY = (
+    "default-src 'self'; img-src 'self' data:; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+REDOC_POLICY = (
+    "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
 #: Swagger UI's validator badge would fetch an image from validator.swagger.io for a non-local spec URL.
 SWAGGER_PARAMETERS = {"validatorUrl": None}
 
@@ -107,6 +119,7 @@ def add_web(app: FastAPI) -> None:
             swagger_ui_parameters={**(app.swagger_ui_parameters or {}), **SWAGGER_PARAMETERS},
         )
         response.headers["Cache-Control"] = REVALIDATE
+        response.headers["Content-Security-Policy"] = SWAGGER_POLICY
         return response
 
     @app.get("/redoc", include_in_schema=False)
@@ -120,4 +133,5 @@ def add_web(app: FastAPI) -> None:
             with_google_fonts=False,
         )
         response.headers["Cache-Control"] = REVALIDATE
+        response.headers["Content-Security-Policy"] = REDOC_POLICY
         return response
