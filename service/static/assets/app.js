@@ -265,6 +265,7 @@ async function choose(file) {
     await before.decode();
     state.pixels = before.naturalWidth * before.naturalHeight;
     compare.style.setProperty('--ratio', `${before.naturalWidth} / ${before.naturalHeight}`);
+    compare.style.setProperty('--aspect', String(before.naturalWidth / before.naturalHeight));
   } catch {
     caption.textContent = 'Your browser cannot show this format; the server reads it and the download works.';
   }
