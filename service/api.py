@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import time
 from collections import Counter
@@ -14,16 +15,19 @@ import numpy as np
 import numpy.typing as npt
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from service import codecs
-from service.admission import admit, release_holds
+from service.admission import Admitted, admit, release_holds
 from service.errors import BadRequest, ServiceError, Unauthorized
+from service.metrics import Metrics
 from service.negotiation import MEDIA_TYPES, choose_format
 from service.noise_level import AUTO_RULE
 from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
-from service.pipeline import quantize, restore
+from service.pipeline import plan_for, quantize, restore
 from service.runtime import ModelState, Runtime
+from service.scheduler import Progress
 from service.settings import Settings
 from service.types import OutputFormat, Sigma, Task
 
@@ -37,6 +41,8 @@ FormatQuery = Annotated[
 OutputChooser = Callable[[codecs.DecodedImage], OutputFormat]
 #: /denoise?sigma=auto: the estimated noise level, per channel on the 0-255 scale ("unknown" for tiny images).
 NOISE_SIGMA_HEADER = "X-Noise-Sigma"
+#: Where the job routes live (service/api_jobs.py): POST {JOBS_PREFIX}{operation}, GET {JOBS_PREFIX}{id}.
+JOBS_PREFIX = "/v1/jobs/"
 
 
 class ClientDisconnected(Exception):
@@ -51,20 +57,30 @@ def runtime_of(request: Request) -> Runtime:
 def require_api_key(request: Request) -> None:
     """Compared as bytes: hmac.compare_digest refuses non-ASCII str, and a header is bytes on the wire
     (Starlette decodes it as latin-1, so encoding back gives exactly what the client sent)."""
+    api_key_owner(request)
+
+
+def api_key_owner(request: Request) -> str | None:
+    """Who sent the request: a digest of its valid API key (a job is visible only to the key that
+    created it), None when no keys are configured; 401 without a valid key."""
     keys = runtime_of(request).settings.api_keys
     if not keys:
-        return
+        return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     sent = token.strip().encode("latin-1")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(sent, key.encode("utf-8", "surrogateescape")) for key in keys):
-        raise Unauthorized("send Authorization: Bearer <api key>", headers={"WWW-Authenticate": "Bearer"})
+    if scheme.lower() == "bearer":
+        for key in keys:
+            encoded = key.encode("utf-8", "surrogateescape")
+            if hmac.compare_digest(sent, encoded):
+                return hashlib.sha256(encoded).hexdigest()
+    raise Unauthorized("send Authorization: Bearer <api key>", headers={"WWW-Authenticate": "Bearer"})
 
 
 def reject_stray_query(request: Request) -> None:
     """422 for a query parameter the route does not take, or one given twice: silently ignoring
     ``sigmaa=25`` or keeping the last of ``sigma=25&sigma=50`` would serve what the client did not ask for."""
     route = request.scope.get("route")
-    taken = {param.alias for param in route.dependant.query_params} if isinstance(route, APIRoute) else set()
+    taken = _query_names(route.dependant) if isinstance(route, APIRoute) else set()
     counts = Counter(name for name, _ in request.query_params.multi_items())
     for name, count in counts.items():
         if name not in taken:
@@ -72,6 +88,14 @@ def reject_stray_query(request: Request) -> None:
             raise BadRequest(f"unknown query parameter {name!r}: {request.url.path} takes {offered}")
         if count > 1:
             raise BadRequest(f"query parameter {name!r} is given {count} times; give it once")
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included (an Operation's parameters live there)."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 class StageTimer:
@@ -100,25 +124,104 @@ class ModelRun:
     headers: dict[str, str] = field(default_factory=dict)  # sent with the response (X-Noise-Sigma)
 
 
-async def run_model(request: Request, *, task: Task, choose_output: OutputChooser, sigma: Sigma = None) -> ModelRun:
-    """Read, decode, settle the output format, pick the model, and run it tiled; cancelled (tiles
-    dropped) if the client leaves. Every refusal comes before inference, so no work is thrown away."""
+@dataclass(frozen=True)
+class Operation:
+    """What one model request asks for, settled from its parameters before its body is read.
+
+    A route's dependency builds it; the synchronous route (``respond``) and the job route
+    (``service.api_jobs``) then run the same ``prepare`` -> ``run_model`` -> ``encode_run``, so the
+    two cannot drift apart in what they accept or what they return.
+    """
+
+    task: Task
+    choose_output: OutputChooser  # the output format, once the image is decoded (before inference)
+    encode: Callable[[ModelRun], bytes]  # model output -> file bytes, run off the event loop
+    sigma: Sigma = None
+
+
+@dataclass
+class Prepared:
+    """An admitted request: decoded, priced, holding its queue place and budgets, format settled."""
+
+    admitted: Admitted
+    operation: Operation
+    fmt: OutputFormat
+    timer: StageTimer
+    headers: dict[str, str]
+
+    def tile_count(self, settings: Settings) -> int:
+        state, image = self.admitted.state, self.admitted.image
+        return plan_for(state.spec, settings, image.height, image.width, state.tile, state.granule).count
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The answer to a model request: file bytes and the headers that describe them."""
+
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+def image_accept(request: Request) -> str | None:
+    """The Accept header that picks the output format: a job's POST answers JSON (202), so there
+    only ``?format=`` and the input's format count."""
+    return None if request.url.path.startswith(JOBS_PREFIX) else request.headers.get("accept")
+
+
+async def prepare(request: Request, operation: Operation) -> Prepared:
+    """Every refusal a model request can meet before inference: read, admit (body, header, queue,
+    budgets), decode, and settle the output format. What it holds is on ``request.state.holds``."""
     runtime = runtime_of(request)
-    settings: Settings = runtime.settings
     timer = StageTimer()
-    admitted = await admit(request, runtime, task=task, sigma=sigma)  # refuses before decoding (admission.py)
-    image, state = admitted.image, admitted.state
+    admitted = await admit(request, runtime, task=operation.task, sigma=operation.sigma)  # admission.py
     timer.add("decode", admitted.decode_seconds)
     headers: dict[str, str] = {}
     if admitted.noise is not None:  # sigma=auto
         timer.add("estimate", admitted.estimate_seconds)
         headers[NOISE_SIGMA_HEADER] = "unknown" if admitted.noise.sigma is None else f"{admitted.noise.sigma:.1f}"
-    fmt = choose_output(image)
-    assert state.scheduler is not None
+    return Prepared(admitted, operation, operation.choose_output(admitted.image), timer, headers)
 
-    work = asyncio.ensure_future(
-        restore(state.scheduler, state.spec, settings, image, tile=state.tile, granule=state.granule, ticket=admitted.ticket)
+
+async def run_model(prepared: Prepared, settings: Settings, progress: Progress | None = None) -> ModelRun:
+    """Run the admitted image through its model, tiled, on the queue place admission took."""
+    admitted = prepared.admitted
+    state = admitted.state
+    assert state.scheduler is not None
+    restored = await restore(
+        state.scheduler, state.spec, settings, admitted.image,
+        tile=state.tile, granule=state.granule, ticket=admitted.ticket, progress=progress,
     )
+    prepared.timer.add("queue", restored.queue_seconds)
+    prepared.timer.add("infer", restored.infer_seconds)
+    return ModelRun(admitted.image, state, restored.pixels, prepared.timer, prepared.fmt, prepared.headers)
+
+
+async def encode_run(run: ModelRun, operation: Operation) -> Encoded:
+    """Encode off the event loop and attach the timing and model headers."""
+    started = time.perf_counter()
+    body = await asyncio.to_thread(operation.encode, run)
+    run.timer.add("encode", time.perf_counter() - started)
+    headers = {
+        "Server-Timing": run.timer.header(),
+        "X-Model": run.state.spec.name,
+        "X-Model-Version": run.state.spec.version,
+        **run.headers,
+    }
+    return Encoded(body, MEDIA_TYPES[run.fmt], headers)
+
+
+def observe_stages(metrics: Metrics, endpoint: str, timer: StageTimer) -> None:
+    for stage, seconds in timer.stages.items():
+        metrics.stage.labels(endpoint, stage).observe(seconds)
+
+
+async def respond(request: Request, operation: Operation) -> Response:
+    """The synchronous route: the restored image in the response; cancelled (tiles dropped) if the
+    client leaves while it waits. Every refusal comes before inference, so no work is thrown away."""
+    settings = runtime_of(request).settings
+    prepared = await prepare(request, operation)
+    work = asyncio.ensure_future(run_model(prepared, settings))
     watcher = asyncio.ensure_future(_until_disconnected(request))
     await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     if not work.done():
@@ -126,36 +229,16 @@ async def run_model(request: Request, *, task: Task, choose_output: OutputChoose
         await asyncio.gather(work, return_exceptions=True)
         raise ClientDisconnected()
     watcher.cancel()
-    restored = work.result()
-    timer.add("queue", restored.queue_seconds)
-    timer.add("infer", restored.infer_seconds)
-    return ModelRun(image, state, restored.pixels, timer, fmt, headers)
+    encoded = await encode_run(work.result(), operation)
+    observe_stages(runtime_of(request).metrics, request.url.path, prepared.timer)
+    return Response(encoded.body, media_type=encoded.media_type, headers=encoded.headers)
 
 
-async def encoded_response(request: Request, run: ModelRun, encode: Callable[[], bytes]) -> Response:
-    """Encode off the event loop and attach the timing and model headers."""
-    started = time.perf_counter()
-    body = await asyncio.to_thread(encode)
-    run.timer.add("encode", time.perf_counter() - started)
-    metrics = runtime_of(request).metrics
-    for stage, seconds in run.timer.stages.items():
-        metrics.stage.labels(request.url.path, stage).observe(seconds)
-    return Response(
-        body,
-        media_type=MEDIA_TYPES[run.fmt],
-        headers={
-            "Server-Timing": run.timer.header(),
-            "X-Model": run.state.spec.name,
-            "X-Model-Version": run.state.spec.version,
-            **run.headers,
-        },
-    )
-
-
-async def serve_image(request: Request, *, task: Task, sigma: Sigma, fmt_query: str | None) -> Response:
+def image_operation(request: Request, *, task: Task, sigma: Sigma, fmt_query: str | None) -> Operation:
     """Image in, restored image out: same size, bit depth, alpha, ICC profile and EXIF as the input."""
-    accept = request.headers.get("accept")
+    accept = image_accept(request)
     choose_format(fmt_query, accept, "png")  # a bad ?format= (422) or Accept (406) is refused before the body is read
+    settings = runtime_of(request).settings
 
     def choose_output(image: codecs.DecodedImage) -> OutputFormat:
         channels, bits = image.channels + (image.alpha is not None), image.color.dtype.itemsize * 8
@@ -164,11 +247,8 @@ async def serve_image(request: Request, *, task: Task, sigma: Sigma, fmt_query: 
             unfit=lambda fmt: codecs.encode_limit(fmt, image.width, image.height, channels=channels, bits=bits),
         )
 
-    run = await run_model(request, task=task, sigma=sigma, choose_output=choose_output)
-    settings = runtime_of(request).settings
-    image = run.image
-
-    def encode() -> bytes:
+    def encode(run: ModelRun) -> bytes:
+        image = run.image
         pixels = quantize(run.output, image.color.dtype)
         return codecs.encode(
             pixels, image.alpha, image.icc_profile, run.fmt, exif=image.exif if settings.keep_metadata else None,
@@ -176,7 +256,7 @@ async def serve_image(request: Request, *, task: Task, sigma: Sigma, fmt_query: 
             png_compress_level=settings.png_compress_level,
         )
 
-    return await encoded_response(request, run, encode)
+    return Operation(task, choose_output, encode, sigma)
 
 
 #: Every model route: the API key first, then its query parameters; what a request holds (queue
@@ -201,14 +281,7 @@ DENOISE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(
-    "/denoise",
-    summary="Remove noise (DnCNN)",
-    response_class=Response,
-    responses=DENOISE_RESPONSES,
-    openapi_extra=IMAGE_BODY,
-)
-async def denoise(
+async def denoise_operation(
     request: Request,
     sigma: Annotated[
         float | Literal["auto"] | None,
@@ -229,9 +302,21 @@ async def denoise(
         ),
     ] = None,
     format: FormatQuery = None,
-) -> Response:
+) -> Operation:
+    """/denoise's parameters (shared by POST /denoise and POST /v1/jobs/denoise)."""
+    return image_operation(request, task="denoise", sigma=sigma, fmt_query=format)
+
+
+@router.post(
+    "/denoise",
+    summary="Remove noise (DnCNN)",
+    response_class=Response,
+    responses=DENOISE_RESPONSES,
+    openapi_extra=IMAGE_BODY,
+)
+async def denoise(request: Request, operation: Annotated[Operation, Depends(denoise_operation)]) -> Response:
     """Gray images use the gray models, colour images the colour ones; alpha, ICC profile and 16-bit depth pass through."""
-    return await serve_image(request, task="denoise", sigma=sigma, fmt_query=format)
+    return await respond(request, operation)
 
 
-__all__ = ["ClientDisconnected", "ServiceError", "router", "serve_image"]
+__all__ = ["ClientDisconnected", "Operation", "ServiceError", "denoise_operation", "image_operation", "respond", "router"]

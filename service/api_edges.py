@@ -6,10 +6,10 @@ import enum
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import codecs, edgemaps
-from service.api import MODEL_DEPENDENCIES, FormatQuery, encoded_response, run_model, runtime_of
+from service.api import MODEL_DEPENDENCIES, FormatQuery, ModelRun, Operation, image_accept, respond, runtime_of
 from service.negotiation import choose_format
 from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
 from service.pipeline import quantize
@@ -27,14 +27,7 @@ class Depth(enum.IntEnum):
     SIXTEEN = 16
 
 
-@router.post(
-    "/edges",
-    summary="Detect edges (HED)",
-    response_class=Response,
-    responses=IMAGE_RESPONSES,
-    openapi_extra=IMAGE_BODY,
-)
-async def edges(
+async def edges_operation(
     request: Request,
     thin: Annotated[
         bool,
@@ -53,12 +46,9 @@ async def edges(
         Query(description="Bits per pixel, 8 or 16; 16 keeps the raw probabilities (PNG and TIFF only).", examples=[16]),
     ] = Depth.EIGHT,
     format: FormatQuery = None,
-) -> Response:
-    """A one-channel map of the upright input's size: 0 = no edge, 255 (or 65535) = certain edge.
-
-    PNG unless `format`/`Accept` ask otherwise; alpha and colour profile of the input do not apply.
-    """
-    accept = request.headers.get("accept")
+) -> Operation:
+    """/edges' parameters (shared by POST /edges and POST /v1/jobs/edges)."""
+    accept = image_accept(request)
 
     def unfit(fmt: OutputFormat, width: int = 1, height: int = 1) -> str | None:
         if depth == 16 and fmt not in ("png", "tiff"):
@@ -66,16 +56,12 @@ async def edges(
         return codecs.encode_limit(fmt, width, height, channels=1, bits=int(depth))
 
     choose_format(format, accept, "png", unfit=unfit)  # 422 or 406 before the body is read
-    run = await run_model(
-        request, task="edges",
-        choose_output=lambda image: choose_format(format, accept, "png", unfit=lambda f: unfit(f, image.width, image.height)),
-    )
-    outputs = list(run.state.spec.extra.get("outputs", ["fuse", "side1", "side2", "side3", "side4", "side5"]))
-    channel = outputs.index("fuse" if side == "fuse" else f"side{side}")
     dtype = np.dtype(np.uint16) if depth == Depth.SIXTEEN else np.dtype(np.uint8)
     settings = runtime_of(request).settings
 
-    def encode() -> bytes:
+    def encode(run: ModelRun) -> bytes:
+        outputs = list(run.state.spec.extra.get("outputs", ["fuse", "side1", "side2", "side3", "side4", "side5"]))
+        channel = outputs.index("fuse" if side == "fuse" else f"side{side}")
         prob = np.clip(run.output[:, :, channel], 0.0, 1.0)
         if thin:
             prob = edgemaps.thin(prob)
@@ -84,4 +70,23 @@ async def edges(
         pixels = quantize(np.array(prob, dtype=np.float32)[:, :, None], dtype)
         return codecs.encode(pixels, None, None, run.fmt, png_compress_level=settings.png_compress_level)
 
-    return await encoded_response(request, run, encode)
+    return Operation(
+        "edges",
+        choose_output=lambda image: choose_format(format, accept, "png", unfit=lambda f: unfit(f, image.width, image.height)),
+        encode=encode,
+    )
+
+
+@router.post(
+    "/edges",
+    summary="Detect edges (HED)",
+    response_class=Response,
+    responses=IMAGE_RESPONSES,
+    openapi_extra=IMAGE_BODY,
+)
+async def edges(request: Request, operation: Annotated[Operation, Depends(edges_operation)]) -> Response:
+    """A one-channel map of the upright input's size: 0 = no edge, 255 (or 65535) = certain edge.
+
+    PNG unless `format`/`Accept` ask otherwise; alpha and colour profile of the input do not apply.
+    """
+    return await respond(request, operation)

@@ -7,9 +7,11 @@ that matches their photo, and each is counted separately in the metrics.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
 
-from service.api import MODEL_DEPENDENCIES, FormatQuery, serve_image
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.api import MODEL_DEPENDENCIES, FormatQuery, Operation, image_operation, respond
 from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
 
 router = APIRouter(dependencies=MODEL_DEPENDENCIES)
@@ -21,8 +23,13 @@ _DESCRIPTION = (
 )
 
 
-async def _weather(request: Request, format: FormatQuery = None) -> Response:
-    return await serve_image(request, task="weather", sigma=None, fmt_query=format)
+async def weather_operation(request: Request, format: FormatQuery = None) -> Operation:
+    """The weather routes' parameters (shared with POST /v1/jobs/derain, /dehaze and /desnow)."""
+    return image_operation(request, task="weather", sigma=None, fmt_query=format)
+
+
+async def _weather(request: Request, operation: Annotated[Operation, Depends(weather_operation)]) -> Response:
+    return await respond(request, operation)
 
 
 for _path, _summary in (
@@ -36,4 +43,4 @@ for _path, _summary in (
         operation_id=_path.strip("/"),
     )
 
-__all__ = ["router"]
+__all__ = ["router", "weather_operation"]

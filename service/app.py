@@ -13,9 +13,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
 
-from service import api, api_edges, api_weather, web
+from service import api, api_edges, api_jobs, api_weather, web
 from service.errors import PROBLEM_JSON, BadRequest, ServiceError, problem_response
+from service.jobs import JobStore
 from service.metrics import Metrics
 from service.middleware import RequestContext, RequestLimits
 from service.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth
@@ -42,8 +44,21 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     error = ServiceError(str(exc.detail), headers=dict(exc.headers or {}))
+    if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+        error.headers["Allow"] = ", ".join(_allowed_methods(request))
     body = {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "detail": str(exc.detail)}
     return JSONResponse(body, status_code=exc.status_code, headers=error.headers, media_type=PROBLEM_JSON)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route on the most specific path that matches: GET and DELETE
+    /v1/jobs/{id} are two routes, and /v1/jobs/denoise (POST) is more specific than /v1/jobs/{id}."""
+    matching = [
+        route for route in request.app.state.routes
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE
+    ]
+    fewest = min((route.path.count("{") for route in matching), default=0)
+    return sorted({method for route in matching if route.path.count("{") == fewest for method in route.methods or ()})
 
 
 async def _disconnected(request: Request, exc: Exception) -> Response:
@@ -57,11 +72,14 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     settings = settings or Settings()
     metrics = Metrics()
     runtime = Runtime(settings, metrics, engine_factory)
+    jobs = JobStore(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        await jobs.start()
         yield
+        await jobs.stop()  # unfinished jobs are cancelled before their queues stop
         await runtime.stop()
 
     app = FastAPI(
@@ -73,6 +91,7 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
         redoc_url=None,
     )
     app.state.runtime = runtime
+    app.state.jobs = jobs
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -128,10 +147,13 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     app.include_router(api.router, tags=["models"])
     app.include_router(api_edges.router, tags=["models"])
     app.include_router(api_weather.router, tags=["models"])
+    app.include_router(api_jobs.submit_router, tags=["jobs"])
+    app.include_router(api_jobs.router, tags=["jobs"])
     web.add_web(app)
-    routes = [*app.routes, *api.router.routes, *api_edges.router.routes, *api_weather.router.routes]
+    model_routers = (api.router, api_edges.router, api_weather.router, api_jobs.submit_router)
+    routes = [*app.routes, *(route for router in (*model_routers, api_jobs.router) for route in router.routes)]
+    app.state.routes = routes  # flat (FastAPI nests included routers): what a 405's Allow is read from
     endpoints = frozenset(str(r.path) for r in routes if getattr(r, "path", None))
-    model_routers = (api.router, api_edges.router, api_weather.router)
     app.add_middleware(
         RequestLimits, limited=frozenset(str(r.path) for router in model_routers for r in router.routes),
         max_requests=settings.max_requests, body_timeout_s=settings.body_timeout_s, retry_after_s=settings.retry_after_s,

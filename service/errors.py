@@ -6,6 +6,9 @@
     ├── HeadersTooLarge ....... 431  request line and headers over RESTORE_MAX_HEADER_BYTES
     ├── BadRequest ............ 422  a parameter or multipart field is wrong, unknown or repeated
     ├── Unauthorized .......... 401  missing or wrong API key
+    ├── NotFound .............. 404  no such job (or not one of this API key's)
+    ├── Conflict .............. 409  the job has no result (yet, or it failed or was cancelled)
+    ├── Gone .................. 410  the job's result expired or was evicted
     ├── PayloadTooLarge ....... 413  body over the byte limit, image over the pixel limit
     ├── UnsupportedMediaType .. 415  not an image format we read
     ├── CorruptImage .......... 422  a format we read, but the data is broken or truncated
@@ -13,6 +16,7 @@
     ├── Overloaded ............ 503  queue full, or too many requests or connections (with Retry-After)
     ├── ModelUnavailable ...... 503  the model did not load, or has not finished warming up
     ├── ShuttingDown .......... 503  SIGTERM's grace period ran out before this request finished
+    ├── InsufficientStorage ... 507  a job's result is larger than the whole result store
     └── InferenceFailed ....... 500  the runtime itself failed (never caused by input)
 
 Lower-level errors (Pillow, imagecodecs, ONNX Runtime) are translated where they are raised, with
@@ -73,6 +77,18 @@ class Unauthorized(ServiceError):
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
 
+class NotFound(ServiceError):
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class Conflict(ServiceError):
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class Gone(ServiceError):
+    status, title, slug = 410, "Gone", "gone"
+
+
 class PayloadTooLarge(ServiceError):
     status, title, slug = 413, "Payload too large", "payload-too-large"
 
@@ -99,6 +115,10 @@ class ModelUnavailable(ServiceError):
 
 class ShuttingDown(ServiceError):
     status, title, slug = 503, "Shutting down", "shutting-down"
+
+
+class InsufficientStorage(ServiceError):
+    status, title, slug = 507, "Insufficient storage", "insufficient-storage"
 
 
 class InferenceFailed(ServiceError):

@@ -42,3 +42,8 @@ class Metrics:
         )
         self.provider = Gauge("restore_execution_provider", "1 for the ONNX Runtime provider a model runs on", ["model", "provider"], registry=r)
         self.model_ready = Gauge("restore_model_ready", "1 when the model loaded, verified and warmed up", ["model"], registry=r)
+        self.jobs = Gauge("restore_jobs", "Jobs kept, by status (queued, running, succeeded, failed, cancelled)", ["status"], registry=r)
+        self.job_result_bytes = Gauge("restore_job_result_bytes", "Bytes of job results on disk", registry=r)
+        self.jobs_expired = Counter(
+            "restore_jobs_expired", "Finished jobs deleted, by reason (age, count, bytes: the bound that dropped them)", ["reason"], registry=r
+        )

@@ -62,6 +62,88 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     500: problem("The runtime failed (never caused by input); the detail names the model"),
     503: problem("Queue full, too many requests in flight, or the model is not ready (see Retry-After)", retry_after=True),
 }
+#: What every job route answers about a job (service/jobs.py, Job.public).
+JOB_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "id", "status", "operation", "model", "url", "progress", "created_at", "started_at", "finished_at", "expires_at",
+        "timings", "result", "error",
+    ],
+    "properties": {
+        "id": {"type": "string", "description": "Unguessable; valid until the job expires"},
+        "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        "operation": {"type": "string", "enum": ["denoise", "edges", "derain", "dehaze", "desnow"]},
+        "model": {"type": "string", "description": "The model that serves it (with sigma=auto: the one the estimate picked)"},
+        "url": {"type": "string", "description": "This job: /v1/jobs/{id}"},
+        "progress": {
+            "type": "object",
+            "required": ["done", "total", "fraction"],
+            "properties": {
+                "done": {"type": "integer", "description": "Tiles inferred"},
+                "total": {"type": "integer", "description": "Tiles of the image"},
+                "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+        },
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": ["string", "null"], "format": "date-time", "description": "When its first tile was inferred"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "expires_at": {"type": ["string", "null"], "format": "date-time", "description": "When a finished job and its result are deleted"},
+        "timings": {
+            "type": "object", "additionalProperties": {"type": "number"},
+            "description": "Seconds per stage as they finish: decode, estimate (sigma=auto), queue, infer, encode",
+        },
+        "result": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["url", "media_type", "bytes"],
+                    "properties": {"url": {"type": "string"}, "media_type": {"type": "string"}, "bytes": {"type": "integer"}},
+                },
+            ],
+            "description": "Once succeeded: where to GET the image",
+        },
+        "error": {"oneOf": [{"type": "null"}, PROBLEM_SCHEMA], "description": "Once failed: the problem, as the synchronous route would answer it"},
+    },
+}
+_JOB_JSON = {"application/json": {"schema": JOB_SCHEMA}}
+_UNKNOWN_JOB = problem("No such job, or not one created with this API key (jobs do not survive a restart)")
+_EXPIRED_JOB = problem("The job finished more than RESTORE_JOBS_TTL_S ago, or was dropped to make room for newer jobs")
+JOB_SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "Accepted: the image passed every check the synchronous route makes; poll Location",
+        "headers": {"Location": {"description": "The job: /v1/jobs/{id}", "schema": {"type": "string"}}},
+        "content": _JOB_JSON,
+    },
+    **{status: response for status, response in IMAGE_RESPONSES.items() if status != 200},
+    503: problem(
+        "Queue full, too many requests in flight, RESTORE_JOBS_MAX_COUNT unfinished jobs, or the model is not ready "
+        "(see Retry-After)", retry_after=True,
+    ),
+}
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The job", "content": _JOB_JSON},
+    401: IMAGE_RESPONSES[401],
+    404: _UNKNOWN_JOB,
+    410: _EXPIRED_JOB,
+}
+JOB_RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The image, with the headers the synchronous route sends (X-Model, X-Model-Version, Server-Timing, X-Noise-Sigma)",
+        "content": {media: _BINARY for media in MEDIA_TYPES.values()},
+    },
+    401: IMAGE_RESPONSES[401],
+    404: _UNKNOWN_JOB,
+    409: problem("The job has no result: queued or running (poll the job), failed or cancelled"),
+    410: _EXPIRED_JOB,
+}
+JOB_DELETE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The job was queued or running: it is cancelled (its tiles left the queue) and kept until it expires", "content": _JOB_JSON},
+    204: {"description": "The job had finished: it and its result are deleted"},
+    401: IMAGE_RESPONSES[401],
+    404: _UNKNOWN_JOB,
+    410: _EXPIRED_JOB,
+}
 READYZ_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Every required model (RESTORE_REQUIRED_MODELS, default all) loaded, passed its sha256 check and ran "

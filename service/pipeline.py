@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from service.codecs import DecodedImage
 from service.manifest import ModelSpec
-from service.scheduler import ModelScheduler, Ticket, TileJob
+from service.scheduler import ModelScheduler, Progress, Ticket, TileJob
 from service.settings import Settings
 from service.tiling import TILE_GRANULE, TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles
 from service.types import ImageArray, Tile
@@ -52,14 +52,17 @@ def plan_for(
 
 async def restore(
     scheduler: ModelScheduler, spec: ModelSpec, settings: Settings, image: DecodedImage,
-    *, tile: int | None = None, granule: int = TILE_GRANULE, ticket: Ticket | None = None,
+    *, tile: int | None = None, granule: int = TILE_GRANULE, ticket: Ticket | None = None, progress: Progress | None = None,
 ) -> Restored:
-    """Run ``image`` through the model on its queue place ``ticket`` (admitted now when None)."""
+    """Run ``image`` through the model on its queue place ``ticket`` (admitted now when None);
+    ``progress``, when given, follows its tiles (the job API reports it)."""
     pixels = image.color
     if spec.channels == 3 and image.channels == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     work = TiledImage(pixels, plan_for(spec, settings, image.height, image.width, tile, granule), image.max_value)
-    job = TileJob(work.plan.count, work.plan.tile_shape, work.tile, work.accept)
+    if progress is not None:
+        progress.total = work.plan.count
+    job = TileJob(work.plan.count, work.plan.tile_shape, work.tile, work.accept, progress=progress)
     await scheduler.run(job, ticket)
     assert work.output is not None  # every tile was delivered
     output = work.output

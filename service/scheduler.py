@@ -54,6 +54,20 @@ SPEED_SMOOTHING = 0.2
 
 
 @dataclass(eq=False)
+class Progress:
+    """How far one request's tiles are: written by the scheduler on the event loop, read by whoever
+    reports it (the job API polls it). Plain numbers, so the queue and engine know nothing of HTTP."""
+
+    total: int = 0
+    done: int = 0
+    started_at: float | None = None  # time.time() when its first tile went into a batch
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+@dataclass(eq=False)
 class TileJob:
     """One request's work for one model. Callbacks run on the model's worker thread, one at a time."""
 
@@ -68,6 +82,7 @@ class TileJob:
     first_batch_at: float | None = None
     infer_seconds: float = 0.0
     done: asyncio.Future[None] | None = None
+    progress: Progress | None = None
 
     @property
     def remaining(self) -> int:
@@ -269,6 +284,8 @@ class ModelScheduler:
         for job, _ in batch:
             if job.first_batch_at is None:
                 job.first_batch_at = started
+                if job.progress is not None:
+                    job.progress.started_at = time.time()
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._infer_and_scatter, batch)
@@ -289,6 +306,8 @@ class ModelScheduler:
         for job in {job for job, _ in batch}:
             job.infer_seconds += seconds
             job.delivered += sum(1 for j, _ in batch if j is job)
+            if job.progress is not None:
+                job.progress.done = job.delivered
             if job.delivered == job.count and job.done is not None and not job.done.done():
                 job.done.set_result(None)
 

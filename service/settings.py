@@ -106,6 +106,26 @@ class Settings(BaseSettings):
         30.0, ge=0, le=3600,
         description="On SIGTERM, how long in-flight requests may finish before they are cancelled and the process exits.",
     )
+    jobs_dir: Path | None = Field(
+        None,
+        description="Folder for job results, used by this process alone; empty = a new temporary folder, removed at exit. Result files left by an earlier run are deleted at start (jobs do not survive a restart).",
+    )
+    jobs_max_count: int = Field(
+        100, ge=1, le=1_000_000,
+        description="Most jobs kept at once, queued, running or finished; the oldest finished are dropped (410) to make room, and when none is finished a new job gets 503 with Retry-After.",
+    )
+    jobs_max_bytes: int = Field(
+        1024**3, ge=1024,
+        description="Most bytes of job results on disk; the oldest results are dropped (410) to make room, and a result larger than this fails its job (507).",
+    )
+    jobs_ttl_s: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="How long a finished job and its result are kept; then they are deleted (410)."
+    )
+
+    @field_validator("jobs_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("models", "api_keys", "required_models", mode="before")
     @classmethod
