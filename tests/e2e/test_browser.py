@@ -8,13 +8,14 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from service import web
 from service.settings import Settings
-from tests.conftest import Running, encode_pil, noisy_image, running_server, write_fake_manifest, write_fake_suite
+from tests.conftest import BoxEngine, Running, encode_pil, noisy_image, running_server, write_fake_manifest, write_fake_suite
 from tests.e2e.browser import block_outside, chromium, require_browser
 
 if TYPE_CHECKING:  # names only: this module imports without the dev extra, and then skips
@@ -62,8 +63,9 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not errors, errors
 
 
-def run_and_download(page: Page) -> bytes:
-    page.click("#run")
+def run_and_download(page: Page, *, click: bool = True) -> bytes:
+    if click:
+        page.click("#run")
     page.wait_for_selector("#result:not([hidden])")
     page.wait_for_selector("#status:has-text('Done.')")
     with page.expect_download() as download:
@@ -119,6 +121,72 @@ def test_upload_compare_and_download_equals_the_api(server: Running, page: Page)
     downloaded = run_and_download(page)
     assert downloaded == api(server, "/edges?thin=true&side=2&format=png", png).content
     assert blocked == []
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """Batches of one 64 px tile that take 20 ms each: a 1 MP image runs for seconds, long enough
+    to watch its progress and to cancel it."""
+    require_browser()
+    settings = Settings(
+        models_dir=write_fake_suite(tmp_path_factory.mktemp("models")), tile_size=64, tile_overlap=2, batch_seconds=0,
+        max_batch=1, api_keys=(KEY,),
+    )
+    with running_server(settings, lambda spec: BoxEngine(radius=1, delay=0.02, outputs=6 if spec.task == "edges" else None)) as running:
+        yield running
+
+
+def watch_requests(page: Page) -> list[str]:
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(f"{request.method} {urlsplit(request.url).path}"))
+    return seen
+
+
+def test_a_big_image_goes_through_the_job_api_with_progress(slow_server: Running, page: Page) -> None:
+    """1 MP or more: POST /v1/jobs/denoise, polled with tiles shown, the result fetched, then deleted
+    on the server; the download is still exactly the synchronous route's output."""
+    blocked = block_outside(page)
+    requests = watch_requests(page)
+    png = encode_pil(noisy_image(1000, 1000, 1, seed=4), "PNG")
+    page.goto(f"{slow_server.base}/")
+    page.fill("#key", KEY)
+    page.set_input_files("#file", files=[{"name": "big.png", "mimeType": "image/png", "buffer": png}])
+    page.wait_for_selector("#status:has-text('is ready')")
+    page.click("#run")
+    page.wait_for_selector("#status:has-text('Restoring: ')")
+    shown = page.text_content("#status") or ""
+    done, total = map(int, re.fullmatch(r"Restoring: (\d+) of (\d+) tiles \(\d+%\)", shown).groups())  # type: ignore[union-attr]
+    assert 0 <= done < total and total > 50
+    assert 0 <= float(page.evaluate("document.getElementById('progress').value")) < 1
+    assert page.is_visible("#progress") and page.is_visible("#cancel")
+    downloaded = run_and_download(page, click=False)
+    assert downloaded == api(slow_server, "/denoise", png).content
+    assert "POST /v1/jobs/denoise" in requests and "POST /denoise" not in requests
+    job_paths = [r.split(" ", 1)[1] for r in requests if r.startswith("GET /v1/jobs/") and r.endswith("/result")]
+    assert len(job_paths) == 1
+    page.wait_for_timeout(500)  # the page deletes the job once it holds the result
+    assert any(r == f"DELETE {job_paths[0].removesuffix('/result')}" for r in requests)
+    gone = httpx.get(f"{slow_server.base}{job_paths[0]}", headers={"Authorization": f"Bearer {KEY}"})
+    assert gone.status_code in (404, 410)
+    assert blocked == []
+
+
+def test_cancel_stops_the_job_on_the_server(slow_server: Running, page: Page) -> None:
+    requests = watch_requests(page)
+    png = encode_pil(noisy_image(1000, 1000, 1, seed=5), "PNG")
+    page.goto(f"{slow_server.base}/")
+    page.fill("#key", KEY)
+    page.set_input_files("#file", files=[{"name": "big.png", "mimeType": "image/png", "buffer": png}])
+    page.wait_for_selector("#status:has-text('is ready')")
+    page.click("#run")
+    page.wait_for_selector("#status:has-text('Restoring: ')")
+    page.click("#cancel")
+    page.wait_for_selector("#status:has-text('Cancelled.')")
+    assert page.is_hidden("#cancel") and page.is_enabled("#run") and page.is_hidden("#result")
+    polled = next(r.split(" ", 1)[1] for r in requests if r.startswith("GET /v1/jobs/"))
+    assert f"DELETE {polled}" in requests
+    job = httpx.get(f"{slow_server.base}{polled}", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert job["status"] == "cancelled" and job["progress"]["done"] < job["progress"]["total"]
 
 
 def test_controls_are_labelled_and_images_have_alt_text(server: Running, page: Page) -> None:

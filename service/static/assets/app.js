@@ -116,13 +116,11 @@ async function runDirect(op, signal) {
   return { blob: await response.blob(), headers: response.headers };
 }
 
+// GET /v1/jobs/{id} answers progress as {done, total, fraction} in tiles of the image.
 function jobProgress(job) {
-  const done = job.progress?.tiles_done ?? job.progress?.done;
-  const total = job.progress?.tiles_total ?? job.progress?.total;
-  const fraction = job.progress?.fraction ?? (total ? done / total : null);
-  if (job.status === 'queued') return ['Queued: waiting for the model…', fraction ?? null];
-  if (total) return [`Restoring: ${done} of ${total} tiles`, fraction];
-  return ['Restoring…', fraction ?? null];
+  if (job.status === 'queued') return ['Queued: waiting for the model…', null];
+  const { done, total, fraction } = job.progress;
+  return [`Restoring: ${done} of ${total} tiles (${Math.floor(fraction * 100)}%)`, fraction];
 }
 
 // Submit a job, poll it until it ends, fetch its result, then delete it from the server (the page
@@ -146,8 +144,8 @@ async function runJob(op, signal) {
     job = await polled.json();
   }
   if (job.status === 'failed') {
-    const problem = job.problem || job.error || {};
-    throw new Problem(problem.status || 500, `${problem.title || 'Failed'}: ${problem.detail || 'the job failed'}`);
+    const problem = job.error || { status: 500, title: 'Failed', detail: 'the job failed' };
+    throw new Problem(problem.status, `${problem.title}: ${problem.detail}`);
   }
   if (job.status !== 'succeeded') throw new Problem(409, `The job ended as ${job.status}.`);
   setStatus('Downloading the result…', 1);
