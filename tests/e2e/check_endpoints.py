@@ -8,7 +8,9 @@ Checks the operations endpoints and /v1/models in the container (every model rea
 provider), finds which of /denoise, /edges and /derain the container offers (GET /openapi.json;
 /denoise is required), POSTs one generated PNG to each offered endpoint on both servers, and checks
 status 200, Content-Type image/png, a PNG of the input's pixel size, and identical decoded pixels.
-Exit status 0 when everything matched.
+Also loads the web page at /, /docs and /redoc in the container and every asset their HTML names
+(service/static and fastapi-offline's Swagger UI and ReDoc files must be in the image). Exit status
+0 when everything matched.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -66,6 +71,20 @@ def decode(png: bytes) -> tuple[str, tuple[int, int], np.ndarray]:
         return im.mode, im.size, np.asarray(im)
 
 
+def check_pages(base: str, check: Callable[[bool, str], bool]) -> None:
+    """The page and the docs answer HTML, and each src/href they name is served (service/web.py)."""
+    for page in ("/", "/docs", "/redoc"):
+        status, headers, html = fetch(base + page)
+        if not check(status == 200 and headers.get("content-type", "").startswith("text/html"), f"GET {page}: {status}"):
+            continue
+        references = [ref for ref in re.findall(r'(?:src|href)="([^"#][^"]*)"', html.decode()) if "://" not in ref]
+        check(bool(references), f"GET {page}: names no asset")
+        for ref in references:
+            status, _, body = fetch(urllib.parse.urljoin(base + page, ref))
+            check(status == 200 and len(body) > 0, f"GET {ref} (named by {page}): {status}")
+        print(f"GET {page}: 200 and its {len(references)} assets")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--container", required=True, help="base URL of the service in the container")
@@ -82,6 +101,8 @@ def main() -> int:
     for path in ("/healthz", "/readyz", "/metrics", "/v1/models", "/openapi.json"):
         status, _, _ = fetch(args.container + path)
         check(status == 200, f"GET {path} in the container: {status}")
+
+    check_pages(args.container, check)
 
     _, _, body = fetch(args.container + "/v1/models")
     listing = json.loads(body)
