@@ -6,7 +6,9 @@ the limit the request is refused with 503 and Retry-After, never queued: waiting
 memory. A request alone may exceed the limit (it is then the only one in flight), so the limit
 caps concurrency and never makes an image that passes the per-request limits unservable.
 A hold of at least ``trim_at`` hands the freed memory back to the system when released
-(``memory.trim_soon``).
+(``memory.trim_soon``), and so does the last hold of any size that leaves the budget empty:
+measured, ten 512x512 requests (one per model; none large on its own) left the server 1.02 GiB
+above idle in glibc's free lists, all of it returned by one trim once the server went idle.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class Hold:
     def release(self) -> None:
         amount, self.amount = self.amount, 0
         self._budget._change(-amount)
-        if self._budget.trim_at is not None and amount >= self._budget.trim_at:
+        budget = self._budget
+        if budget.trim_at is not None and amount > 0 and (amount >= budget.trim_at or budget.used == 0):
             memory.trim_soon()
 
     def __enter__(self) -> Hold:

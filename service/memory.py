@@ -23,6 +23,8 @@ TRIM_BYTES = 16 * 2**20
 #: on in its exception's traceback until the error response is sent.
 TRIM_DELAY_S = 1.0
 
+_pending = threading.Lock()  # held from scheduling a trim until it has run: at most one waits
+
 
 @functools.cache
 def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -42,14 +44,24 @@ def trim() -> bool:
     return True
 
 
-def trim_soon() -> None:
+def trim_soon() -> bool:
     """``trim`` in a thread of its own (it never holds the event loop), TRIM_DELAY_S from now when
-    called on the event loop, at once elsewhere."""
+    called on the event loop, at once elsewhere; False (nothing scheduled) when a trim is already
+    waiting, so a stream of requests ending together costs one trim, not one each."""
+    if not _pending.acquire(blocking=False):
+        return False
+
+    def run() -> None:
+        try:
+            trim()
+        finally:
+            _pending.release()
 
     def start() -> None:
-        threading.Thread(target=trim, name="malloc-trim").start()
+        threading.Thread(target=run, name="malloc-trim").start()
 
     try:
         asyncio.get_running_loop().call_later(TRIM_DELAY_S, start)
     except RuntimeError:
         start()
+    return True
