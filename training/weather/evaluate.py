@@ -13,7 +13,10 @@ own weather), ``stage1`` / ``stage2`` (the student after each stage, PyTorch, wh
 ``ort`` (the committed ONNX student, whole image), ``ort-tiled`` (the ONNX student through the
 service's tiling at the production tile size, i.e. what ``POST /derain`` returns),
 ``ort-tiled-256`` (the same with 256-px tiles: many seams), and ``dcp`` (the dark channel prior,
-He et al. 2009, on haze only). Images are scored as the service returns them: clipped, rounded
+He et al. 2009, on haze only). Every student method also runs on the first ``CLEAN_COUNT`` clean
+test photos (column ``clean``: the output against its own input, the "no harm" figure), with
+``flat_psnr`` over their flat regions (local standard deviation under ``FLAT_STD``), where a
+pattern the network prints (a grid, smudges) shows first. Images are scored as the service returns them: clipped, rounded
 to 8 bit; PSNR over all pixels and channels, SSIM as ``training.weather.train.ssim``.
 """
 
@@ -37,34 +40,64 @@ from training.weather.train import restore, ssim
 
 __all__ = ["METHODS", "evaluate", "real_snow_figure", "main"]
 
+CLEAN = "clean"
+CLEAN_COUNT = 20
+FLAT_STD = 2 / 255
 METHODS = ("input", "teacher", "stage1", "stage2", "ort", "ort-tiled", "ort-tiled-256", "dcp")
 NAME = "weather-unified"
 
 Restorer = Callable[[np.ndarray], np.ndarray]  # float (H, W, 3) in -> float (H, W, 3) out
 
 
+def flat_mask(clean: np.ndarray, size: int = 9) -> np.ndarray:
+    """Pixels whose ``size`` x ``size`` neighbourhood (luminance) varies by less than FLAT_STD: sky,
+    walls, the places where any printed pattern is visible."""
+    from scipy.ndimage import uniform_filter
+
+    y = clean.mean(axis=2, dtype=np.float64)
+    mean = uniform_filter(y, size)
+    var = uniform_filter(y * y, size) - mean * mean
+    return np.sqrt(np.maximum(var, 0)) < FLAT_STD
+
+
+def flat_psnr(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR of 8-bit ``out`` against ``ref`` over ``mask`` only (inf where they agree there)."""
+    diff = (out.astype(np.float64) - ref.astype(np.float64))[mask]
+    mse = float(np.mean(diff * diff)) if diff.size else 0.0
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
 def evaluate(
     restorers: dict[str, dict[str, Restorer]], testset: Path, limit: int | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{method: {weather: {"psnr", "ssim", "count"}}}`` for every method offered per weather."""
+    """``{method: {weather: {"psnr", "ssim", "count"}}}`` for every method offered per weather, and
+    ``{method: {"clean": {..., "flat_psnr"}}}`` for the methods offered on clean photos."""
     scores: dict[str, dict[str, dict[str, float]]] = {}
-    for weather in WEATHERS:
-        items = load_test_set(testset, weather)[:limit]
+    for weather in (*WEATHERS, CLEAN):
+        if weather == CLEAN:
+            photos = [clean for _, _, clean in load_test_set(testset, WEATHERS[0])[:CLEAN_COUNT]]
+            items = [(clean, clean) for clean in photos[:limit]]
+        else:
+            items = [(degraded, clean) for _, degraded, clean in load_test_set(testset, weather)[:limit]]
         for method, by_weather in restorers.items():
             restorer = by_weather.get(weather)
             if restorer is None:
                 continue
-            p, s = [], []
-            for _, degraded, clean in items:
+            p, s, f = [], [], []
+            for degraded, clean in items:
                 out, ref = quantize(restorer(degraded)), quantize(clean)
                 p.append(psnr(out, ref))
                 s.append(ssim(out, ref))
+                if weather == CLEAN:
+                    f.append(flat_psnr(out, ref, flat_mask(clean)))
             scores.setdefault(method, {})[weather] = {
                 "psnr": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4),
                 "count": len(items),
             }
-            print(f"{method:>14} {weather:>5}: PSNR {np.mean(p):6.2f} dB  SSIM {np.mean(s):.4f}",
-                  flush=True)
+            if f:
+                scores[method][weather]["flat_psnr"] = round(float(np.mean(f)), 3)
+            print(f"{method:>14} {weather:>5}: PSNR {np.mean(p):6.2f} dB  SSIM {np.mean(s):.4f}"
+                  + (f"  flat {np.mean(f):6.2f} dB" if f else ""), flush=True)
     return scores
 
 
@@ -104,14 +137,43 @@ def real_snow_figure(folder: Path, restorer: Restorer, out: Path, height: int = 
     return out
 
 
+def clean_figure(testset: Path, restorer: Restorer, out: Path, gain: float = 8.0) -> Path:
+    """The clean test photo with the most flat area (of the first CLEAN_COUNT): input | output |
+    ``gain`` x |output - input| on grey, one JPEG for docs/: a pattern the network prints on a clean
+    sky is visible here before it moves a PSNR."""
+    photos = [clean for _, _, clean in load_test_set(testset, WEATHERS[0])[:CLEAN_COUNT]]
+    photo = max(photos, key=lambda x: int(flat_mask(x).sum()))
+    restored = quantize(restorer(photo))
+    original = quantize(photo)
+    diff = np.clip(128 + gain * (restored.astype(np.float32) - original.astype(np.float32)), 0, 255)
+    panels = [original, restored, diff.astype(np.uint8)]
+    labels = ("clean input", "output", f"{gain:g} x (output - input)")
+    width = sum(p.shape[1] for p in panels)
+    sheet = Image.new("RGB", (width, photo.shape[0]), (255, 255, 255))
+    x = 0
+    for panel, label in zip(panels, labels):
+        im = Image.fromarray(panel)
+        draw = ImageDraw.Draw(im)
+        draw.rectangle((0, 0, 8 + 7 * len(label), 14), fill=(0, 0, 0))
+        draw.text((4, 2), label, fill=(255, 255, 255))
+        sheet.paste(im, (x, 0))
+        x += im.width
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, quality=90)
+    return out
+
+
 def _table(scores: dict[str, dict[str, dict[str, float]]]) -> str:
-    lines = ["| method | " + " | ".join(f"{w} PSNR / SSIM" for w in WEATHERS) + " |",
-             "|---|" + "---|" * len(WEATHERS)]
+    columns = (*WEATHERS, CLEAN)
+    lines = ["| method | " + " | ".join(f"{w} PSNR / SSIM" for w in WEATHERS) + " | clean PSNR / flat PSNR |",
+             "|---|" + "---|" * len(columns)]
     for method, by_weather in scores.items():
         cells = [
             f"{by_weather[w]['psnr']:.2f} / {by_weather[w]['ssim']:.3f}" if w in by_weather else ""
             for w in WEATHERS
         ]
+        clean = by_weather.get(CLEAN)
+        cells.append(f"{clean['psnr']:.2f} / {clean['flat_psnr']:.2f}" if clean else "")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -129,6 +191,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="store the scores in the weather-unified entry (headline: ort-tiled)")
     parser.add_argument("--real-snow", type=Path, help="folder of real snowy photos -> --figure")
     parser.add_argument("--figure", type=Path, default=Path("docs/weather_real_snow.jpg"))
+    parser.add_argument("--clean-figure", type=Path,
+                        help="write the no-harm figure (clean photo | ONNX output | amplified difference) here")
     parser.add_argument("--json", type=Path, help="also write the scores here")
     parser.add_argument("--limit", type=int, help="first N images per weather (smoke runs)")
     return parser.parse_args(argv)
@@ -138,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     write_test_set(args.bsds, args.testset)
     restorers: dict[str, dict[str, Restorer]] = {}
-    everywhere = dict.fromkeys(WEATHERS)
+    everywhere = dict.fromkeys((*WEATHERS, CLEAN))  # one blind student: every weather, and clean photos
     if "input" in args.methods:
         restorers["input"] = {w: (lambda x: x) for w in WEATHERS}
     if "teacher" in args.methods and args.teachers:
@@ -167,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.real_snow and entry is not None:
         session = _session(args.manifest.parent / entry["file"])
         print(real_snow_figure(args.real_snow, lambda x: whole_forward(session, quantize(x)), args.figure))
+    if args.clean_figure and entry is not None:
+        session = _session(args.manifest.parent / entry["file"])
+        print(clean_figure(args.testset, lambda x: whole_forward(session, quantize(x)), args.clean_figure))
     if args.write_manifest:
         if entry is None or "ort-tiled" not in scores or args.limit:
             raise SystemExit(f"--write-manifest needs {NAME} in the manifest, the ort-tiled method "
