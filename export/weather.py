@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -50,37 +51,83 @@ CHECK_TILE = 512  # half the default 1024: six tiles on the sample, seams throug
 SAMPLE = Path(__file__).with_name("weather_sample.png")
 
 
-def _prelu_slopes(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """PReLU slopes by ``state_dict`` key: the exporter renames them (``onnx::PRelu_N``), but the
-    node's scope (``/head_blocks/head_blocks.0/relu/PRelu``) still spells the module path."""
-    slopes = {}
+def _module_path(node_name: str) -> str:
+    """The module path in an exported node's scope: ``/head_blocks/head_blocks.0/relu/PRelu`` ->
+    ``head_blocks.0.relu`` (a container's child repeats the container's name: replace it)."""
+    segments: list[str] = []
+    for part in node_name.strip("/").split("/")[:-1]:
+        if segments and part.startswith(segments[-1] + "."):
+            segments[-1] = part
+        else:
+            segments.append(part)
+    return ".".join(segments)
+
+
+#: What a renamed parameter feeds: the exporter folds ``weight[:, None, None]`` (LayerNorm) into a new
+#: constant and names PReLU slopes ``onnx::PRelu_N``, but the consuming node's scope still spells
+#: the module, and the operator says which of its parameters it is.
+_RENAMED = {"PRelu": "weight", "Mul": "weight", "Add": "bias"}
+
+
+def _renamed_parameters(
+    model: onnx.ModelProto, arrays: dict[str, np.ndarray], reference: Mapping[str, torch.Tensor]
+) -> dict[str, np.ndarray]:
+    """State-dict keys whose initializer the exporter renamed, found by the consuming node's scope."""
+    found = {}
     for node in model.graph.node:
-        if node.op_type != "PRelu" or node.input[1] not in arrays:
+        kind = _RENAMED.get(node.op_type)
+        if kind is None:
             continue
-        segments: list[str] = []  # a container's child repeats the container's name: replace it
-        for part in node.name.strip("/").split("/")[:-1]:
-            if segments and part.startswith(segments[-1] + "."):
-                segments[-1] = part
-            else:
-                segments.append(part)
-        slopes[".".join(segments) + ".weight"] = arrays[node.input[1]]
-    return slopes
+        for name in node.input:
+            key = f"{_module_path(node.name)}.{kind}"
+            if name in arrays and name not in reference and key in reference \
+                    and arrays[name].size == reference[key].numel():
+                found[key] = arrays[name]
+    return found
 
 
-def weather_from_onnx(model: onnx.ModelProto) -> MSBDN:
-    """Rebuild the PyTorch network of an exported model from its own initializers (benchmarks,
-    checks); width and bottleneck depth are read off the weights."""
+def _state_from_onnx(model: onnx.ModelProto, network: torch.nn.Module) -> dict[str, torch.Tensor]:
     arrays = onnx_initializers(model)
-    base = arrays["head.1.weight"].shape[0]
-    blocks = len({k.split(".")[1] for k in arrays if k.startswith("bottleneck.")})
-    network = MSBDN(MSBDNConfig(width=base / 16, res_blocks=blocks))
     reference = network.state_dict()
-    slopes = _prelu_slopes(model, arrays)
-    plain = {k: v for k, v in reference.items() if k not in slopes}
-    state = state_dict_from_onnx(model, plain)
-    for key, value in slopes.items():
-        state[key] = torch.from_numpy(value.copy()).reshape(reference[key].shape)
-    network.load_state_dict(state, strict=True)
+    renamed = _renamed_parameters(model, arrays, reference)
+    state = state_dict_from_onnx(model, {k: v for k, v in reference.items() if k not in renamed})
+    for key, value in renamed.items():
+        state[key] = torch.from_numpy(value.copy()).reshape(reference[key].shape).to(reference[key].dtype)
+    return state
+
+
+#: ONNX metadata key holding a WeatherNet's config (JSON): its channel statistics (mean or DCT) are
+#: constant operators, not weights, so the initializers alone cannot say which network it is.
+CONFIG_KEY = "weathernet_config"
+
+
+def write_config(path: Path, model: MSBDN | WeatherNet) -> None:
+    """Store a WeatherNet's config in its ONNX file's metadata (nothing for MSBDN-RDFF, whose
+    size is read off its weights); computation and outputs are unchanged."""
+    if not isinstance(model, WeatherNet):
+        return
+    proto = onnx.load(str(path))
+    entries = {p.key: p.value for p in proto.metadata_props}
+    entries[CONFIG_KEY] = json.dumps(model.config.as_dict())
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def weather_from_onnx(model: onnx.ModelProto) -> MSBDN | WeatherNet:
+    """Rebuild the PyTorch network of an exported model from its own initializers (benchmarks,
+    checks): a WeatherNet from the config in its metadata (``write_config``), an MSBDN-RDFF
+    with width and bottleneck depth read off the weights."""
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if CONFIG_KEY in metadata:
+        network = WeatherNet(WeatherNetConfig.from_dict(json.loads(metadata[CONFIG_KEY])))
+        network.load_state_dict(_state_from_onnx(model, network), strict=True)
+        return network.eval()
+    base = onnx_initializers(model)["head.1.weight"].shape[0]
+    blocks = len({k.split(".")[1] for k in onnx_initializers(model) if k.startswith("bottleneck.")})
+    network = MSBDN(MSBDNConfig(width=base / 16, res_blocks=blocks))
+    network.load_state_dict(_state_from_onnx(model, network), strict=True)
     return network.eval()
 
 
@@ -253,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, _ = load_student(args.checkpoint)
     path = args.out / f"{NAME}.onnx"
     diff = export_onnx(model, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80))
+    write_config(path, model)
     overlap, tried = choose_overlap(_session(path), sample_image())
     stages = {f"teacher_{w}": p for w, p in zip(("rain", "haze", "snow"), args.teachers)}
     stages["stage1"] = args.stage1

@@ -35,3 +35,34 @@ def test_summary_names_the_architecture_and_counts_parameters() -> None:
     assert summary["parameters"] == sum(p.numel() for p in net.parameters())
     msbdn = network_summary(MSBDN(MSBDNConfig(width=0.125, res_blocks=1)))
     assert msbdn["architecture"].startswith("MSBDN") and msbdn["res_blocks"] == 1
+
+
+def test_a_weathernet_onnx_file_rebuilds_the_same_network(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The config travels in the file's metadata (the DCT statistics are constant operators, not
+    weights), so benchmarks rebuild the PyTorch network from the ONNX file alone."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from export.onnx_export import export_onnx, run_onnx
+    from export.weather import CONFIG_KEY, weather_from_onnx, write_config
+    from models.weathernet import WeatherNet, WeatherNetConfig
+
+    torch.manual_seed(0)
+    config = WeatherNetConfig(width=8, max_channels=16, encoder_blocks=(0, 1, 1, 1), middle_blocks=1,
+                              decoder_blocks=(0, 1, 0, 1), attention="pool", head="residual")
+    network = WeatherNet(config).eval()
+    for parameter in network.parameters():  # away from the identity, so a wrong rebuild shows
+        parameter.data.add_(0.02 * torch.randn_like(parameter))
+    path = tmp_path / "w.onnx"
+    export_onnx(network, path, (1, 3, 32, 32), check_shape=(1, 3, 48, 64))
+    before = run_onnx(path, np.random.default_rng(0).random((1, 3, 32, 48), dtype=np.float32))
+    write_config(path, network)
+    proto = onnx.load(str(path))
+    assert CONFIG_KEY in {p.key for p in proto.metadata_props}
+    rebuilt = weather_from_onnx(proto)
+    assert rebuilt.config == config
+    x = np.random.default_rng(0).random((1, 3, 32, 48), dtype=np.float32)
+    np.testing.assert_allclose(run_onnx(path, x), before, atol=0)
+    with torch.no_grad():
+        np.testing.assert_allclose(rebuilt(torch.from_numpy(x)).numpy(), before, atol=1e-4)
