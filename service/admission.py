@@ -6,8 +6,10 @@ Each step refuses (413, or 503 with Retry-After) before the next one spends anyt
    budget (``uploads.read_upload``);
 2. the header alone (``codecs.probe``): size and channels, so the model is chosen and its tiles
    are planned without decoding a pixel;
-3. the model's queue: the estimated seconds of work due before this request (``scheduler.admit``);
-4. decoded pixels in flight (the runtime's pixel budget);
+3. the model's queue: the estimated seconds of work due before this request (``scheduler.admit``;
+   a multi-scale /edges request takes one place per scale, priced together on their resized
+   sizes, after ``multiscale.scaled_sizes`` has checked those sizes: 422);
+4. decoded pixels in flight (the runtime's pixel budget; with several scales, the resized copies too);
 
 and only then is the image decoded, after which its body bytes are given back. With
 ``sigma=auto`` the model is chosen once more after decoding, from the image's estimated noise
@@ -30,7 +32,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from service import codecs
+from service import codecs, multiscale
+from service.multiscale import ScaledSize
 from service.noise_level import NoiseEstimate, estimate_noise, pick_sigma
 from service.pipeline import plan_for
 from service.runtime import ModelState, Runtime
@@ -43,7 +46,8 @@ from service.uploads import read_upload
 class Admitted:
     image: codecs.DecodedImage
     state: ModelState
-    ticket: Ticket  # the request's place in the model's queue
+    tickets: tuple[Ticket, ...]  # the request's places in the model's queue, one per size
+    sizes: tuple[ScaledSize, ...]  # what the model sees: the image itself, or its scales (/edges?scales=)
     decode_seconds: float
     noise: NoiseEstimate | None = None  # sigma=auto only: what was measured
     estimate_seconds: float = 0.0
@@ -58,7 +62,9 @@ async def release_holds(request: Request) -> AsyncIterator[None]:
         yield
 
 
-async def admit(request: Request, runtime: Runtime, *, task: Task, sigma: Sigma) -> Admitted:
+async def admit(
+    request: Request, runtime: Runtime, *, task: Task, sigma: Sigma, scales: tuple[float, ...] = multiscale.SINGLE
+) -> Admitted:
     """Read, price and decode the request's image, refusing as early as possible."""
     settings = runtime.settings
     holds: AsyncExitStack = request.state.holds
@@ -70,14 +76,15 @@ async def admit(request: Request, runtime: Runtime, *, task: Task, sigma: Sigma)
         level = pick_sigma(NoiseEstimate(None), _ready_sigmas(runtime, task, header.channels))
     state = runtime.select(task, channels=header.channels, sigma=level)
     assert state.scheduler is not None
-    plan = plan_for(state.spec, settings, header.height, header.width, state.tile, state.granule)
-    ticket = holds.enter_context(state.scheduler.reserve(plan.work))
-    holds.enter_context(runtime.pixels.hold(header.pixels))
+    sizes = multiscale.scaled_sizes(scales, header.height, header.width, settings.max_pixels)
+    works = [plan_for(state.spec, settings, s.height, s.width, state.tile, state.granule).work for s in sizes]
+    tickets = holds.enter_context(state.scheduler.reserve_parts(works))
+    holds.enter_context(runtime.pixels.hold(header.pixels + sum(s.pixels for s in sizes if s.scale != 1.0)))
     started = time.perf_counter()
     image = await asyncio.to_thread(codecs.decode, data, settings.max_pixels)
     del data
     body.release()
-    admitted = Admitted(image, state, ticket, time.perf_counter() - started)
+    admitted = Admitted(image, state, tickets, sizes, time.perf_counter() - started)
     return await _by_noise_level(runtime, holds, task, admitted) if sigma == "auto" else admitted
 
 
@@ -87,7 +94,7 @@ def _ready_sigmas(runtime: Runtime, task: Task, channels: int) -> list[float | N
 
 async def _by_noise_level(runtime: Runtime, holds: AsyncExitStack, task: Task, admitted: Admitted) -> Admitted:
     """``sigma=auto``: estimate the image's noise level and move to the model it picks."""
-    image, state, ticket = admitted.image, admitted.state, admitted.ticket
+    image, state, (ticket,) = admitted.image, admitted.state, admitted.tickets  # denoise: one size
     started = time.perf_counter()
     estimate = await asyncio.to_thread(estimate_noise, image.color, image.max_value)
     seconds = time.perf_counter() - started
@@ -98,4 +105,4 @@ async def _by_noise_level(runtime: Runtime, holds: AsyncExitStack, task: Task, a
         new_ticket = holds.enter_context(chosen.scheduler.reserve(plan.work))
         state.scheduler.release(ticket)  # idempotent: the exit stack's release later does nothing
         state, ticket = chosen, new_ticket
-    return dataclasses.replace(admitted, state=state, ticket=ticket, noise=estimate, estimate_seconds=seconds)
+    return dataclasses.replace(admitted, state=state, tickets=(ticket,), noise=estimate, estimate_seconds=seconds)

@@ -18,14 +18,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from service import codecs
+from service import codecs, multiscale
 from service.admission import Admitted, admit, release_holds
 from service.errors import BadRequest, ServiceError, Unauthorized
 from service.metrics import Metrics
 from service.negotiation import MEDIA_TYPES, choose_format
 from service.noise_level import AUTO_RULE
 from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
-from service.pipeline import plan_for, quantize, restore
+from service.pipeline import plan_for, quantize, restore_scales
 from service.runtime import ModelState, Runtime
 from service.scheduler import Progress
 from service.settings import Settings
@@ -137,6 +137,7 @@ class Operation:
     choose_output: OutputChooser  # the output format, once the image is decoded (before inference)
     encode: Callable[[ModelRun], bytes]  # model output -> file bytes, run off the event loop
     sigma: Sigma = None
+    scales: tuple[float, ...] = multiscale.SINGLE  # /edges?scales=: the model at each, maps averaged
 
 
 @dataclass
@@ -150,8 +151,8 @@ class Prepared:
     headers: dict[str, str]
 
     def tile_count(self, settings: Settings) -> int:
-        state, image = self.admitted.state, self.admitted.image
-        return plan_for(state.spec, settings, image.height, image.width, state.tile, state.granule).count
+        state = self.admitted.state
+        return sum(plan_for(state.spec, settings, s.height, s.width, state.tile, state.granule).count for s in self.admitted.sizes)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ async def prepare(request: Request, operation: Operation) -> Prepared:
     budgets), decode, and settle the output format. What it holds is on ``request.state.holds``."""
     runtime = runtime_of(request)
     timer = StageTimer()
-    admitted = await admit(request, runtime, task=operation.task, sigma=operation.sigma)  # admission.py
+    admitted = await admit(request, runtime, task=operation.task, sigma=operation.sigma, scales=operation.scales)  # admission.py
     timer.add("decode", admitted.decode_seconds)
     headers: dict[str, str] = {}
     if admitted.noise is not None:  # sigma=auto
@@ -188,9 +189,9 @@ async def run_model(prepared: Prepared, settings: Settings, progress: Progress |
     admitted = prepared.admitted
     state = admitted.state
     assert state.scheduler is not None
-    restored = await restore(
-        state.scheduler, state.spec, settings, admitted.image,
-        tile=state.tile, granule=state.granule, ticket=admitted.ticket, progress=progress,
+    restored = await restore_scales(
+        state.scheduler, state.spec, settings, admitted.image, admitted.sizes,
+        tile=state.tile, granule=state.granule, tickets=admitted.tickets, progress=progress,
     )
     prepared.timer.add("queue", restored.queue_seconds)
     prepared.timer.add("infer", restored.infer_seconds)

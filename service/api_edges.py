@@ -1,4 +1,4 @@
-"""POST /edges: HED edge probabilities, optionally thinned or thresholded, as a one-channel image."""
+"""POST /edges: HED edge probabilities, optionally multi-scale, thinned or thresholded, as a one-channel image."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from service import codecs, edgemaps
+from service import codecs, edgemaps, multiscale
 from service.api import MODEL_DEPENDENCIES, FormatQuery, ModelRun, Operation, image_accept, respond, runtime_of
 from service.negotiation import choose_format
 from service.openapi import IMAGE_BODY, IMAGE_RESPONSES
@@ -45,10 +45,23 @@ async def edges_operation(
         Depth,
         Query(description="Bits per pixel, 8 or 16; 16 keeps the raw probabilities (PNG and TIFF only).", examples=[16]),
     ] = Depth.EIGHT,
+    scales: Annotated[
+        str | None,
+        Query(
+            description=(
+                "Multi-scale inference: comma-separated factors (at most 4, each 0.1 to 2), e.g. `0.5,1,1.5`, the usual "
+                "set. The model runs on the input resized by each factor (bilinear; tiled like any request) and the "
+                "maps are resized back and averaged. Costs the sum of the squared factors times the pixels: 3.5x for "
+                "0.5,1,1.5. Omitted: the input at its own size. 422 when a resized image would exceed the pixel limit."
+            ),
+            examples=["0.5,1,1.5"],
+        ),
+    ] = None,
     format: FormatQuery = None,
 ) -> Operation:
     """/edges' parameters (shared by POST /edges and POST /v1/jobs/edges)."""
     accept = image_accept(request)
+    factors = multiscale.parse_scales(scales)  # 422 before the body is read; sizes are checked on the header
 
     def unfit(fmt: OutputFormat, width: int = 1, height: int = 1) -> str | None:
         if depth == 16 and fmt not in ("png", "tiff"):
@@ -74,6 +87,7 @@ async def edges_operation(
         "edges",
         choose_output=lambda image: choose_format(format, accept, "png", unfit=lambda f: unfit(f, image.width, image.height)),
         encode=encode,
+        scales=factors,
     )
 
 

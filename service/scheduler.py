@@ -35,7 +35,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -178,9 +178,16 @@ class ModelScheduler:
 
     def admit(self, work: int) -> Ticket:
         """Take a place for ``work`` pixels, or refuse with 503 when more than the limit is due before it."""
+        (ticket,) = self.admit_parts([work])
+        return ticket
+
+    def admit_parts(self, works: Sequence[int]) -> tuple[Ticket, ...]:
+        """Places for one request run as several jobs (``/edges?scales=``: one per scale), priced and
+        ordered as one request of their total work: one check against the limit (a request's own
+        parts are never the work ahead of it), one deadline, its parts in the order given."""
         if self._stopped:
             raise ModelUnavailable(f"model {self.name} is shutting down")
-        deadline = self._clock + work
+        deadline = self._clock + sum(works)
         ahead = self.queued_seconds(deadline)
         if ahead > self._max_queue_s:
             self._metrics.rejections.labels(self.name).inc()
@@ -190,10 +197,11 @@ class ModelScheduler:
                 f"(limit {self._max_queue_s:g} s); retry in {retry} s",
                 headers={"Retry-After": str(retry)},
             )
-        ticket = Ticket(work, deadline, next(self._order))
-        bisect.insort(self._tickets, ticket, key=_due)
+        tickets = tuple(Ticket(work, deadline, next(self._order)) for work in works)
+        for ticket in tickets:
+            bisect.insort(self._tickets, ticket, key=_due)
         self._publish()
-        return ticket
+        return tickets
 
     def release(self, ticket: Ticket) -> None:
         """Leave the queue (idempotent); an unfinished job's tiles are dropped and counted."""
@@ -206,11 +214,18 @@ class ModelScheduler:
     @contextmanager
     def reserve(self, work: int) -> Iterator[Ticket]:
         """``admit`` for the duration of a block: decoding happens inside, holding the place."""
-        ticket = self.admit(work)
-        try:
+        with self.reserve_parts([work]) as (ticket,):
             yield ticket
+
+    @contextmanager
+    def reserve_parts(self, works: Sequence[int]) -> Iterator[tuple[Ticket, ...]]:
+        """``admit_parts`` for the duration of a block."""
+        tickets = self.admit_parts(works)
+        try:
+            yield tickets
         finally:
-            self.release(ticket)
+            for ticket in tickets:
+                self.release(ticket)
 
     async def run(self, job: TileJob, ticket: Ticket | None = None) -> None:
         """Queue ``job`` (on ``ticket``, or admitted now) and wait until every tile is delivered.
@@ -305,9 +320,10 @@ class ModelScheduler:
         self._metrics.tiles.labels(self.name).inc(len(batch))
         for job in {job for job, _ in batch}:
             job.infer_seconds += seconds
-            job.delivered += sum(1 for j, _ in batch if j is job)
-            if job.progress is not None:
-                job.progress.done = job.delivered
+            delivered = sum(1 for j, _ in batch if j is job)
+            job.delivered += delivered
+            if job.progress is not None:  # added, not set: a multi-scale request's jobs share one Progress
+                job.progress.done += delivered
             if job.delivered == job.count and job.done is not None and not job.done.done():
                 job.done.set_result(None)
 

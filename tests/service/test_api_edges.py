@@ -102,3 +102,28 @@ async def test_tiled_service_output_matches_whole_image_inference(client: httpx.
     padded = np.pad(image, ((0, 4), (0, 0), (0, 0)), mode="reflect")  # to the model's multiple of 16
     whole = session.run(None, {"input": padded.transpose(2, 0, 1)[None].astype(np.float32) / 255})[0][0, 0, :300]
     assert np.abs(tiled - whole).max() < 2e-3
+
+
+async def test_multiscale_matches_whole_image_multiscale_inference(client: httpx.AsyncClient) -> None:
+    """?scales=0.5,1,1.5 on the real model against the computation written out with Pillow and
+    whole-image ORT runs: resize the photo bilinearly, run it whole, resize the fused map back
+    bilinearly, average. At 1.5 the 168x176 photo is 252x264, two of the fixture's 256 px tiles
+    (HED's 242 px overlap makes every extra tile cost a whole one, so the image is kept small)."""
+    rng = np.random.default_rng(1)
+    image = np.clip(shapes(168, 176) + rng.normal(0, 8, (168, 176, 3)), 0, 255).astype(np.uint8)
+    response = await post(client, "?scales=0.5,1,1.5&depth=16", image=image)
+    assert response.status_code == 200, response.text
+    served = codecs.decode(response.content, 10**6).color
+    assert served.shape == (168, 176, 1)
+    session = ort.InferenceSession(str(MODELS_DIR / f"{HED}.onnx"), providers=["CPUExecutionProvider"])
+    maps = []
+    for scale in (0.5, 1.0, 1.5):
+        height, width = round(168 * scale), round(176 * scale)
+        scaled = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+        padded = np.pad(scaled, ((0, -height % 16), (0, -width % 16), (0, 0)), mode="reflect")
+        fused = session.run(None, {"input": padded.transpose(2, 0, 1)[None].astype(np.float32) / 255})[0][0, 0, :height, :width]
+        maps.append(np.asarray(Image.fromarray(fused, mode="F").resize((176, 168), Image.Resampling.BILINEAR)))
+    reference = np.clip(np.mean(maps, axis=0), 0, 1)
+    assert np.abs(served[:, :, 0] / 65535 - reference).max() < 2e-3
+    single = codecs.decode((await post(client, "?depth=16", image=image)).content, 10**6).color[:, :, 0] / 65535
+    assert np.abs(single - reference).mean() > 1e-3  # three scales are not one

@@ -266,7 +266,7 @@ async def test_without_a_jobs_dir_results_live_in_a_temporary_folder_removed_at_
 async def test_openapi_documents_the_job_routes(client: httpx.AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     submit = schema["paths"]["/v1/jobs/edges"]["post"]
-    assert {p["name"] for p in submit["parameters"]} == {"thin", "threshold", "side", "depth", "format"}
+    assert {p["name"] for p in submit["parameters"]} == {"thin", "threshold", "side", "depth", "scales", "format"}
     assert {"202", "413", "415", "422", "503"} <= set(submit["responses"])
     assert "Location" in submit["responses"]["202"]["headers"]
     assert set(schema["paths"]["/v1/jobs/{job_id}"]) == {"get", "delete"}

@@ -154,6 +154,27 @@ async def test_a_reserved_place_counts_before_its_image_is_decoded_and_is_given_
     sched.admit(10 * TILE)  # alone in the queue: admitted, however big
 
 
+async def test_a_request_in_parts_is_priced_and_ordered_as_one_request() -> None:
+    """/edges?scales= runs one job per scale. Its parts are admitted as one request of their total
+    work: its own earlier parts are not work ahead of its later ones (one at a time, the third
+    part would see the first two, 12 s > 5 s, and be refused), they share one deadline, and they
+    are served in the order given, before a request admitted after them."""
+    gate = threading.Event()
+    engine = BoxEngine(radius=0, gate=gate)
+    sched, _ = scheduler(engine, max_batch=1, pixels_per_s=TILE, max_queue_s=5)
+    with sched.reserve_parts([6 * TILE, 6 * TILE, 6 * TILE]) as parts:
+        assert len({t.deadline for t in parts}) == 1 and sched.queued_seconds() == pytest.approx(18)
+        with pytest.raises(Overloaded):
+            sched.admit(TILE * 20)  # someone else's request due after all 18 s of them
+        sched.start()
+        runs = [asyncio.create_task(sched.run(job(6, float(k)), ticket)) for k, ticket in enumerate(parts)]
+        gate.set()
+        await asyncio.gather(*runs)
+    assert served(engine) == [float(k) for k in range(3) for _ in range(6)]
+    assert sched.queued_seconds() == 0
+    await sched.stop()
+
+
 async def test_speed_estimate_follows_the_batches() -> None:
     sched, _ = scheduler(BoxEngine(radius=0, delay=0.01), pixels_per_s=1e12)
     sched.start()
