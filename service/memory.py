@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import functools
 import threading
+import time
 
 #: Requests that held at least this many decoded pixels, or body bytes, trim when they let go:
 #: below it the freed memory is small and soon reused, and trimming after every request would cost
@@ -23,7 +24,8 @@ TRIM_BYTES = 16 * 2**20
 #: on in its exception's traceback until the error response is sent.
 TRIM_DELAY_S = 1.0
 
-_pending = threading.Lock()  # held from scheduling a trim until it has run: at most one waits
+_guard = threading.Lock()
+_quiet_until = 0.0  # monotonic time before which a new trim is not scheduled (one is on its way)
 
 
 @functools.cache
@@ -46,19 +48,19 @@ def trim() -> bool:
 
 def trim_soon() -> bool:
     """``trim`` in a thread of its own (it never holds the event loop), TRIM_DELAY_S from now when
-    called on the event loop, at once elsewhere; False (nothing scheduled) when a trim is already
-    waiting, so a stream of requests ending together costs one trim, not one each."""
-    if not _pending.acquire(blocking=False):
-        return False
-
-    def run() -> None:
-        try:
-            trim()
-        finally:
-            _pending.release()
+    called on the event loop, at once elsewhere; False (nothing scheduled) when one was scheduled
+    less than TRIM_DELAY_S ago, so a stream of requests ending together costs one trim, not one
+    each. A deadline, not a flag cleared by the trim: a trim whose event loop closes before it
+    runs must not disable the ones after it."""
+    global _quiet_until
+    with _guard:
+        now = time.monotonic()
+        if now < _quiet_until:
+            return False
+        _quiet_until = now + TRIM_DELAY_S
 
     def start() -> None:
-        threading.Thread(target=run, name="malloc-trim").start()
+        threading.Thread(target=trim, name="malloc-trim").start()
 
     try:
         asyncio.get_running_loop().call_later(TRIM_DELAY_S, start)
