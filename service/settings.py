@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.types import Device
@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         0, ge=0, le=256,
         description="Most tiles in one inference batch; 0 = 8 on CUDA, 1 on CPU (where batching buys no speed).",
+    )
+    precision: Literal["auto", "float32", "int8"] = Field(
+        "auto",
+        description="auto: a model's int8 variant (manifest) on a CPU with an 8-bit dot product (VNNI, AMX, Arm SDOT), float32 elsewhere and on CUDA; int8: the variant wherever one exists; float32: never.",
     )
     max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a partial batch waits for more tiles.")
     batch_seconds: float = Field(
@@ -122,6 +126,31 @@ class Settings(BaseSettings):
         3600.0, gt=0, le=7 * 86400, description="How long a finished job and its result are kept; then they are deleted (410)."
     )
 
+    # Ray Serve only (service.ray_serve): how each replica is reserved and how many run. `make run`
+    # and the Docker image ignore them.
+    serve_num_cpus: float = Field(
+        1.0, gt=0, le=1024,
+        description="Ray Serve: CPUs reserved per replica; with RESTORE_INTRA_OP_THREADS=0 its ONNX Runtime threads follow this share (at least 1).",
+    )
+    serve_num_gpus: float | None = Field(
+        None, ge=0, le=64,
+        description="Ray Serve: GPUs per replica, fractions allowed (0.5: two replicas share a GPU); empty = 1 when RESTORE_DEVICE=cuda or the Ray cluster has GPUs (auto), else 0.",
+    )
+    serve_min_replicas: int = Field(1, ge=0, le=1024, description="Ray Serve: fewest replicas; equal to RESTORE_SERVE_MAX_REPLICAS turns autoscaling off.")
+    serve_max_replicas: int = Field(1, ge=1, le=1024, description="Ray Serve: most replicas the autoscaler starts.")
+    serve_target_ongoing_requests: float = Field(
+        2.0, gt=0, le=1024,
+        description="Ray Serve: the autoscaler adds replicas when the requests in flight per replica (queued in the app included) stay above this, and removes them below it.",
+    )
+    serve_max_queued_requests: int = Field(
+        16, ge=0, le=100_000,
+        description="Ray Serve: requests each proxy holds while every replica is full; beyond it Serve answers 503 with Retry-After.",
+    )
+    serve_ready_timeout_s: float = Field(
+        600.0, gt=0, le=86400,
+        description="Ray Serve: how long a new replica may take to load its required models; past it the replica fails to start and Serve replaces it.",
+    )
+
     @field_validator("jobs_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -133,6 +162,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> Settings:
+        if self.serve_min_replicas > self.serve_max_replicas:
+            raise ValueError(f"RESTORE_SERVE_MIN_REPLICAS ({self.serve_min_replicas}) exceeds RESTORE_SERVE_MAX_REPLICAS ({self.serve_max_replicas})")
+        return self
 
     def batch_limit(self, provider: str) -> int:
         """The batch size to use on ``provider`` (resolves max_batch=0)."""
