@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
                     "required": state.required,
                     "load_attempts": state.attempts,
                     "provider": state.provider,
+                    "precision": state.precision,
                     "speed_mp_per_s": None if state.scheduler is None else round(state.scheduler.pixels_per_s / 1e6, 4),
                     "tile": {
                         "size": state.tile or settings.tile_size,
@@ -140,6 +141,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
                 for state in runtime.models.values()
             ],
             "device": settings.device,
+            "precision": settings.precision,
+            "cpu_int8_flags": sorted(runtime.int8_flags),
             "max_batch_wait_ms": settings.max_batch_wait_ms,
             "max_queue_seconds": settings.max_queue_seconds,
         }

@@ -15,11 +15,38 @@ from typing import Any, TypeVar
 from service.types import Task
 
 _TASKS: frozenset[str] = frozenset({"denoise", "edges", "weather"})
+#: Precisions a manifest entry may list a variant file for (the float32 file is the entry itself).
+_PRECISIONS: frozenset[str] = frozenset({"int8"})
 T = TypeVar("T")
 
 
 class ManifestError(ValueError):
     """The manifest is malformed; raised at start-up, never per request."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another file of the same model in another numeric precision (``export.quantize``), with its
+    own checksum, provenance and measured quality and speed; which one runs is ``service.precision``'s call."""
+
+    precision: str
+    file: Path
+    sha256: str
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False)
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_entry(cls, precision: str, entry: dict[str, Any], root: Path) -> Variant:
+        return cls(
+            precision=precision,
+            file=root / _typed(entry, "file", str),
+            sha256=_typed(entry, "sha256", str).lower(),
+            provenance=dict(entry.get("provenance") or {}),
+            metrics=dict(entry.get("metrics") or {}),
+        )
+
+    def public(self) -> dict[str, Any]:
+        return {"file": self.file.name, "sha256": self.sha256, "provenance": self.provenance, "metrics": self.metrics}
 
 
 @dataclass(frozen=True)
@@ -36,6 +63,7 @@ class ModelSpec:
     default: bool
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+    variants: dict[str, Variant] = field(default_factory=dict, compare=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -62,6 +90,7 @@ class ModelSpec:
                 default=_typed(entry, "default", bool),
                 provenance=dict(entry.get("provenance") or {}),
                 metrics=dict(entry.get("metrics") or {}),
+                variants=_variants(entry.get("variants") or {}, root),
                 extra={k: v for k, v in entry.items() if k not in known},
             )
         except KeyError as exc:
@@ -84,6 +113,7 @@ class ModelSpec:
             "default": self.default,
             "provenance": self.provenance,
             "metrics": self.metrics,
+            **({"variants": {k: v.public() for k, v in self.variants.items()}} if self.variants else {}),
             **self.extra,
         }
 
@@ -94,6 +124,15 @@ def _typed(entry: dict[str, Any], key: str, kind: type[T]) -> T:
     if not isinstance(value, kind):
         raise TypeError(f"{key} must be a {kind.__name__}, not {value!r}")
     return value
+
+
+def _variants(entries: dict[str, Any], root: Path) -> dict[str, Variant]:
+    if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+        raise TypeError("variants must be an object of objects, one per precision")
+    unknown = set(entries) - _PRECISIONS
+    if unknown:
+        raise ValueError(f"unknown variant precisions {sorted(unknown)}; known: {sorted(_PRECISIONS)}")
+    return {precision: Variant.from_entry(precision, entry, root) for precision, entry in entries.items()}
 
 
 def load_manifest(models_dir: Path) -> list[ModelSpec]:

@@ -41,6 +41,9 @@ class Metrics:
             "restore_inference_seconds", "Wall time of one batch inference", ["model"], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.provider = Gauge("restore_execution_provider", "1 for the ONNX Runtime provider a model runs on", ["model", "provider"], registry=r)
+        self.precision = Gauge(
+            "restore_model_precision", "1 for the precision a model runs in (float32, int8: see RESTORE_PRECISION)", ["model", "precision"], registry=r
+        )
         self.model_ready = Gauge("restore_model_ready", "1 when the model loaded, verified and warmed up", ["model"], registry=r)
         self.jobs = Gauge("restore_jobs", "Jobs kept, by status (queued, running, succeeded, failed, cancelled)", ["status"], registry=r)
         self.job_result_bytes = Gauge("restore_job_result_bytes", "Bytes of job results on disk", registry=r)

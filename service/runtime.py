@@ -26,7 +26,8 @@ import numpy as np
 
 from service import memory
 from service.budget import Budget
-from service.engine import Engine, OrtEngine, resolve_providers
+from service import precision as policy
+from service.engine import CPU, Engine, OrtEngine, resolve_providers
 from service.errors import BadRequest, ModelUnavailable, public_detail
 from service.manifest import ManifestError, ModelSpec, load_manifest, select_specs, sha256_of
 from service.metrics import Metrics
@@ -53,6 +54,7 @@ class ModelState:
     tile: int = 0  # tile side chosen at load (see tiling.tile_side_for)
     granule: int = TILE_GRANULE  # grid tiles are shrunk on: coarse when batches mix requests
     attempts: int = 0
+    precision: policy.Precision = "float32"  # the file it runs (service.precision), chosen at load
 
     @property
     def provider(self) -> str | None:
@@ -64,10 +66,13 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         specs = select_specs(load_manifest(settings.models_dir), settings.models)
+        providers = [CPU]
         if engine_factory is None:
             providers = resolve_providers(settings.device)  # raises StartupError before we serve
             engine_factory = lambda spec: OrtEngine(spec.file, settings, providers, name=spec.name)  # noqa: E731
         self._engine_factory = engine_factory
+        self._first_provider = providers[0]
+        self.int8_flags = policy.cpu_int8_flags()
         required = settings.required_models or tuple(spec.name for spec in specs)
         unknown = sorted(set(required) - {spec.name for spec in specs})
         if unknown:
@@ -118,8 +123,11 @@ class Runtime:
         state.attempts += 1
         self.metrics.load_attempts.labels(name).inc()
         state.status, state.detail = "loading", "loading"
+        state.precision = policy.choose(
+            self.settings.precision, state.spec, provider=self._first_provider, int8_flags=self.int8_flags
+        )
         try:
-            engine, speed = await asyncio.to_thread(self._load, state.spec)
+            engine, speed = await asyncio.to_thread(self._load, policy.at_precision(state.spec, state.precision))
         except Exception as exc:  # any failure is reported per model; the others still load
             state.status, state.detail = "failed", public_detail(exc)
             self.metrics.model_ready.labels(name).set(0)
@@ -140,7 +148,8 @@ class Runtime:
         state.status, state.detail = "ready", "loaded, verified, warmed up"
         self.metrics.model_ready.labels(name).set(1)
         self.metrics.provider.labels(name, engine.provider).set(1)
-        log.info("model ready", extra={"model": name, "provider": engine.provider, "tile": state.tile, "mp_per_s": round(speed / 1e6, 3)})
+        self.metrics.precision.labels(name, state.precision).set(1)
+        log.info("model ready", extra={"model": name, "provider": engine.provider, "precision": state.precision, "tile": state.tile, "mp_per_s": round(speed / 1e6, 3)})
 
     def _load(self, spec: ModelSpec) -> tuple[Engine, float]:
         """The verified, warmed-up engine and its speed in pixels per second."""
