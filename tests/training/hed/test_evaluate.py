@@ -206,3 +206,35 @@ def test_cli_on_a_miniature_bsds(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert metrics["kept"] == 1
     assert set(metrics["bsds500_test"]) == {"ods", "ois", "ap", "ods_threshold", "thresholds"}
     assert metrics["by_method"]["Canny sigma=1.5"]["ods"] > 0.5  # clean synthetic edges
+
+
+def test_cli_multiscale_modes_and_two_threshold_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ort-ms`` / ``ort-tiled-ms`` score the multi-scale map (whole image and through the service's
+    tiling: on a clean synthetic image the two agree), ``--thresholds 9 5`` prints one table per
+    count from one pass, and the manifest gets the headline count with the other beside it."""
+    _mini_bsds(tmp_path / "bsds")
+    torch.manual_seed(0)
+    onnx_dir = tmp_path / "onnx"
+    export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), onnx_dir / "hed.onnx", (1, 3, 32, 32))
+    entry = {
+        "name": "hed-bsds500", "task": "edges", "file": "hed.onnx",
+        "sha256": sha256_file(onnx_dir / "hed.onnx"), "version": "0", "channels": 3,
+        "sigma": None, "overlap": 113, "multiple": 16, "default": True, "provenance": {}, "metrics": {},
+    }
+    write_manifest(onnx_dir / "manifest.json", [entry])
+    args = ["--data", str(tmp_path / "bsds"), "--manifest", str(onnx_dir / "manifest.json"), "--workers", "1"]
+    assert main([*args, "--modes", "ort-tiled", "ort-ms", "ort-tiled-ms", "--small-tile", "0", "--scales", "1.5", "0.5", "1",
+                 "--thresholds", "9", "5", "--write-manifest"]) == 0
+    out = capsys.readouterr().out
+    assert "2 images of test, 9 thresholds:" in out and "2 images of test, 5 thresholds:" in out
+    assert "wall time" in out
+    rows = {line.split(" | ")[0][2:]: line for line in out.splitlines() if line.startswith("| HED")}
+    assert set(rows) == {"HED ORT, tiled 1024", "HED ORT, whole image, scales 0.5,1,1.5", "HED ORT, tiled 1024, scales 0.5,1,1.5"}
+    metrics = json.loads((onnx_dir / "manifest.json").read_text())["models"][0]["metrics"]
+    assert metrics["bsds500_test"]["thresholds"] == 9 and set(metrics["bsds500_test"]["at_thresholds"]) == {"5"}
+    multi = metrics["bsds500_test_multiscale"]
+    assert multi["scales"] == [0.5, 1.0, 1.5] and multi["thresholds"] == 9
+    whole = metrics["by_method"]["HED ORT, whole image, scales 0.5,1,1.5"]
+    assert abs(whole["ods"] - multi["ods"]) < 0.02  # tiled (padded to 16) vs whole: the same map up to the padding
+    with pytest.raises(SystemExit):
+        main([*args, "--modes", "ort-ms", "--scales", "3"])  # the service's rules: at most 2
