@@ -83,10 +83,15 @@ def test_serve_config_file_is_valid_and_builds_the_app() -> None:
     assert application.import_path == "service.ray_serve:build" and application.route_prefix == "/"
     assert not application.deployments, "deployment options come from Settings, not the config file"
     env = {k: str(v) for k, v in application.runtime_env["env_vars"].items()}
-    with pytest.MonkeyPatch.context() as patch:
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve._private.utils import import_attr
+
+    with pytest.MonkeyPatch.context() as patch:  # what `serve run` does with the file: import, then build with args
         for key, value in env.items():
             patch.setenv(key, value)
-        deployment, _ = bound(**application.args)
+        app = call_user_app_builder_with_args_if_necessary(import_attr(application.import_path), application.args)
+    deployment = app._bound_deployment
+    assert deployment.name == ray_serve.DEPLOYMENT
     assert deployment._deployment_config.autoscaling_config.max_replicas == int(env["RESTORE_SERVE_MAX_REPLICAS"])
 
 
