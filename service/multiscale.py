@@ -34,8 +34,8 @@ from service.types import ImageArray
 
 #: Most scales one request may ask for: the work grows with each, and 0.5, 1, 1.5 is the usual set.
 MAX_SCALES = 4
-#: Bounds of one scale. Below 0.1 a photo is a few dozen pixels; above 2 the model sees edges far
-#: finer than it was trained on, at 4x the work of the input for that scale alone.
+#: Bounds of one scale. Below 0.1 a photo is a few dozen pixels wide; above 2 the copy is
+#: interpolated far past the detail the photo holds, at over 4x its work for that scale alone.
 MIN_SCALE, MAX_SCALE = 0.1, 2.0
 #: What ``scales=`` omitted means: the input at its own size, the single-scale path.
 SINGLE = (1.0,)
@@ -130,7 +130,7 @@ def resize_map(maps: npt.NDArray[np.float32], height: int, width: int) -> npt.ND
 
 
 def _resize_plane(plane: npt.NDArray[np.float32], height: int, width: int) -> npt.NDArray[np.float32]:
-    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # 2-D float32: mode F
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 

@@ -122,7 +122,7 @@ async def test_multiscale_matches_whole_image_multiscale_inference(client: httpx
         scaled = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
         padded = np.pad(scaled, ((0, -height % 16), (0, -width % 16), (0, 0)), mode="reflect")
         fused = session.run(None, {"input": padded.transpose(2, 0, 1)[None].astype(np.float32) / 255})[0][0, 0, :height, :width]
-        maps.append(np.asarray(Image.fromarray(fused, mode="F").resize((176, 168), Image.Resampling.BILINEAR)))
+        maps.append(np.asarray(Image.fromarray(fused).resize((176, 168), Image.Resampling.BILINEAR)))
     reference = np.clip(np.mean(maps, axis=0), 0, 1)
     assert np.abs(served[:, :, 0] / 65535 - reference).max() < 2e-3
     single = codecs.decode((await post(client, "?depth=16", image=image)).content, 10**6).color[:, :, 0] / 65535
