@@ -4,7 +4,7 @@ Usage::
 
     python -m training.dncnn.evaluate --data ../shared/data/denoise \\
         --manifest models/onnx/manifest.json [--models NAME ...] [--sets BSD68 Set12 CBSD68] \\
-        [--limit N] [--fp32-reference NAME=PATH.onnx] [--camera DIR] [--write-manifest]
+        [--limit N] [--fp32-reference NAME=PATH.onnx] [--camera DIR] [--int8 DIR] [--write-manifest]
 
 Protocol (the authors' MATLAB demo, in numpy):
 
@@ -22,6 +22,9 @@ blind models at 15, 25 and 50. ``--camera DIR`` adds, for every colour model, ea
 realistic CBSD68 set written by ``training.dncnn.camera_testset`` (steps 1-2 replaced by reading
 its 8-bit PNG or JPEG file), stored as ``metrics["CBSD68-camera"][family]``. ``--fp32-reference`` runs a float32-stored export of the same
 weights on the same jobs and records ``fp16_storage_delta_db`` = PSNR(fp16) - PSNR(fp32).
+``--int8 DIR`` runs each int8 variant listed in ``DIR/variants.json`` (``export.quantize make``) on
+its float model's jobs, the same noisy images, and stores its PSNR and ``delta_db`` = PSNR(int8) -
+PSNR(float32) per set and sigma in that file (``export.quantize ship`` reads them from there).
 """
 
 from __future__ import annotations
@@ -223,11 +226,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--write-manifest", action="store_true", help="store the metrics in the manifest"
     )
+    parser.add_argument("--int8", type=Path, metavar="DIR",
+                        help="also score the int8 variants of DIR/variants.json (export.quantize make)")
     parser.add_argument("--camera", type=Path,
                         help="realistic CBSD68 set (training.dncnn.camera_testset): score its families too")
     args = parser.parse_args(argv)
-    if args.write_manifest and args.limit:
-        parser.error("--write-manifest needs the full sets (drop --limit)")
+    if (args.write_manifest or args.int8) and args.limit:
+        parser.error("--write-manifest and --int8 record figures: they need the full sets (drop --limit)")
     return args
 
 
@@ -236,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # camera_testset, which reads test sets with this module's load_set, after it is loaded).
     from export.manifest import read_manifest, update_manifest
     from export.onnx_export import sha256_file
+    from export.quantize import read_variants, write_variants
     from training.dncnn.camera_noise import TEST_FAMILIES
     from training.dncnn.camera_testset import load_family
 
@@ -249,7 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"--fp32-reference expects NAME=PATH, got {item!r}")
         references[name] = ref_path
     families = [f.name for f in TEST_FAMILIES] if args.camera else []
-    jobs = plan_jobs(entries, root, args.models, args.sets, families)
+    variants = read_variants(args.int8) if args.int8 else {}
+    models = args.models or (sorted(variants) if args.int8 else None)
+    jobs = plan_jobs(entries, root, models, args.sets, families)
+    for name, variant in variants.items():
+        entry = next((e for e in entries if e["name"] == name), None)
+        if entry is None or entry["sha256"] != variant["float_sha256"]:
+            raise SystemExit(f"{name}: the int8 variant was made from another float file; quantize again")
+        if sha256_file(args.int8 / variant["file"]) != variant["sha256"]:
+            raise SystemExit(f"{name}: {variant['file']} changed since it was made; quantize again")
     noisy_files = {family: load_family(args.camera, family) for family in families}
     for path in sorted({job.path for job in jobs}):
         entry = next(e for e in entries if root / e["file"] == path)
@@ -292,6 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             deltas.setdefault(job.test_set, {})[str(job.sigma)] = round(delta, 6)
             print(f"  fp32-stored reference: {ref_value:.4f} dB, "
                   f"fp16 - fp32 = {delta:+.6f} dB", flush=True)
+        if job.model in variants:
+            variant = variants[job.model]
+            int8_value = float(np.mean(evaluate_set(make_session(args.int8 / variant["file"]), cache[key], *cell)))
+            measured = variant.setdefault("metrics", {})
+            measured.setdefault(job.test_set, {})[str(job.sigma)] = round(int8_value, 4)
+            measured.setdefault("delta_db", {}).setdefault(job.test_set, {})[str(job.sigma)] = round(int8_value - value, 4)
+            measured["note"] = "mean PSNR in dB, training.dncnn.evaluate protocol; delta_db = int8 - float32 on the same noisy images"
+            write_variants(args.int8, variants)  # after every cell: a long run keeps what it measured
+            print(f"  int8: {int8_value:.4f} dB, int8 - float32 = {int8_value - value:+.4f} dB", flush=True)
 
     print()
     print(_markdown(rows))

@@ -96,3 +96,34 @@ def test_camera_families_are_scored_for_colour_models(tmp_path: Path, capsys: py
     assert set(metrics["CBSD68-camera"]) == {"gaussian25-jpeg90-420", "poisson-gaussian", "poisson-gaussian-jpeg90-420"}
     assert set(metrics["CBSD68"]) == {"15", "25", "50"}
     assert 15 < metrics["CBSD68-camera"]["gaussian25-jpeg90-420"] < 25
+
+
+def test_int8_variants_are_scored_on_their_float_models_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--int8 scores each variant of variants.json on the same noisy images as its float model and
+    records PSNR and delta_db there (not in the manifest); a variant of another float file is refused.
+    The identity model's int8 twin keeps its float residual, so it loses nothing: delta about 0."""
+    from export.quantize import calibration_crops, quantize_model, read_variants, write_variants
+
+    onnx_dir = tmp_path / "onnx"
+    manifest = _identity_manifest(onnx_dir, "id", 1, 25)
+    rng = np.random.default_rng(0)
+    for test_set in ("BSD68", "Set12", "denoise/Train400"):
+        (tmp_path / "data" / test_set).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(40, 216, (30, 32), dtype=np.uint8)).save(tmp_path / "data" / test_set / f"{i}.png")
+    runs = tmp_path / "int8"
+    quantize_model(onnx_dir / "id.onnx", runs / "id.int8.onnx", calibration_crops(tmp_path / "data", 1, 25, count=4, size=24))
+    variant = {"file": "id.int8.onnx", "sha256": sha256_file(runs / "id.int8.onnx"), "float_sha256": sha256_file(onnx_dir / "id.onnx"),
+               "provenance": {}, "metrics": {}}
+    write_variants(runs, {"id": variant})
+
+    evaluate.main(["--data", str(tmp_path / "data"), "--manifest", str(manifest), "--int8", str(runs)])
+    assert "int8 - float32 = " in capsys.readouterr().out
+    measured = read_variants(runs)["id"]["metrics"]
+    assert set(measured["delta_db"]) == {"BSD68", "Set12"} and 18 < measured["BSD68"]["25"] < 24
+    assert all(abs(v) < 0.01 for cells in measured["delta_db"].values() for v in cells.values())
+    assert json.loads(manifest.read_text())["models"][0]["metrics"] == {}  # the manifest is ship's business
+
+    write_variants(runs, {"id": {**variant, "float_sha256": "an older export"}})
+    with pytest.raises(SystemExit, match="another float file"):
+        evaluate.main(["--data", str(tmp_path / "data"), "--manifest", str(manifest), "--int8", str(runs)])
