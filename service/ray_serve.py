@@ -34,12 +34,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 from typing import Any
 
 import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
+from ray.serve.exceptions import RayServeException
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,7 +90,7 @@ class Restore:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._replica = serve.get_replica_context().replica_tag
+        self._replica = _replica_id()
         self._runtime: Runtime | None = None
         self._started = False
         logs.configure(settings.log_level)
@@ -112,6 +114,15 @@ class Restore:
             self._started = True
         if not runtime.ready:
             raise ReplicaNotReady(f"replica {self._replica} is not ready: {json.dumps(runtime.not_ready())}")
+
+
+def _replica_id() -> str:
+    """Serve's id of this replica; in ``serve.run(..., _local_testing_mode=True)``, which runs the
+    replica in the calling process without a context, the process id."""
+    try:
+        return str(serve.get_replica_context().replica_tag)
+    except RayServeException:
+        return f"local-{os.getpid()}"
 
 
 def replica_gpus(settings: Settings) -> float:

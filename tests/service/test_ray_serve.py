@@ -156,3 +156,27 @@ async def test_every_answer_names_the_replica(tmp_path: Path) -> None:
             for response in (await client.get("/healthz"), await client.get("/nowhere"), await client.post("/denoise", content=b"")):
                 assert response.headers[ray_serve.REPLICA_HEADER] == "replica-7"
                 assert response.headers["X-Request-ID"]
+
+
+LOCAL_REPLICA = """
+import sys
+from ray import serve
+from service import ray_serve
+handle = serve.run(ray_serve.build({"models": "dncnn-gray-blind", "intra_op_threads": 1, "serve_ready_timeout_s": 300}),
+                   name="restore", route_prefix="/", _local_testing_mode=True)
+handle.check_health.remote().result(timeout_s=330)
+print("replica ready")
+"""
+
+
+def test_serve_runs_the_replica_lifespan_and_health_check_in_process() -> None:
+    """Serve's own replica wrapper, without Ray processes (``_local_testing_mode``): the constructor,
+    ``__serve_build_asgi_app__``, the app's lifespan and the health check. The check returns only
+    once the model is ready, which happens only if Serve ran the lifespan that starts the runtime.
+    In a child process: the replica's event loop and threads must not outlive the test."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    done = subprocess.run([sys.executable, "-c", LOCAL_REPLICA], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0 and "replica ready" in done.stdout, done.stderr[-3000:]
