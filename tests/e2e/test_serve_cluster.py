@@ -34,6 +34,16 @@ from ray import serve  # noqa: E402
 
 from service import ray_serve  # noqa: E402
 
+# Ray's driver keeps its daemons' Popen objects, sockets and threads in this process: what they warn
+# about at exit is Ray's, not the service's (which runs in the replicas, not here).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning",
+    "ignore::pytest.PytestUnraisableExceptionWarning",
+    "ignore::pytest.PytestUnhandledThreadExceptionWarning",
+    "ignore::UserWarning:ray\\.",
+    "ignore::FutureWarning:ray\\.",
+)
+
 #: Both servers: one small real model, one ORT thread, tiles independent of measured speed, and
 #: limits small enough that a burst of 16 requests overloads a replica.
 SETTINGS: dict[str, Any] = {
