@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # names only: this module imports without the dev extra, and 
     from playwright.sync_api import Browser, Page
 
 KEY = "browser-key"
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 180_000  # a busy 2-core machine (training, other suites): the models are fake, the rest is not
 #: Chromium logs every non-2xx fetch as a console error without its URL; responses are checked by URL
 #: instead (the test's deliberate request without a key is a 401).
 LOAD_FAILED = re.compile(r"Failed to load resource: ")
@@ -76,7 +76,7 @@ def run_and_download(page: Page, *, click: bool = True) -> bytes:
 
 def api(server: Running, path: str, body: bytes) -> httpx.Response:
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "image/png"}
-    response = httpx.post(f"{server.base}{path}", content=body, headers=headers, timeout=60)
+    response = httpx.post(f"{server.base}{path}", content=body, headers=headers, timeout=TIMEOUT_MS / 1000)
     assert response.status_code == 200, response.text
     return response
 
@@ -125,14 +125,15 @@ def test_upload_compare_and_download_equals_the_api(server: Running, page: Page)
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    """Batches of one 64 px tile that take 20 ms each: a 1 MP image runs for seconds, long enough
-    to watch its progress and to cancel it."""
+    """Batches of one 256 px tile that take 0.25 s each: a 1 MP image is 16 tiles and runs for
+    seconds, long enough to watch its progress and to cancel it. Few big tiles rather than many
+    small ones: the per-tile work of the server (blending, scheduling) is what a busy CPU slows."""
     require_browser()
     settings = Settings(
-        models_dir=write_fake_suite(tmp_path_factory.mktemp("models")), tile_size=64, tile_overlap=2, batch_seconds=0,
+        models_dir=write_fake_suite(tmp_path_factory.mktemp("models")), tile_size=256, tile_overlap=2, batch_seconds=0,
         max_batch=1, api_keys=(KEY,),
     )
-    with running_server(settings, lambda spec: BoxEngine(radius=1, delay=0.02, outputs=6 if spec.task == "edges" else None)) as running:
+    with running_server(settings, lambda spec: BoxEngine(radius=1, delay=0.25, outputs=6 if spec.task == "edges" else None)) as running:
         yield running
 
 
@@ -156,7 +157,7 @@ def test_a_big_image_goes_through_the_job_api_with_progress(slow_server: Running
     page.wait_for_selector("#status:has-text('Restoring: ')")
     shown = page.text_content("#status") or ""
     done, total = map(int, re.fullmatch(r"Restoring: (\d+) of (\d+) tiles \(\d+%\)", shown).groups())  # type: ignore[union-attr]
-    assert 0 <= done < total and total > 50
+    assert 0 <= done < total and total >= 9
     assert 0 <= float(page.evaluate("document.getElementById('progress').value")) < 1
     assert page.is_visible("#progress") and page.is_visible("#cancel")
     downloaded = run_and_download(page, click=False)
