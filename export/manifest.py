@@ -131,7 +131,9 @@ def merge_keeping_metrics(current: Iterable[Entry], updates: Iterable[Entry]) ->
     """Upsert ``updates``; an entry whose file hash is unchanged keeps its measured metrics.
 
     Re-exporting the same bytes must not throw away an evaluation that took an hour; new bytes
-    start with no metrics, so a stale figure can never describe a changed model.
+    start with no metrics, so a stale figure can never describe a changed model. The same holds
+    for ``variants`` (the int8 file quantized from these bytes, ``export.quantize``): kept with
+    the same bytes, dropped with new ones, whose variant would be of another model.
     """
     current = list(current)
     previous = {e["name"]: e for e in current}
@@ -139,7 +141,7 @@ def merge_keeping_metrics(current: Iterable[Entry], updates: Iterable[Entry]) ->
     for entry in updates:
         old = previous.get(entry["name"])
         if old is not None and old["sha256"] == entry["sha256"]:
-            entry = {**entry, "metrics": old["metrics"]}
+            entry = {**entry, "metrics": old["metrics"], **({"variants": old["variants"]} if "variants" in old else {})}
         merged.append(entry)
     return upsert_entries(current, merged)
 

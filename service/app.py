@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
                     "tile": {
                         "size": state.tile or settings.tile_size,
                         "granule": state.granule,
+                        "bucket": state.bucket,
                         "overlap": 2 * state.spec.overlap + settings.tile_overlap,
                         "margin": state.spec.overlap,
                         "multiple": state.spec.multiple,

@@ -53,6 +53,7 @@ class ModelState:
     required: bool = True  # must be ready for /readyz to answer 200
     tile: int = 0  # tile side chosen at load (see tiling.tile_side_for)
     granule: int = TILE_GRANULE  # grid tiles are shrunk on: coarse when batches mix requests
+    bucket: int = 0  # grid small images are padded up to when batches mix requests (tiling.plan_tiles)
     attempts: int = 0
     precision: policy.Precision = "float32"  # the file it runs (service.precision), chosen at load
 
@@ -136,6 +137,7 @@ class Runtime:
         s = self.settings
         max_batch = s.batch_limit(engine.provider)
         state.granule = TILE_GRANULE if max_batch > 1 else FINE_GRANULE
+        state.bucket = TILE_GRANULE if max_batch > 1 and s.batch_buckets else 0
         state.tile = tile_side_for(
             speed, s.batch_seconds / max_batch, overlap=2 * state.spec.overlap + s.tile_overlap,
             multiple=state.spec.multiple, largest=s.tile_size,

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         "auto",
         description="auto: a model's int8 variant (manifest) on a CPU with an 8-bit dot product (VNNI, AMX, Arm SDOT), float32 elsewhere and on CUDA; int8: the variant wherever one exists; float32: never.",
     )
+    batch_buckets: bool = Field(
+        True,
+        description="When batches mix requests (RESTORE_MAX_BATCH > 1), pad images smaller than a tile up to the 64 px grid (reflect; output cropped) so different sizes share batches; false keeps each at its own size, identical to whole-image inference at its bottom and right borders.",
+    )
     max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a partial batch waits for more tiles.")
     batch_seconds: float = Field(
         0.5, ge=0, le=60,

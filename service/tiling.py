@@ -117,9 +117,14 @@ def _axis_weights(length: int, size: int, starts: list[int], margin: int, feathe
     return [(w / total[s : s + size]).astype(np.float32) for s, w in zip(starts, raw)]
 
 
-def plan_axis(length: int, tile: int, margin: int, feather: int, multiple: int, granule: int = TILE_GRANULE) -> AxisPlan:
+def plan_axis(
+    length: int, tile: int, margin: int, feather: int, multiple: int, granule: int = TILE_GRANULE, bucket: int = 0
+) -> AxisPlan:
     padded = round_up(length, multiple)
-    size = min(padded, max(multiple, tile // multiple * multiple))
+    full = max(multiple, tile // multiple * multiple)
+    if bucket and padded < full:  # a small image is padded up to a shared shape (see plan_tiles)
+        padded = min(full, round_up(padded, math.lcm(bucket, multiple)))
+    size = min(padded, full)
     overlap = 2 * margin + feather
     if padded > size:
         if size <= overlap:
@@ -134,7 +139,8 @@ def plan_axis(length: int, tile: int, margin: int, feather: int, multiple: int, 
 
 
 def plan_tiles(
-    height: int, width: int, *, tile: int, margin: int, feather: int, multiple: int = 1, granule: int = TILE_GRANULE
+    height: int, width: int, *, tile: int, margin: int, feather: int, multiple: int = 1, granule: int = TILE_GRANULE,
+    bucket: int = 0,
 ) -> TilePlan:
     """Tile ``height x width``: every tile of the image has the same shape, at most ``tile`` per axis.
 
@@ -144,14 +150,23 @@ def plan_tiles(
     multiple of ``granule``) as far as that count allows, which keeps the work spent on
     overlap small: 2048 px at tile 1024 takes three 768 px tiles, not three 1024 px ones. Only the size
     multiple a model needs (e.g. 16 for a 4-level U-Net) is reached by reflect padding.
+
+    ``bucket`` > 0 (batches that mix requests): a side shorter than the tile is reflect-padded up
+    to a multiple of ``bucket`` (at most the tile) and the output cropped, so images of different
+    small sizes share a few shapes and fill batches together (16 sizes below 256 px fall into at
+    most 4 x 4 shapes on a 64 px grid instead of 16). The price: padded pixels are computed too, and
+    within the model's receptive-field margin of the padded bottom and right edges the output is
+    the model's answer on the reflected image, not on its zero-padded border (a few levels of 255
+    near the edge, measured in docs/benchmarks.md); 0 keeps every small image at its own size,
+    identical to whole-image inference.
     """
     if height < 1 or width < 1:
         raise ValueError("empty image")
     return TilePlan(
         height,
         width,
-        plan_axis(height, tile, margin, feather, multiple, granule),
-        plan_axis(width, tile, margin, feather, multiple, granule),
+        plan_axis(height, tile, margin, feather, multiple, granule, bucket),
+        plan_axis(width, tile, margin, feather, multiple, granule, bucket),
     )
 
 

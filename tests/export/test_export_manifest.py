@@ -91,10 +91,12 @@ def test_update_manifest_rereads_and_is_readable(tmp_path: Path) -> None:
 
 def test_re_export_keeps_metrics_only_for_the_same_bytes() -> None:
     measured = {"BSD68": {"25": 29.23}}
-    current = [_entry("a", metrics=measured), _entry("b", metrics=measured)]
+    int8 = {"int8": {"file": "x.int8.onnx", "sha256": "2" * 64, "provenance": {}, "metrics": {}}}
+    current = [_entry("a", metrics=measured, variants=int8), _entry("b", metrics=measured, variants=int8)]
     same, changed = _entry("a"), _entry("b", sha256="1" * 64)
     merged = {e["name"]: e for e in merge_keeping_metrics(current, [same, changed, _entry("c")])}
     assert merged["a"]["metrics"] == measured  # same file: the evaluation still describes it
-    assert merged["b"]["metrics"] == {}  # new bytes: old figures must not survive
+    assert merged["a"]["variants"] == int8  # and its int8 variant is still of this model
+    assert merged["b"]["metrics"] == {} and "variants" not in merged["b"]  # new bytes: old figures must not survive
     assert merged["b"]["sha256"] == "1" * 64
     assert sorted(merged) == ["a", "b", "c"]

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.errors import InferenceFailed, Overloaded
 from service.metrics import Metrics
 from service.scheduler import ModelScheduler, TileJob
-from tests.conftest import BoxEngine
+from service.settings import Settings
+from tests.conftest import BoxEngine, encode_pil, noisy_image, serve, write_fake_manifest
 
 pytestmark = pytest.mark.anyio
 TILE = 64  # pixels of one 8 x 8 tile
@@ -235,3 +240,34 @@ async def test_output_count_mismatch_is_an_error_not_a_wrong_image() -> None:
     with pytest.raises(InferenceFailed, match="outputs"):
         await sched.run(job(2, 1.0))
     await sched.stop()
+
+
+
+@pytest.mark.parametrize("buckets", [True, False])
+async def test_requests_of_different_small_sizes_share_a_batch_when_padded_to_buckets(tmp_path: Path, buckets: bool) -> None:
+    """Three images of three sizes below the tile wait behind a batch in flight: padded to the 64 px
+    grid they form one batch of three; at their own sizes, three batches of one. Each answer has
+    its own size."""
+    gate = threading.Event()
+    engine = BoxEngine(radius=1, gate=gate)
+    root = write_fake_manifest(tmp_path, [{"name": "gray", "overlap": 1}])
+    settings = Settings(models_dir=root, max_batch=4, max_batch_wait_ms=0, batch_seconds=0, tile_size=256, batch_buckets=buckets)
+    gate.set()  # warm-up and speed probe go through
+    async with serve(settings, lambda spec: engine) as client:
+        gate.clear()
+        engine.batches.clear()
+
+        async def post(height: int, width: int) -> httpx.Response:
+            return await client.post("/denoise", content=encode_pil(noisy_image(height, width, 1), "PNG"))
+
+        scheduler = client._transport.app.state.runtime.models["gray"].scheduler  # type: ignore[attr-defined]
+        first = asyncio.create_task(post(30, 30))
+        await until(lambda: scheduler.queued_seconds() == 0 and scheduler._tickets)  # in the engine, held by the gate
+        rest = [asyncio.create_task(post(h, w)) for h, w in ((40, 70), (50, 100), (63, 127))]
+        await until(lambda: scheduler.depth == 3)  # all three decoded and queued
+        gate.set()
+        answers = [await task for task in (first, *rest)]
+    assert [a.status_code for a in answers] == [200] * 4
+    assert [Image.open(io.BytesIO(a.content)).size for a in answers] == [(30, 30), (70, 40), (100, 50), (127, 63)]
+    assert sorted(shape[0] for shape in engine.batches) == ([1, 3] if buckets else [1, 1, 1, 1]), engine.batches
+    assert ((3, 1, 64, 128) in engine.batches) is buckets

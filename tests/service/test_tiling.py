@@ -179,3 +179,41 @@ def test_a_fine_granule_shrinks_tiles_closer_to_what_the_image_needs() -> None:
     fine = plan_tiles(512, 512, tile=256, margin=20, feather=16, granule=FINE_GRANULE)
     assert coarse.tile_shape == (256, 256) and fine.tile_shape == (208, 208)
     assert fine.count == coarse.count == 9 and fine.work < 0.7 * coarse.work
+
+
+# ---------------------------------------------------------------- buckets: small images share shapes
+SMALL_SIZES = [(h, w) for h in (17, 64, 100, 200) for w in (33, 65, 130, 255)]  # 16 sizes below a 256 px tile
+
+
+def test_buckets_give_16_small_sizes_a_few_shared_shapes_and_leave_big_images_alone() -> None:
+    own = {plan_tiles(h, w, tile=256, margin=3, feather=4).tile_shape for h, w in SMALL_SIZES}
+    bucketed = [plan_tiles(h, w, tile=256, margin=3, feather=4, bucket=64) for h, w in SMALL_SIZES]
+    assert len(own) == 16  # without buckets, 16 sizes are 16 shapes: no two can share a batch
+    assert {p.tile_shape for p in bucketed} <= {(a, b) for a in (64, 128, 192, 256) for b in (64, 128, 192, 256)}
+    close = {plan_tiles(h, w, tile=256, margin=3, feather=4, bucket=64).tile_shape for h in (40, 50, 60, 63) for w in (70, 90, 100, 120)}
+    assert close == {(64, 128)}  # 16 sizes within one grid cell: one shape, one batch
+    assert all(p.count == 1 and p.tile_shape[0] - p.height < 64 and p.tile_shape[1] - p.width < 64 for p in bucketed)
+    # ...and many more sizes still fall into those 16 shapes: every size 1..256 per axis maps to 4 lengths
+    assert {plan_tiles(h, 5, tile=256, margin=3, feather=4, bucket=64).tile_shape[0] for h in range(1, 257)} == {64, 128, 192, 256}
+    big = (700, 1100)
+    with_buckets, without = plan_tiles(*big, tile=256, margin=3, feather=4, bucket=64), plan_tiles(*big, tile=256, margin=3, feather=4)
+    assert (with_buckets.tile_shape, with_buckets.rows.starts, with_buckets.cols.starts) == (
+        without.tile_shape, without.rows.starts, without.cols.starts)
+
+
+@pytest.mark.parametrize("height,width", SMALL_SIZES[::5] + [(1, 1), (3, 250)])
+def test_bucketed_output_is_cropped_and_equals_whole_image_away_from_the_padded_edges(height: int, width: int) -> None:
+    """The box filter sees reflected pixels instead of zeros only within its radius of the bottom
+    and right edges; everywhere else the bucketed output is the whole-image one."""
+    radius = 3
+    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 1), dtype=np.uint8)
+    plan = plan_tiles(height, width, tile=256, margin=radius, feather=4, bucket=64)
+    padded = pad_to_plan(image, plan)
+    assert padded.shape[:2] == plan.tile_shape
+    out = np.zeros((height, width, 1), np.float32)
+    blend_tile(out, box_filter(extract_tile(padded, plan, 0, 1 / 255)[None], radius)[0], plan, 0)
+    whole = box_filter((image.transpose(2, 0, 1)[None] / 255).astype(np.float32), radius)[0].transpose(1, 2, 0)
+    # equal up to float32 summation order (the box filter sums a different-sized array)
+    np.testing.assert_allclose(out[: height - radius, : width - radius], whole[: height - radius, : width - radius], atol=1e-6)
+    if height > radius and width > radius:
+        assert out.shape == whole.shape and np.abs(out - whole).max() < 1
