@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 NAME = "weather-unified"
-VERSION = "1.0.0"
+VERSION = "2.0.0"  # 2: WeatherNet (issue 12); 1: MSBDN-RDFF width 0.375
 MIN_TILED_PSNR = 45.0  # dB, tiled vs whole on the sample; the issue's bound is 40
 MARGINS = (32, 64, 96, 128, 160, 192)
 CHECK_TILE = 512  # half the default 1024: six tiles on the sample, seams through the subject

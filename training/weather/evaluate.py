@@ -15,7 +15,7 @@ service's tiling at the production tile size, i.e. what ``POST /derain`` returns
 ``ort-tiled-256`` (the same with 256-px tiles: many seams), and ``dcp`` (the dark channel prior,
 He et al. 2009, on haze only). Every student method also runs on the first ``CLEAN_COUNT`` clean
 test photos (column ``clean``: the output against its own input, the "no harm" figure), with
-``flat_psnr`` over their flat regions (local standard deviation under ``FLAT_STD``), where a
+``flat_psnr`` over their flat regions pooled (local standard deviation under ``FLAT_STD``), where a
 pattern the network prints (a grid, smudges) shows first. Images are scored as the service returns them: clipped, rounded
 to 8 bit; PSNR over all pixels and channels, SSIM as ``training.weather.train.ssim``.
 """
@@ -60,11 +60,19 @@ def flat_mask(clean: np.ndarray, size: int = 9) -> np.ndarray:
     return np.sqrt(np.maximum(var, 0)) < FLAT_STD
 
 
-def flat_psnr(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR of 8-bit ``out`` against ``ref`` over ``mask`` only (inf where they agree there)."""
+def flat_errors(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
+    """Sum of squared 8-bit errors of ``out`` against ``ref`` over ``mask``, and the pixel count:
+    pooled over photos, since many photos have no flat pixel at all."""
     diff = (out.astype(np.float64) - ref.astype(np.float64))[mask]
-    mse = float(np.mean(diff * diff)) if diff.size else 0.0
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    return float(np.sum(diff * diff)), int(diff.size)
+
+
+def pooled_psnr(errors: Sequence[tuple[float, int]]) -> float:
+    """PSNR of the pooled squared errors (inf when they are all zero, nan when nothing was flat)."""
+    total, count = sum(e for e, _ in errors), sum(n for _, n in errors)
+    if count == 0:
+        return float("nan")
+    return float("inf") if total == 0 else float(10 * np.log10(255.0**2 * count / total))
 
 
 def evaluate(
@@ -89,15 +97,15 @@ def evaluate(
                 p.append(psnr(out, ref))
                 s.append(ssim(out, ref))
                 if weather == CLEAN:
-                    f.append(flat_psnr(out, ref, flat_mask(clean)))
+                    f.append(flat_errors(out, ref, flat_mask(clean)))
             scores.setdefault(method, {})[weather] = {
                 "psnr": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4),
                 "count": len(items),
             }
             if f:
-                scores[method][weather]["flat_psnr"] = round(float(np.mean(f)), 3)
+                scores[method][weather]["flat_psnr"] = round(pooled_psnr(f), 3)
             print(f"{method:>14} {weather:>5}: PSNR {np.mean(p):6.2f} dB  SSIM {np.mean(s):.4f}"
-                  + (f"  flat {np.mean(f):6.2f} dB" if f else ""), flush=True)
+                  + (f"  flat {pooled_psnr(f):6.2f} dB" if f else ""), flush=True)
     return scores
 
 

@@ -34,6 +34,18 @@ def test_flat_mask_finds_the_flat_half_only() -> None:
     assert mask[:, :12].all() and not mask[:, 24:].any()
 
 
+def test_flat_errors_pool_over_photos_and_a_photo_without_flat_pixels_counts_nothing() -> None:
+    ref = np.zeros((4, 4, 3), np.uint8)
+    out = ref.copy()
+    out[0, 0, 0] = 10
+    none = ev.flat_errors(out, ref, np.zeros((4, 4), bool))
+    assert none == (0.0, 0)
+    some = ev.flat_errors(out, ref, np.ones((4, 4), bool))
+    assert some == (100.0, 48)
+    assert ev.pooled_psnr([none, some]) == ev.pooled_psnr([some])
+    assert np.isnan(ev.pooled_psnr([none])) and ev.pooled_psnr([(0.0, 5)]) == float("inf")
+
+
 def test_a_pattern_on_flat_regions_costs_flat_psnr_more_than_psnr(tmp_path: Path) -> None:
     _write_testset(tmp_path)
 
