@@ -35,6 +35,19 @@ def test_committed_file_hash(entry: dict[str, Any]) -> None:
     assert sha256_file(path) == entry["sha256"]
 
 
+VARIANTS = [(e["name"], precision, v) for e in ENTRIES for precision, v in e.get("variants", {}).items()]
+
+
+@pytest.mark.parametrize("name,precision,variant", VARIANTS, ids=[f"{n}-{p}" for n, p, _ in VARIANTS])
+def test_committed_variant_hash_and_gate(name: str, precision: str, variant: dict[str, Any]) -> None:
+    """A shipped variant (export.quantize ship): its file as recorded, and both measurements in the
+    manifest passing the gate, so a hand-edited entry cannot ship an unmeasured model."""
+    from export.quantize import variant_verdict
+
+    assert sha256_file(ONNX_DIR / variant["file"]) == variant["sha256"]
+    assert variant_verdict(variant)[0], f"{name} {precision}: {variant_verdict(variant)[1]}"
+
+
 @pytest.mark.parametrize("entry", DENOISE, ids=[e["name"] for e in DENOISE])
 def test_committed_model(entry: dict[str, Any]) -> None:
     path = ONNX_DIR / entry["file"]
