@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.quantize import read_variants, write_variants
+from export.quantize import read_variants, record_metrics
 from service.engine import available_cpus
 from service.precision import cpu_int8_flags
 
@@ -75,10 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--write needs --int8 DIR")
     entries = {e["name"]: e for e in json.loads((MODELS / "manifest.json").read_text())["models"]}
     if args.int8 is not None:
-        variants = read_variants(args.int8)
-        pairs = {name: (MODELS / entries[name]["file"], args.int8 / v["file"]) for name, v in variants.items()}
+        pairs = {name: (MODELS / entries[name]["file"], args.int8 / v["file"]) for name, v in read_variants(args.int8).items()}
     else:
-        variants = {}
         pairs = {name: (MODELS / e["file"], MODELS / e["variants"]["int8"]["file"]) for name, e in entries.items() if "int8" in e.get("variants", {})}
     if args.models:
         pairs = {name: pair for name, pair in pairs.items() if name in args.models}
@@ -96,13 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         float_s, int8_s = compare(float_path, int8_path, entries[name]["channels"], args.size, args.repeats, threads)
         print(f"| {name} | {megapixels / float_s:.3f} | {megapixels / int8_s:.3f} | {float_s / int8_s:.2f}x |", flush=True)
         if args.write:
-            variants[name].setdefault("metrics", {})["speed"] = {
+            record_metrics(args.int8, name, {"speed": {
                 "float32_mp_per_s": round(megapixels / float_s, 4), "int8_mp_per_s": round(megapixels / int8_s, 4),
                 "speedup": round(float_s / int8_s, 3), "size": args.size, "threads": threads, "cpu": cpu_name(),
                 "cpu_int8_flags": flags, "onnxruntime": ort.__version__, "date": when,
                 "command": "python -m bench.precision_throughput " + shlex.join(sys.argv[1:] if argv is None else argv),
-            }
-            write_variants(args.int8, variants)
+            }})
     return 0
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "float32_weights",
     "quantize_model",
     "variant_verdict",
+    "record_metrics",
     "ship_variants",
     "main",
 ]
@@ -223,6 +224,14 @@ def read_variants(folder: Path) -> dict[str, dict[str, Any]]:
 def write_variants(folder: Path, variants: dict[str, dict[str, Any]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / VARIANTS_NAME).write_text(json.dumps(dict(sorted(variants.items())), indent=2) + "\n")
+
+
+def record_metrics(folder: Path, name: str, metrics: dict[str, Any]) -> None:
+    """Merge ``metrics`` into variant ``name``'s as the file is *now*: the quality evaluation and the
+    speed bench run at different times (one may take an hour) and must not write back a stale copy."""
+    variants = read_variants(folder)
+    variants[name]["metrics"] = {**variants[name].get("metrics", {}), **metrics}
+    write_variants(folder, variants)
 
 
 def ship_variants(source: Path, manifest: Path, names: Sequence[str] | None = None) -> dict[str, str]:

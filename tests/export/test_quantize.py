@@ -22,6 +22,7 @@ from export.quantize import (
     float_nodes,
     quantize_model,
     read_variants,
+    record_metrics,
     ship_variants,
     variant_verdict,
     write_variants,
@@ -190,3 +191,11 @@ def test_ship_refuses_a_variant_of_a_float_model_that_changed_since(tmp_path: Pa
         ship_variants(runs, models / "manifest.json")
     assert "variants" not in read_manifest(models / "manifest.json")[0]
     assert read_variants(runs)["m"]["float_sha256"] == "old"
+
+
+def test_record_metrics_merges_into_the_file_as_it_is_now(tmp_path: Path) -> None:
+    """The hour-long quality run and the speed bench each add their figures; neither erases the other's."""
+    write_variants(tmp_path, {"m": {"file": "m.int8.onnx", "metrics": {}}})
+    record_metrics(tmp_path, "m", {"speed": {"speedup": 3.0}})  # written while the evaluation runs
+    record_metrics(tmp_path, "m", {"delta_db": {"BSD68": {"25": -0.02}}})
+    assert read_variants(tmp_path)["m"]["metrics"] == {"speed": {"speedup": 3.0}, "delta_db": {"BSD68": {"25": -0.02}}}

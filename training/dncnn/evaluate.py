@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # camera_testset, which reads test sets with this module's load_set, after it is loaded).
     from export.manifest import read_manifest, update_manifest
     from export.onnx_export import sha256_file
-    from export.quantize import read_variants, write_variants
+    from export.quantize import read_variants, record_metrics
     from training.dncnn.camera_noise import TEST_FAMILIES
     from training.dncnn.camera_testset import load_family
 
@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             measured.setdefault(job.test_set, {})[str(job.sigma)] = round(int8_value, 4)
             measured.setdefault("delta_db", {}).setdefault(job.test_set, {})[str(job.sigma)] = round(int8_value - value, 4)
             measured["note"] = "mean PSNR in dB, training.dncnn.evaluate protocol; delta_db = int8 - float32 on the same noisy images"
-            write_variants(args.int8, variants)  # after every cell: a long run keeps what it measured
+            record_metrics(args.int8, job.model, measured)  # after every cell: a long run keeps what it measured
             print(f"  int8: {int8_value:.4f} dB, int8 - float32 = {int8_value - value:+.4f} dB", flush=True)
 
     print()
