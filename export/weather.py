@@ -124,8 +124,9 @@ def weather_from_onnx(model: onnx.ModelProto) -> MSBDN | WeatherNet:
         network = WeatherNet(WeatherNetConfig.from_dict(json.loads(metadata[CONFIG_KEY])))
         network.load_state_dict(_state_from_onnx(model, network), strict=True)
         return network.eval()
-    base = onnx_initializers(model)["head.1.weight"].shape[0]
-    blocks = len({k.split(".")[1] for k in onnx_initializers(model) if k.startswith("bottleneck.")})
+    arrays = onnx_initializers(model)
+    base = arrays["head.1.weight"].shape[0]
+    blocks = len({k.split(".")[1] for k in arrays if k.startswith("bottleneck.")})
     network = MSBDN(MSBDNConfig(width=base / 16, res_blocks=blocks))
     network.load_state_dict(_state_from_onnx(model, network), strict=True)
     return network.eval()
