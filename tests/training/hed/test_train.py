@@ -8,7 +8,7 @@ import torch
 
 from models.hed import HED
 from training.hed.evaluate import thresholds_for
-from training.hed.train import EdgeSamples, HEDTrainConfig, HEDTrainer, balanced_bce, validate
+from training.hed.train import EdgeSamples, HEDTrainConfig, HEDTrainer, _parse_args, balanced_bce, validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,14 +51,16 @@ def test_edge_samples_are_pure_and_shaped() -> None:
     assert set(np.unique(y)) <= {0.0, 1.0}
 
 
-def test_steps_lower_the_loss_on_one_batch() -> None:
+@pytest.mark.parametrize("amp, channels_last", [(False, False), (True, True)])
+def test_steps_lower_the_loss_on_one_batch(amp: bool, channels_last: bool) -> None:
     torch.manual_seed(0)
     image = np.full((32, 32, 3), 0.2, np.float32)
     image[:, 16:] = 0.8  # one vertical edge
     label = np.zeros((32, 32), np.float32)
     label[:, 15:17] = 1.0
     model = HED(widths=(4, 8, 8, 8, 8), depths=(1, 1, 1, 1, 1))
-    trainer = HEDTrainer(HEDTrainConfig(patch=32, batch_size=2, lr=1e-2), model, EdgeSamples([image], [label], 32, 0))
+    config = HEDTrainConfig(patch=32, batch_size=2, lr=1e-2, amp=amp, channels_last=channels_last)
+    trainer = HEDTrainer(config, model, EdgeSamples([image], [label], 32, 0))
     losses = []
     for _ in range(8):
         trainer.iteration = 0  # the same batch every step
@@ -83,3 +85,9 @@ def test_validate_scores_a_perfect_map_as_ods_one() -> None:
     rgb = np.zeros((48, 48, 3), np.uint8)
     ods = validate(Perfect(), [(rgb, [boundary])], thresholds_for(5))  # type: ignore[arg-type]
     assert ods == pytest.approx(1.0, abs=1e-6)
+
+
+def test_boolean_settings_are_flags() -> None:
+    args = _parse_args(["--data", "d", "--out", "o", "--amp", "--no-channels-last", "--benchmark", "3"])
+    assert args.amp is True and args.channels_last is False and args.benchmark == 3
+    assert _parse_args(["--data", "d", "--out", "o"]).amp is None  # unset: the config's default
