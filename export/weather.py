@@ -246,7 +246,7 @@ def weather_entry(
     students = [s["minutes"] for name, s in summaries.items() if not name.startswith("teacher")]
     duration = (
         f"{max(teachers, default=0):.1f} min for the teachers (in parallel) + "
-        f"{' + '.join(f'{m:.1f}' for m in students)} min for stages 1 and 2: "
+        f"{' + '.join(f'{m:.1f}' for m in students)} min for stage 1 and the stage-2 runs: "
         f"{max(teachers, default=0) + sum(students):.1f} min of wall time (validation included)"
     )
     return {
@@ -291,6 +291,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, required=True, help="stage-2 student checkpoint")
     parser.add_argument("--stage1", type=Path, required=True, help="stage-1 student checkpoint")
     parser.add_argument("--teachers", type=Path, nargs=3, required=True, metavar=("RAIN", "HAZE", "SNOW"))
+    parser.add_argument("--continued-from", type=Path, action="append", default=[], metavar="CHECKPOINT",
+                        help="an earlier stage-2 run that --checkpoint was initialized from (repeat, oldest first); "
+                             "recorded in the provenance as stage2_part1, stage2_part2, ...")
     parser.add_argument("--out", type=Path, required=True, help="folder holding manifest.json")
     return parser.parse_args(argv)
 
@@ -305,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overlap, tried = choose_overlap(_session(path), sample_image())
     stages = {f"teacher_{w}": p for w, p in zip(("rain", "haze", "snow"), args.teachers)}
     stages["stage1"] = args.stage1
+    stages.update({f"stage2_part{i}": p for i, p in enumerate(args.continued_from, start=1)})
     entry = weather_entry(path, args.checkpoint, stages, overlap, tried, command)
     update_manifest(args.out / MANIFEST_NAME, lambda current: merge_keeping_metrics(current, [entry]))
     print(f"{NAME}: {path} ({path.stat().st_size / 2**20:.2f} MiB), ORT parity {diff:.2e}, "
