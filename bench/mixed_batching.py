@@ -26,7 +26,7 @@ from bench.service_bench import png, scene, server
 from service.manifest import load_manifest
 from service.pipeline import plan_for
 from service.settings import DEFAULT_MODELS_DIR, Settings
-from service.tiling import TILE_GRANULE
+from service.tiling import TILE_GRANULE, Tiling
 
 SIZES = [(72 + 10 * i, 88 + 10 * i) for i in range(16)]  # 72x88 ... 222x238: 16 sizes, all under 256
 TILE = 256
@@ -36,7 +36,7 @@ def padding_ratio(model: str, bucket: int) -> float:
     """Pixels the model computes for one image of each size over the pixels of those images."""
     spec = next(s for s in load_manifest(DEFAULT_MODELS_DIR) if s.name == model)
     settings = Settings(tile_size=TILE)
-    plans = [plan_for(spec, settings, h, w, TILE, TILE_GRANULE, bucket) for h, w in SIZES]
+    plans = [plan_for(spec, settings, h, w, Tiling(TILE, TILE_GRANULE, bucket)) for h, w in SIZES]
     return sum(p.work for p in plans) / sum(h * w for h, w in SIZES)
 
 

@@ -24,7 +24,7 @@ from service.manifest import load_manifest
 from service.pipeline import plan_for
 from service.runtime import SPEED_PROBE_SIDE
 from service.settings import DEFAULT_MODELS_DIR, Settings
-from service.tiling import FINE_GRANULE, round_up, tile_side_for
+from service.tiling import FINE_GRANULE, Tiling, round_up, tile_side_for
 
 
 def session(path: str, arena: bool) -> ort.InferenceSession:
@@ -64,7 +64,7 @@ def main() -> None:
         off, on = (seconds(runs[arena], spec.channels, side, args.repeats) for arena in (False, True))
         cells = []
         for height, width in ((2048, 2048), (512, 512)):
-            plan = plan_for(spec, settings, height, width, side, FINE_GRANULE)  # CPU: one tile per batch
+            plan = plan_for(spec, settings, height, width, Tiling(side, FINE_GRANULE))  # CPU: one tile per batch
             per_tile = off * plan.tile_shape[0] * plan.tile_shape[1] / side**2  # shrunk tiles cost less
             cells.append(f"{plan.count}, {plan.work / (height * width):.2f}x, {plan.count * per_tile:.1f} s")
         print(f"| {side} | {off:.2f} s / {on:.2f} s | {cells[0]} | {cells[1]} |", flush=True)

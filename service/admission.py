@@ -77,7 +77,7 @@ async def admit(
     state = runtime.select(task, channels=header.channels, sigma=level)
     assert state.scheduler is not None
     sizes = multiscale.scaled_sizes(scales, header.height, header.width, settings.max_pixels)
-    works = [plan_for(state.spec, settings, s.height, s.width, state.tile, state.granule, state.bucket).work for s in sizes]
+    works = [plan_for(state.spec, settings, s.height, s.width, state.tiling).work for s in sizes]
     tickets = holds.enter_context(state.scheduler.reserve_parts(works))
     holds.enter_context(runtime.pixels.hold(header.pixels + sum(s.pixels for s in sizes if s.scale != 1.0)))
     started = time.perf_counter()
@@ -101,7 +101,7 @@ async def _by_noise_level(runtime: Runtime, holds: AsyncExitStack, task: Task, a
     chosen = runtime.select(task, channels=image.channels, sigma=pick_sigma(estimate, _ready_sigmas(runtime, task, image.channels)))
     if chosen is not state:
         assert chosen.scheduler is not None and state.scheduler is not None
-        plan = plan_for(chosen.spec, runtime.settings, image.height, image.width, chosen.tile, chosen.granule, chosen.bucket)
+        plan = plan_for(chosen.spec, runtime.settings, image.height, image.width, chosen.tiling)
         new_ticket = holds.enter_context(chosen.scheduler.reserve(plan.work))
         state.scheduler.release(ticket)  # idempotent: the exit stack's release later does nothing
         state, ticket = chosen, new_ticket

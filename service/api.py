@@ -152,7 +152,7 @@ class Prepared:
 
     def tile_count(self, settings: Settings) -> int:
         state = self.admitted.state
-        return sum(plan_for(state.spec, settings, s.height, s.width, state.tile, state.granule, state.bucket).count for s in self.admitted.sizes)
+        return sum(plan_for(state.spec, settings, s.height, s.width, state.tiling).count for s in self.admitted.sizes)
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ async def run_model(prepared: Prepared, settings: Settings, progress: Progress |
     assert state.scheduler is not None
     restored = await restore_scales(
         state.scheduler, state.spec, settings, admitted.image, admitted.sizes,
-        tile=state.tile, granule=state.granule, bucket=state.bucket, tickets=admitted.tickets, progress=progress,
+        tiling=state.tiling, tickets=admitted.tickets, progress=progress,
     )
     prepared.timer.add("queue", restored.queue_seconds)
     prepared.timer.add("infer", restored.infer_seconds)

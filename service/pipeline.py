@@ -15,7 +15,7 @@ from service.manifest import ModelSpec
 from service.multiscale import ScaledSize
 from service.scheduler import ModelScheduler, Progress, Ticket, TileJob
 from service.settings import Settings
-from service.tiling import TILE_GRANULE, TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles
+from service.tiling import TilePlan, Tiling, blend_tile, extract_tile, pad_to_plan, plan_tiles
 from service.types import ImageArray, Tile
 
 
@@ -44,25 +44,21 @@ class TiledImage:
         blend_tile(self.output, output, self.plan, index)
 
 
-def plan_for(
-    spec: ModelSpec, settings: Settings, height: int, width: int, tile: int | None = None, granule: int = TILE_GRANULE,
-    bucket: int = 0,
-) -> TilePlan:
-    """The tiling of a ``height x width`` image: tiles of side ``tile`` (the model's, chosen at load) or RESTORE_TILE_SIZE."""
+def plan_for(spec: ModelSpec, settings: Settings, height: int, width: int, tiling: Tiling = Tiling()) -> TilePlan:
+    """The tiling of a ``height x width`` image: the model's ``tiling`` (chosen at load); tile side 0 is RESTORE_TILE_SIZE."""
     return plan_tiles(
-        height, width, tile=tile or settings.tile_size, margin=spec.overlap, feather=settings.tile_overlap,
-        multiple=spec.multiple, granule=granule, bucket=bucket,
+        height, width, tile=tiling.tile or settings.tile_size, margin=spec.overlap, feather=settings.tile_overlap,
+        multiple=spec.multiple, granule=tiling.granule, bucket=tiling.bucket,
     )
 
 
 async def restore(
     scheduler: ModelScheduler, spec: ModelSpec, settings: Settings, image: DecodedImage,
-    *, tile: int | None = None, granule: int = TILE_GRANULE, bucket: int = 0, ticket: Ticket | None = None,
-    progress: Progress | None = None,
+    *, tiling: Tiling = Tiling(), ticket: Ticket | None = None, progress: Progress | None = None,
 ) -> Restored:
     """Run ``image`` through the model on its queue place ``ticket`` (admitted now when None);
     ``progress``, when given, follows its tiles (the job API reports it)."""
-    plan = plan_for(spec, settings, image.height, image.width, tile, granule, bucket)
+    plan = plan_for(spec, settings, image.height, image.width, tiling)
     if progress is not None:
         progress.total = plan.count
     output, job = await _run_tiles(scheduler, spec, image.color, image.max_value, plan, ticket, progress)
@@ -73,8 +69,7 @@ async def restore(
 
 async def restore_scales(
     scheduler: ModelScheduler, spec: ModelSpec, settings: Settings, image: DecodedImage, sizes: Sequence[ScaledSize],
-    *, tile: int | None = None, granule: int = TILE_GRANULE, bucket: int = 0, tickets: Sequence[Ticket],
-    progress: Progress | None = None,
+    *, tiling: Tiling = Tiling(), tickets: Sequence[Ticket], progress: Progress | None = None,
 ) -> Restored:
     """The model's outputs at each of ``sizes`` (one queue place each, from admission), resized back
     to the input's size and averaged (``service.multiscale``; one size of scale 1 is ``restore``).
@@ -84,10 +79,8 @@ async def restore_scales(
     behind requests that came after. Resizes run off the event loop.
     """
     if len(sizes) == 1 and sizes[0].scale == 1.0:
-        return await restore(
-            scheduler, spec, settings, image, tile=tile, granule=granule, bucket=bucket, ticket=tickets[0], progress=progress
-        )
-    plans = [plan_for(spec, settings, size.height, size.width, tile, granule, bucket) for size in sizes]
+        return await restore(scheduler, spec, settings, image, tiling=tiling, ticket=tickets[0], progress=progress)
+    plans = [plan_for(spec, settings, size.height, size.width, tiling) for size in sizes]
     if progress is not None:
         progress.total = sum(plan.count for plan in plans)
     total: npt.NDArray[np.float32] | None = None

@@ -33,7 +33,7 @@ from service.manifest import ManifestError, ModelSpec, load_manifest, select_spe
 from service.metrics import Metrics
 from service.scheduler import ModelScheduler
 from service.settings import Settings
-from service.tiling import FINE_GRANULE, TILE_GRANULE, round_up, tile_side_for
+from service.tiling import FINE_GRANULE, TILE_GRANULE, Tiling, round_up, tile_side_for
 from service.types import Task
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ class ModelState:
     bucket: int = 0  # grid small images are padded up to when batches mix requests (tiling.plan_tiles)
     attempts: int = 0
     precision: policy.Precision = "float32"  # the file it runs (service.precision), chosen at load
+
+    @property
+    def tiling(self) -> Tiling:
+        """What every plan of this model's images uses (``pipeline.plan_for``)."""
+        return Tiling(self.tile, self.granule, self.bucket)
 
     @property
     def provider(self) -> str | None:

@@ -73,6 +73,17 @@ class TilePlan:
 
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """How one model's images are cut, chosen once per model at load (``service.runtime``) and
+    used by every plan of its images: the tile side (0: RESTORE_TILE_SIZE), the grid tiles shrink
+    on, and the grid small images are padded up to when batches mix requests (0: none)."""
+
+    tile: int = 0
+    granule: int = TILE_GRANULE
+    bucket: int = 0
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
