@@ -187,16 +187,27 @@ def _load(data: Path, split: str, ids: Sequence[str]) -> tuple[list[np.ndarray],
     return ([load_image(data, split, i) for i in ids], [load_boundaries(data, split, i) for i in ids])
 
 
-def benchmark(data: Path, config: HEDTrainConfig, init: Path, steps: int) -> int:
-    """Seconds per training step (the median of ``steps`` after one warm-up), printed as one line."""
+def _samples(data: Path, images: Sequence[tuple[str, str]], patch: int, seed: int) -> EdgeSamples:
+    """Crops of ``(split, id)`` images in [0, 1] with their annotators' consensus (the mean label)."""
+    return EdgeSamples(
+        [load_image(data, split, i).astype(np.float32) / 255 for split, i in images],
+        [np.mean(load_boundaries(data, split, i), axis=0, dtype=np.float32) for split, i in images], patch, seed,
+    )
+
+
+def _served_hed(init: Path) -> HED:
+    """The network of the ONNX file ``init`` (its own initializers), to fine-tune."""
     import onnx
 
     from export.hed import hed_from_onnx
 
-    ids = image_ids(data, "train", 8)
-    images = [load_image(data, "train", i).astype(np.float32) / 255 for i in ids]
-    labels = [np.mean(load_boundaries(data, "train", i), axis=0, dtype=np.float32) for i in ids]
-    trainer = HEDTrainer(config, hed_from_onnx(onnx.load(str(init))).hed, EdgeSamples(images, labels, config.patch, 0))
+    return hed_from_onnx(onnx.load(str(init))).hed
+
+
+def benchmark(data: Path, config: HEDTrainConfig, init: Path, steps: int) -> int:
+    """Seconds per training step (the median of ``steps`` after one warm-up), printed as one line."""
+    samples = _samples(data, [("train", i) for i in image_ids(data, "train", 8)], config.patch, 0)
+    trainer = HEDTrainer(config, _served_hed(init), samples)
     trainer.step()
     seconds = []
     for _ in range(steps):
@@ -231,10 +242,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import onnx
-
-    from export.hed import hed_from_onnx
-
     args = _parse_args(argv)
     config = dataclasses.replace(HEDTrainConfig(), **{
         f.name: getattr(args, f.name) for f in dataclasses.fields(HEDTrainConfig)
@@ -245,13 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     val_ids = image_ids(args.data, "val", None)[-args.val_count:]
     train: list[tuple[str, str]] = [("train", i) for i in image_ids(args.data, "train", None)]
     train += [("val", i) for i in image_ids(args.data, "val", None)[: -args.val_count]]
-    images = [load_image(args.data, s, i).astype(np.float32) / 255 for s, i in train]
-    labels = [np.mean(load_boundaries(args.data, s, i), axis=0, dtype=np.float32) for s, i in train]
+    samples = _samples(args.data, train, config.patch, config.seed)
     val_images, val_truths = _load(args.data, "val", val_ids)
     val = list(zip(val_images, val_truths))
     thresholds = thresholds_for(args.val_thresholds)
-    model = hed_from_onnx(onnx.load(str(args.init))).hed
-    trainer = HEDTrainer(config, model, EdgeSamples(images, labels, config.patch, config.seed))
+    model = _served_hed(args.init)
+    trainer = HEDTrainer(config, model, samples)
     meta: dict[str, Any] = {"history": [], "elapsed_s": 0.0,
                             "command": shlex.join(["python", "-m", "training.hed.train", *(argv or sys.argv[1:])]),
                             "machine": machine_description(trainer.device)}
@@ -262,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         meta["history"].append({"iteration": 0, "loss": float("nan"), "val_ods": validate(model, val, thresholds),
                                 "elapsed_s": 0.0})
-    print(f"HED fine-tuning: {len(images)} training images, {len(val)} held-out val images; "
+    print(f"HED fine-tuning: {len(samples.images)} training images, {len(val)} held-out val images; "
           f"{config}; {meta['machine']}; val ODS at start {meta['history'][0]['val_ods']:.4f}", flush=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
