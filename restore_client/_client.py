@@ -120,8 +120,9 @@ class Client(_Common):
         check_operation(operation)
         return self._send("POST", f"/{operation}", image=image, params=query(params)).content
 
-    def denoise(self, image: ImageSource, *, sigma: float | str | None = None, format: str | None = None) -> bytes:
-        return self.run("denoise", image, sigma=sigma, format=format)
+    def denoise(self, image: ImageSource, *, sigma: float | str | None = None, model: str | None = None,
+                format: str | None = None) -> bytes:
+        return self.run("denoise", image, sigma=sigma, model=model, format=format)
 
     def edges(self, image: ImageSource, *, thin: bool | None = None, threshold: float | None = None, side: str | None = None,
               depth: int | None = None, format: str | None = None) -> bytes:
@@ -243,8 +244,9 @@ class AsyncClient(_Common):
         check_operation(operation)
         return (await self._send("POST", f"/{operation}", image=image, params=query(params))).content
 
-    async def denoise(self, image: ImageSource, *, sigma: float | str | None = None, format: str | None = None) -> bytes:
-        return await self.run("denoise", image, sigma=sigma, format=format)
+    async def denoise(self, image: ImageSource, *, sigma: float | str | None = None, model: str | None = None,
+                      format: str | None = None) -> bytes:
+        return await self.run("denoise", image, sigma=sigma, model=model, format=format)
 
     async def edges(self, image: ImageSource, *, thin: bool | None = None, threshold: float | None = None,
                     side: str | None = None, depth: int | None = None, format: str | None = None) -> bytes:

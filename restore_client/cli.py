@@ -71,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="operation", required=True, metavar="OPERATION")
     denoise = commands.add_parser("denoise", parents=[common], help="remove noise (DnCNN)", epilog=EXAMPLES,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    denoise.add_argument("--sigma", help="noise level 15, 25 or 50, or auto (estimate per image); default: the blind model")
+    chooser = denoise.add_mutually_exclusive_group()
+    chooser.add_argument("--sigma", help="noise level 15, 25 or 50, or auto (estimate per image); default: the blind model")
+    chooser.add_argument("--model", help="a loaded denoise model by name (GET /v1/models), instead of --sigma")
     edges = commands.add_parser("edges", parents=[common], help="edge map (HED)", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     edges.add_argument("--thin", action="store_true", help="one-pixel-wide edges")
@@ -86,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     if args.operation == "denoise":
-        return {"sigma": args.sigma}
+        return {"sigma": args.sigma, "model": args.model}
     if args.operation == "edges":
         return {"thin": args.thin or None, "threshold": args.threshold, "side": args.side, "depth": args.depth}
     return {}

@@ -63,7 +63,8 @@ async def release_holds(request: Request) -> AsyncIterator[None]:
 
 
 async def admit(
-    request: Request, runtime: Runtime, *, task: Task, sigma: Sigma, scales: tuple[float, ...] = multiscale.SINGLE
+    request: Request, runtime: Runtime, *, task: Task, sigma: Sigma, scales: tuple[float, ...] = multiscale.SINGLE,
+    model: str | None = None,
 ) -> Admitted:
     """Read, price and decode the request's image, refusing as early as possible."""
     settings = runtime.settings
@@ -74,7 +75,7 @@ async def admit(
     level = sigma
     if isinstance(level, str):  # "auto": priced on the model an unknown level picks, chosen again once decoded
         level = pick_sigma(NoiseEstimate(None), _ready_sigmas(runtime, task, header.channels))
-    state = runtime.select(task, channels=header.channels, sigma=level)
+    state = runtime.select(task, channels=header.channels, sigma=level, name=model)
     assert state.scheduler is not None
     sizes = multiscale.scaled_sizes(scales, header.height, header.width, settings.max_pixels)
     works = [plan_for(state.spec, settings, s.height, s.width, state.tiling).work for s in sizes]

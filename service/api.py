@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -138,6 +139,7 @@ class Operation:
     encode: Callable[[ModelRun], bytes]  # model output -> file bytes, run off the event loop
     sigma: Sigma = None
     scales: tuple[float, ...] = multiscale.SINGLE  # /edges?scales=: the model at each, maps averaged
+    model: str | None = None  # /denoise?model=: a loaded model by name, instead of choosing by sigma
 
 
 @dataclass
@@ -175,7 +177,9 @@ async def prepare(request: Request, operation: Operation) -> Prepared:
     budgets), decode, and settle the output format. What it holds is on ``request.state.holds``."""
     runtime = runtime_of(request)
     timer = StageTimer()
-    admitted = await admit(request, runtime, task=operation.task, sigma=operation.sigma, scales=operation.scales)  # admission.py
+    admitted = await admit(
+        request, runtime, task=operation.task, sigma=operation.sigma, scales=operation.scales, model=operation.model
+    )  # admission.py
     timer.add("decode", admitted.decode_seconds)
     headers: dict[str, str] = {}
     if admitted.noise is not None:  # sigma=auto
@@ -302,10 +306,25 @@ async def denoise_operation(
             },
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        Query(
+            description=(
+                "A loaded denoise model by name (GET /v1/models lists them), instead of choosing by sigma: for "
+                "example the paper's blind CDnCNN-B, `dncnn-color-blind`, for noise known to be white Gaussian. "
+                "Not together with sigma; a name that is not loaded, or a gray model for a colour image, is refused with 422."
+            ),
+            min_length=1,
+            max_length=128,
+            openapi_examples={"paper": {"summary": "the paper's blind colour model", "value": "dncnn-color-blind"}},
+        ),
+    ] = None,
     format: FormatQuery = None,
 ) -> Operation:
     """/denoise's parameters (shared by POST /denoise and POST /v1/jobs/denoise)."""
-    return image_operation(request, task="denoise", sigma=sigma, fmt_query=format)
+    if model is not None and sigma is not None:
+        raise BadRequest("give sigma or model, not both: model names one model, sigma lets the service choose")
+    return dataclasses.replace(image_operation(request, task="denoise", sigma=sigma, fmt_query=format), model=model)
 
 
 @router.post(

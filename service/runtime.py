@@ -184,8 +184,12 @@ class Runtime:
         fitting = [s for s in self.models.values() if s.spec.task == task and s.spec.channels in (channels, 3)]
         return [s for s in fitting if s.spec.channels == channels] or fitting
 
-    def select(self, task: Task, *, channels: int, sigma: float | None = None) -> ModelState:
-        """The model serving ``task`` for an image with ``channels``; errors name what is available."""
+    def select(self, task: Task, *, channels: int, sigma: float | None = None, name: str | None = None) -> ModelState:
+        """The model serving ``task`` for an image with ``channels``: the one ``name``d, or the one
+        of that ``sigma`` (None: blind) that the manifest lists first among the default ones.
+        Errors name what is available."""
+        if name is not None:
+            return _ready(self._named(task, name, channels))
         exact = self.candidates(task, channels=channels)
         matching = [s for s in exact if s.spec.sigma == sigma]
         if not matching:
@@ -197,10 +201,23 @@ class Runtime:
                 f"sigma={sigma:g} has no {kind} model; use one of {[int(v) for v in offered]} or omit sigma for the blind model"
                 if sigma is not None else f"no blind {task} model is loaded for {kind} images; pass sigma in {offered}"
             )
-        state = sorted(matching, key=lambda s: not s.spec.default)[0]
-        if state.status != "ready" or state.scheduler is None:
-            raise ModelUnavailable(
-                f"model {state.spec.name} is not ready ({state.status}: {state.detail})",
-                headers={"Retry-After": "5"} if state.status == "loading" else None,
-            )
+        return _ready(sorted(matching, key=lambda s: not s.spec.default)[0])  # stable: manifest order breaks ties
+
+    def _named(self, task: Task, name: str, channels: int) -> ModelState:
+        """``?model=``: a loaded model of ``task`` that takes ``channels`` (a colour model takes gray images as RGB)."""
+        state = self.models.get(name)
+        if state is None or state.spec.task != task:
+            loaded = sorted(n for n, s in self.models.items() if s.spec.task == task)
+            raise BadRequest(f"model {name!r} is not a loaded {task} model; loaded: {loaded}")
+        if state.spec.channels not in (channels, 3):
+            raise BadRequest(f"model {name!r} takes {state.spec.channels}-channel images, this one has {channels} channels")
         return state
+
+
+def _ready(state: ModelState) -> ModelState:
+    if state.status != "ready" or state.scheduler is None:
+        raise ModelUnavailable(
+            f"model {state.spec.name} is not ready ({state.status}: {state.detail})",
+            headers={"Retry-After": "5"} if state.status == "loading" else None,
+        )
+    return state

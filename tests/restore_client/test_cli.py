@@ -60,6 +60,15 @@ def test_a_folder_keeps_its_tree_and_each_file_its_format(server: Running, tree:
     assert "3 done, 0 skipped (output exists), 0 failed" in log
 
 
+def test_model_goes_to_the_service(server: Running, tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "clean.png"  # one file in, one file out
+    code, log = restore(server, "denoise", str(tree / "a.png"), "-o", str(out), "--model", "colour")
+    assert code == 0, log
+    assert out.read_bytes() == service(server, "/denoise?model=colour&format=png", (tree / "a.png").read_bytes())
+    code, log = restore(server, "denoise", str(tree / "a.png"), "-o", str(tmp_path / "bad.png"), "--model", "gray")
+    assert code == 1 and "'gray' takes 1-channel images" in log
+
+
 def test_a_second_run_skips_what_exists_and_overwrite_redoes_it(server: Running, tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert restore(server, "edges", str(tree), "-o", str(out), "--thin")[0] == 0
@@ -112,6 +121,9 @@ def test_an_unreachable_service_and_bad_usage_say_so(tree: Path, tmp_path: Path,
     with pytest.raises(SystemExit) as usage:
         main(["denoise", str(tmp_path / "missing"), "-o", str(tmp_path / "o")])
     assert usage.value.code == 2 and "no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        main(["denoise", str(tree), "-o", str(tmp_path / "o"), "--sigma", "25", "--model", "colour"])
+    assert usage.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_the_command_is_installed_and_its_help_has_examples() -> None:

@@ -50,6 +50,7 @@ def test_sync_calls_return_what_the_service_returns(server: Running, tmp_path: P
     with Client(server.base, api_key="k1") as client:
         assert client.denoise(PNG) == direct(server, "/denoise", PNG)
         assert client.denoise(path, format="webp") == direct(server, "/denoise?format=webp", PNG)  # streamed from the path
+        assert client.denoise(PNG, model="colour") == direct(server, "/denoise?model=colour", PNG)
         with open(path, "rb") as handle:
             assert client.edges(handle, thin=True, threshold=0.3) == direct(server, "/edges?thin=true&threshold=0.3", PNG)
         assert client.derain(PNG) == client.dehaze(PNG) == client.desnow(PNG) == direct(server, "/derain", PNG)

@@ -483,6 +483,44 @@ async def test_without_auto_there_is_no_estimate(levels_client: httpx.AsyncClien
         assert response.headers["x-model"] == model and "estimate" not in response.headers["server-timing"]
 
 
+@pytest.mark.parametrize(
+    "query,channels,model",
+    [("model=colour-s50", 3, "colour-s50"), ("model=gray-s25", 1, "gray-s25"), ("model=colour", 1, "colour")],
+)
+async def test_model_names_the_model(levels_client: httpx.AsyncClient, query: str, channels: int, model: str) -> None:
+    """A colour model takes a gray image (as RGB); the name wins over what sigma would have chosen."""
+    response = await levels_client.post(f"/denoise?{query}", content=_photo(25, channels))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-model"] == model and "x-noise-sigma" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "query,channels,detail",
+    [
+        ("model=nope", 3, "'nope' is not a loaded denoise model; loaded: ['colour', 'colour-s15'"),
+        ("model=gray-s25", 3, "'gray-s25' takes 1-channel images, this one has 3"),
+        ("model=colour&sigma=25", 3, "give sigma or model, not both"),
+        ("model=colour&sigma=auto", 3, "give sigma or model, not both"),
+        ("model=", 3, "at least 1 character"),
+    ],
+)
+async def test_a_model_that_cannot_serve_the_image_is_a_422(
+    levels_client: httpx.AsyncClient, query: str, channels: int, detail: str
+) -> None:
+    response = await levels_client.post(f"/denoise?{query}", content=_photo(25, channels))
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    assert detail in response.text
+
+
+async def test_of_two_blind_models_the_first_in_the_manifest_serves_without_sigma(tmp_path: Path) -> None:
+    """Two default blind colour models (camera noise, Gaussian): the manifest's order decides, ?model= picks the other."""
+    root = write_fake_manifest(tmp_path / "models", [{"name": "colour-camera", "channels": 3}, {"name": "colour", "channels": 3}])
+    async with serve(Settings(models_dir=root, tile_size=64, tile_overlap=2), fake_engine) as client:
+        for query, model in (("", "colour-camera"), ("?model=colour", "colour"), ("?model=colour-camera", "colour-camera")):
+            response = await client.post(f"/denoise{query}", content=_photo(25))
+            assert response.headers["x-model"] == model
+
+
 async def test_sigma_auto_gives_back_its_place_on_both_queues(tmp_path: Path) -> None:
     """Priced on the blind model, moved to the level's model: neither queue keeps work afterwards."""
     root = write_fake_manifest(tmp_path / "models", [
