@@ -3,7 +3,7 @@
 Usage::
 
     OMP_NUM_THREADS=1 python -m training.dncnn.auto_rule --data ../shared/data/denoise \\
-        --manifest models/onnx/manifest.json [--every 9] [--crop 192]
+        --manifest models/onnx/manifest.json [--every 9] [--crop 192] [--models NAME ...]
 
 Every ``--every``-th CBSD68 image, its centre ``--crop`` square, under Gaussian noise (8-bit PNG),
 Gaussian noise then JPEG quality 90 4:2:0, and Poisson-Gaussian sensor noise with and without that
@@ -54,8 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--every", type=int, default=9, help="every N-th CBSD68 image")
     parser.add_argument("--crop", type=int, default=192, help="centre square side")
+    parser.add_argument("--models", nargs="*", help="colour models to compare (default: those loaded by default)")
     args = parser.parse_args(argv)
-    entries = [e for e in read_manifest(args.manifest) if e["task"] == "denoise" and e["channels"] == 3 and e["default"]]
+    colour = [e for e in read_manifest(args.manifest) if e["task"] == "denoise" and e["channels"] == 3]
+    entries = [e for e in colour if e["name"] in args.models] if args.models else [e for e in colour if e["default"]]
     entries.sort(key=lambda e: (e["sigma"] is not None, e["sigma"] or 0))
     sessions = {e["name"]: make_session(args.manifest.parent / e["file"]) for e in entries}
     images = [(name, _crop(clean, args.crop)) for name, clean in load_set(args.data / "CBSD68", 3, None)[::args.every]]

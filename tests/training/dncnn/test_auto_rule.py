@@ -21,3 +21,13 @@ def test_table_has_every_condition_and_the_rule_s_picks(tmp_path: Path, capsys: 
     rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in lines[2:]}
     assert list(rows) == [label for label, _ in auto_rule.CONDITIONS]
     assert rows["Gaussian 25, PNG"] == "dncnn-color-blind" and rows["Gaussian 50, JPEG 4:2:0"] == "dncnn-color-s50"
+
+
+def test_models_names_the_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "CBSD68").mkdir()
+    Image.fromarray(noisy_image(48, 48, 3, seed=1, noise=0.0)).save(tmp_path / "CBSD68" / "1.png")
+    args = ["--data", str(tmp_path), "--manifest", str(MODELS_DIR / "manifest.json"), "--every", "1", "--crop", "40",
+            "--models", "dncnn-color-s25", "dncnn-color-blind"]
+    assert auto_rule.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| input | estimate | noisy | dncnn-color-blind | dncnn-color-s25 | auto picks |")
