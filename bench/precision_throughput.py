@@ -1,11 +1,14 @@
 """Megapixels per second of float32 vs int8 (ONNX Runtime, CPU), per model, on this machine.
 
     python -m bench.precision_throughput --int8 runs/int8 [--size 512] [--repeats 5] [--write]
+    python -m bench.precision_throughput --int8 runs/int8-hed --write   # HED's variant, timed alike
     python -m bench.precision_throughput            # the variants shipped in models/onnx/manifest.json
 
-Both files of a model run on the same input, one after the other, in sessions set up as the
-service sets them up (all CPUs it may use, arena off, full graph optimization), alternating for
-``--repeats`` rounds so a change of load hits both alike; the median time is kept. ``--write``
+Any model of the manifest is timed the same way (a denoiser or HED: the entry's channel count,
+input ``input``, every output computed, only the time kept). Both files of a model run on the
+same input, one after the other, in sessions set up as the service sets them up (all CPUs it may
+use, arena off, full graph optimization), alternating for ``--repeats`` rounds so a change of
+load hits both alike; the median time is kept. ``--write``
 stores the figures, with the CPU and its int8 flags, in ``DIR/variants.json`` for
 ``export.quantize ship``. Take them on an idle machine: check ``top`` first.
 """

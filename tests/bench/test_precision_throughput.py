@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from bench import precision_throughput
-from export.onnx_export import sha256_file
+from export.manifest import write_manifest
+from export.onnx_export import export_onnx, sha256_file
 from export.quantize import quantize_model, read_variants, variant_verdict, write_variants
+from models.hed import HEDForInference, build_hed
 
 FLOAT = precision_throughput.MODELS / "dncnn-gray-s25.onnx"
 
@@ -27,3 +31,30 @@ def test_write_records_both_speeds_for_ship(tmp_path: Path) -> None:
     assert abs(speed["speedup"] / (speed["int8_mp_per_s"] / speed["float32_mp_per_s"]) - 1) < 0.1  # rounded figures
     assert speed["size"] == 32 and "--write" in speed["command"]
     assert variant_verdict(read_variants(tmp_path)["dncnn-gray-s25"])[1].startswith("quality not measured")
+
+
+def test_write_records_the_speed_of_a_hed_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HED (3 channels, six output maps) timed as a denoiser is: both files, the speed ship reads."""
+    models, out = tmp_path / "models", tmp_path / "int8"
+    torch.manual_seed(0)
+    export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), models / "hed.onnx", (1, 3, 32, 32))
+    write_manifest(models / "manifest.json", [{
+        "name": "hed-bsds500", "task": "edges", "file": "hed.onnx", "sha256": sha256_file(models / "hed.onnx"),
+        "version": "0", "channels": 3, "sigma": None, "overlap": 113, "multiple": 16, "default": True,
+        "provenance": {}, "metrics": {},
+    }])
+    rng = np.random.default_rng(0)
+    crops = [rng.random((3, 32, 32), dtype=np.float32)]
+    quantize_model(models / "hed.onnx", out / "hed-bsds500.int8.onnx", crops, keep_float=())
+    write_variants(out, {"hed-bsds500": {
+        "file": "hed-bsds500.int8.onnx", "sha256": sha256_file(out / "hed-bsds500.int8.onnx"),
+        "float_sha256": sha256_file(models / "hed.onnx"), "provenance": {},
+        "metrics": {"delta_ods": {"33": -0.001}, "images": 200, "limit": None},
+    }})
+    monkeypatch.setattr(precision_throughput, "MODELS", models)
+    assert precision_throughput.main(["--int8", str(out), "--size", "48", "--repeats", "1", "--write"]) == 0
+    metrics = read_variants(out)["hed-bsds500"]["metrics"]
+    assert metrics["speed"]["float32_mp_per_s"] > 0 and metrics["speed"]["int8_mp_per_s"] > 0
+    assert metrics["speed"]["size"] == 48 and metrics["delta_ods"] == {"33": -0.001}  # merged, not replaced
+    ok, why = variant_verdict(read_variants(out)["hed-bsds500"])
+    assert ("faster" in why) and ok is (metrics["speed"]["speedup"] >= 1.5)

@@ -1,5 +1,5 @@
 """export/quantize.py: int8 QDQ variants (what stays float, that they compute the float model's
-answer within int8 error), the calibration crops, and the ship gate."""
+answer within int8 error), the calibration crops, HED's variant, and the ship gates (dB, ODS)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from export.manifest import read_manifest, write_manifest
 from export.onnx_export import export_onnx, run_onnx, sha256_file
 from export.quantize import (
     MAX_LOSS_DB,
+    MAX_LOSS_ODS,
     MIN_SPEEDUP,
     calibration_crops,
+    edge_calibration_crops,
     float_nodes,
+    main,
     quantize_model,
     read_variants,
     record_metrics,
@@ -28,6 +31,7 @@ from export.quantize import (
     write_variants,
 )
 from models.dncnn import DnCNN
+from models.hed import HEDForInference, build_hed
 from service.manifest import load_manifest
 
 
@@ -119,6 +123,53 @@ def test_calibration_crops_carry_the_models_noise(tmp_path: Path) -> None:
     assert blind[0] < 5 and blind[-1] > 45
 
 
+def _bsds_train(tmp_path: Path) -> Path:
+    """A BSDS500 layout whose train images are flat colours and whose one test image is white:
+    HED's calibration must read only the former."""
+    for split, colours in (("train", [(200, 40, 40), (40, 200, 40), (40, 40, 200)]), ("test", [(255, 255, 255)])):
+        folder = tmp_path / "data" / "bsds500" / "images" / split
+        folder.mkdir(parents=True)
+        for i, colour in enumerate(colours):
+            Image.fromarray(np.full((270, 300, 3), colour, dtype=np.uint8)).save(folder / f"{i}.jpg", quality=95)
+    return tmp_path / "data"
+
+
+def test_edge_calibration_crops_are_clean_rgb_train_crops(tmp_path: Path) -> None:
+    crops = edge_calibration_crops(_bsds_train(tmp_path), count=6, size=256)
+    assert len(crops) == 6 and all(c.shape == (3, 256, 256) and c.dtype == np.float32 for c in crops)
+    assert all(c.std(axis=(1, 2)).max() < 2 / 255 for c in crops)  # no noise added (JPEG of a flat colour)
+    assert all(0.1 < c.max() < 0.85 for c in crops)  # train colours only, never the white test image
+
+
+def test_make_quantizes_hed_whole_on_clean_train_crops(tmp_path: Path) -> None:
+    """An edges entry, named: every Conv int8 (DnCNN's --float parts do not apply), the calibration
+    recorded, and the fused map within a few uint8 steps of the float model's. Unnamed, HED is left alone."""
+    data, models, out = _bsds_train(tmp_path), tmp_path / "models", tmp_path / "int8"
+    torch.manual_seed(0)
+    export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), models / "hed.onnx", (1, 3, 32, 32))
+    write_manifest(models / "manifest.json", [{
+        "name": "hed-bsds500", "task": "edges", "file": "hed.onnx", "sha256": sha256_file(models / "hed.onnx"),
+        "version": "0", "channels": 3, "sigma": None, "overlap": 113, "multiple": 16, "default": True,
+        "provenance": {}, "metrics": {},
+    }])
+    args = ["make", "--manifest", str(models / "manifest.json"), "--data", str(data), "--out", str(out), "--count", "3"]
+    assert main(args) == 0 and read_variants(out) == {}  # the default: denoisers only
+    assert main([*args, "--models", "hed-bsds500"]) == 0
+    variant = read_variants(out)["hed-bsds500"]
+    assert variant["float_sha256"] == sha256_file(models / "hed.onnx") and variant["provenance"]["float_nodes"] == []
+    assert "3 clean 256x256 crops of BSDS500 train" in variant["provenance"]["calibration"]
+    assert "--models hed-bsds500" in variant["provenance"]["command"]
+    model = onnx.load(str(out / variant["file"]))
+    assert sha256_file(out / variant["file"]) == variant["sha256"]
+    convs = {name: q for name, q in _quantized_inputs(model).items() if name.endswith("Conv")}
+    assert len(convs) == 19 and all(convs.values())  # hed-tiny: 13 in its stages, 5 side outputs, the fusion
+    x = edge_calibration_crops(data, count=1, size=64, seed=5)[0][None]
+    reference, quantized = run_onnx(models / "hed.onnx", x)[0, 0], run_onnx(out / variant["file"], x)[0, 0]
+    assert 0 < np.abs(quantized - reference).mean() < 4 / 255
+    with pytest.raises(SystemExit, match="not denoise or edges models"):
+        main([*args, "--models", "weather"])
+
+
 def _variant(delta: float | None, speedup: float | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if delta is not None:
@@ -142,6 +193,36 @@ def test_variant_verdict_needs_both_measurements_and_both_gates(
     delta: float | None, speedup: float | None, ok: bool, says: str
 ) -> None:
     verdict = variant_verdict(_variant(delta, speedup))
+    assert verdict[0] is ok and says in verdict[1]
+
+
+def _hed_variant(deltas: dict[str, float] | None, speedup: float | None, limit: int | None = None) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"images": 200, "limit": limit}
+    if deltas is not None:
+        metrics.update(delta_ods=deltas, delta_ois={n: -0.02 for n in deltas}, delta_ap={n: -0.03 for n in deltas})
+    if speedup is not None:
+        metrics["speed"] = {"speedup": speedup}
+    return {"metrics": metrics}
+
+
+@pytest.mark.parametrize(
+    "deltas,speedup,limit,ok,says",
+    [
+        ({"33": -0.004}, 3.0, None, True, "3.00x faster, worst cell -0.0040 ODS"),
+        ({"33": -MAX_LOSS_ODS}, MIN_SPEEDUP, None, True, "1.50x faster"),
+        ({"99": 0.001, "33": -0.006}, 3.0, None, False, "loses 0.0060 ODS (at most 0.005 allowed)"),
+        ({"33": -0.004}, None, None, False, "speed not measured"),
+        ({"33": -0.004}, 1.2, None, False, "1.20x faster (at least 1.5x required)"),
+        ({"33": -0.004}, 3.0, 2, False, "200 images only (--limit 2)"),
+        (None, 3.0, None, False, "quality not measured"),
+    ],
+)
+def test_variant_verdict_judges_hed_by_ods_alone(
+    deltas: dict[str, float] | None, speedup: float | None, limit: int | None, ok: bool, says: str
+) -> None:
+    """ODS is the issue's gate: OIS and AP losses (here 0.02 and 0.03) are recorded, not judged; a
+    measurement on part of the split (--limit) is not one."""
+    verdict = variant_verdict(_hed_variant(deltas, speedup, limit))
     assert verdict[0] is ok and says in verdict[1]
 
 

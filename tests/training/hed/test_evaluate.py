@@ -1,10 +1,12 @@
 """training/hed/evaluate.py: correspondence matching on cases of known F, the ODS/OIS/AP arithmetic,
-Canny's soft map, and the CLI end to end on a generated miniature BSDS500."""
+Canny's soft map, and the CLI end to end on a generated miniature BSDS500 (an int8 variant's
+delta_ods included)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from skimage.feature import canny
 
 from export.manifest import write_manifest
 from export.onnx_export import export_onnx, sha256_file
+from export.quantize import quantize_model, read_variants, variant_verdict, write_variants
 from models.hed import HEDForInference, build_hed
 from training.hed.evaluate import (
     THRESHOLDS,
@@ -181,18 +184,24 @@ def _mini_bsds(root: Path) -> None:
         scipy.io.savemat(str(root / "groundTruth/test" / f"{image_id}.mat"), {"groundTruth": cells})
 
 
-def test_cli_on_a_miniature_bsds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _mini_bsds(tmp_path / "bsds")
+def _tiny_hed(onnx_dir: Path, metrics: dict[str, Any] | None = None) -> Path:
+    """A randomly initialised hed-tiny as the manifest's ``hed-bsds500``; returns the manifest."""
     torch.manual_seed(0)
-    onnx_dir = tmp_path / "onnx"
     export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), onnx_dir / "hed.onnx", (1, 3, 32, 32))
     entry = {
         "name": "hed-bsds500", "task": "edges", "file": "hed.onnx",
         "sha256": sha256_file(onnx_dir / "hed.onnx"), "version": "0", "channels": 3,
         "sigma": None, "overlap": 113, "multiple": 16, "default": True,
-        "provenance": {}, "metrics": {"kept": 1},
+        "provenance": {}, "metrics": metrics or {},
     }
     write_manifest(onnx_dir / "manifest.json", [entry])
+    return onnx_dir / "manifest.json"
+
+
+def test_cli_on_a_miniature_bsds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _mini_bsds(tmp_path / "bsds")
+    onnx_dir = tmp_path / "onnx"
+    _tiny_hed(onnx_dir, {"kept": 1})
     code = main([
         "--data", str(tmp_path / "bsds"), "--manifest", str(onnx_dir / "manifest.json"),
         "--modes", "ort", "ort-tiled", "canny", "--canny-sigmas", "1.5", "--workers", "1",
@@ -213,15 +222,8 @@ def test_cli_multiscale_modes_and_two_threshold_counts(tmp_path: Path, capsys: p
     tiling: on a clean synthetic image the two agree), ``--thresholds 9 5`` prints one table per
     count from one pass, and the manifest gets the headline count with the other beside it."""
     _mini_bsds(tmp_path / "bsds")
-    torch.manual_seed(0)
     onnx_dir = tmp_path / "onnx"
-    export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), onnx_dir / "hed.onnx", (1, 3, 32, 32))
-    entry = {
-        "name": "hed-bsds500", "task": "edges", "file": "hed.onnx",
-        "sha256": sha256_file(onnx_dir / "hed.onnx"), "version": "0", "channels": 3,
-        "sigma": None, "overlap": 113, "multiple": 16, "default": True, "provenance": {}, "metrics": {},
-    }
-    write_manifest(onnx_dir / "manifest.json", [entry])
+    _tiny_hed(onnx_dir)
     args = ["--data", str(tmp_path / "bsds"), "--manifest", str(onnx_dir / "manifest.json"), "--workers", "1"]
     assert main([*args, "--modes", "ort-tiled", "ort-ms", "ort-tiled-ms", "--small-tile", "0", "--scales", "1.5", "0.5", "1",
                  "--thresholds", "9", "5", "--write-manifest"]) == 0
@@ -238,3 +240,67 @@ def test_cli_multiscale_modes_and_two_threshold_counts(tmp_path: Path, capsys: p
     assert abs(whole["ods"] - multi["ods"]) < 0.02  # tiled (padded to 16) vs whole: the same map up to the padding
     with pytest.raises(SystemExit):
         main([*args, "--modes", "ort-ms", "--scales", "3"])  # the service's rules: at most 2
+
+
+def _int8_variant(tmp_path: Path) -> tuple[list[str], Path]:
+    """The miniature BSDS, a tiny HED in its manifest and its int8 variant in ``int8/variants.json``;
+    the CLI's common arguments and that folder."""
+    _mini_bsds(tmp_path / "bsds")
+    manifest = _tiny_hed(tmp_path / "onnx")
+    out = tmp_path / "int8"
+    rng = np.random.default_rng(0)
+    quantize_model(manifest.parent / "hed.onnx", out / "hed-bsds500.int8.onnx",
+                   [rng.random((3, 64, 64), dtype=np.float32) for _ in range(3)], keep_float=())
+    write_variants(out, {"hed-bsds500": {
+        "file": "hed-bsds500.int8.onnx", "sha256": sha256_file(out / "hed-bsds500.int8.onnx"),
+        "float_sha256": sha256_file(manifest.parent / "hed.onnx"), "provenance": {}, "metrics": {},
+    }})
+    return ["--data", str(tmp_path / "bsds"), "--manifest", str(manifest), "--workers", "1", "--int8", str(out)], out
+
+
+def test_cli_int8_records_the_variants_delta_against_ort_of_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--int8`` adds modes ort and ort-int8 (here to canny) and records, per threshold count, both
+    scores and int8 - float32 in variants.json, where ship's ODS gate reads them."""
+    args, out = _int8_variant(tmp_path)
+    assert main([*args, "--modes", "canny", "--canny-sigmas", "1.5", "--thresholds", "9", "5"]) == 0
+    table = capsys.readouterr().out
+    for method in ("HED ORT, whole image", "HED ORT int8, whole image", "Canny sigma=1.5"):
+        assert f"| {method} |" in table
+    metrics = read_variants(out)["hed-bsds500"]["metrics"]
+    assert metrics["images"] == 2 and metrics["limit"] is None
+    for count in ("9", "5"):
+        int8, float32 = metrics["bsds500_test"][count], metrics["float32_bsds500_test"][count]
+        assert f"| HED ORT int8, whole image | {int8['ods']:.4f} |" in table
+        assert f"| HED ORT, whole image | {float32['ods']:.4f} |" in table
+        for field in ("ods", "ois", "ap"):
+            assert metrics[f"delta_{field}"][count] == pytest.approx(int8[field] - float32[field], abs=1.5e-4)
+    assert variant_verdict({"metrics": metrics})[1].startswith("speed not measured")  # quality is in
+
+
+@pytest.mark.parametrize(
+    "variants,says",
+    [
+        ({}, "no int8 variant of hed-bsds500"),
+        ({"float_sha256": "0" * 64}, "made from another float file"),
+        ({"sha256": "0" * 64}, "changed since it was made"),
+    ],
+)
+def test_cli_int8_refuses_a_variant_it_cannot_compare(tmp_path: Path, variants: dict[str, str], says: str) -> None:
+    """Missing, made from another float file than the manifest's, or altered since: refused before
+    any image is read (a delta against another model would mean nothing)."""
+    manifest = _tiny_hed(tmp_path / "onnx")
+    out = tmp_path / "int8"
+    out.mkdir()
+    (out / "hed-bsds500.int8.onnx").write_bytes(b"int8")
+    variant = {"file": "hed-bsds500.int8.onnx", "sha256": sha256_file(out / "hed-bsds500.int8.onnx"),
+               "float_sha256": sha256_file(manifest.parent / "hed.onnx"), "provenance": {}, "metrics": {}}
+    write_variants(out, {"hed-bsds500": {**variant, **variants}} if variants else {})
+    with pytest.raises(SystemExit, match=says):
+        main(["--data", str(tmp_path / "absent"), "--manifest", str(manifest), "--modes", "ort", "--int8", str(out)])
+
+
+def test_cli_int8_mode_needs_its_folder(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), "--manifest", str(tmp_path / "manifest.json"), "--modes", "ort-int8"])
