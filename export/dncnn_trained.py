@@ -3,7 +3,7 @@
 Usage::
 
     python -m export.dncnn_trained --checkpoint runs/dncnn-s25/best.pt \\
-        --name dncnn-gray-s25-ours --out models/onnx [--default]
+        --name dncnn-gray-s25-ours --out models/onnx [--default] [--blend ALPHA]
 
 BatchNorm is folded into the preceding convolution (``fold_batch_norm``), which turns the trained
 network into the same ``DnCNN(batch_norm=False)`` architecture as the converted releases; the
@@ -22,14 +22,15 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import onnx
 import torch
 
-from export.dncnn import EXPORT_HW
+from export.dncnn import EXPORT_HW, dncnn_from_onnx
 from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 from export.onnx_export import export_onnx, sha256_file
 from models.dncnn import DnCNN, dncnn_config
 
-__all__ = ["fold_batch_norm", "model_from_checkpoint", "trained_entry", "main"]
+__all__ = ["fold_batch_norm", "model_from_checkpoint", "blend_with_init", "trained_entry", "main"]
 
 VERSION = "1.0.0"
 ORIGIN = "trained in this repository with training/dncnn/train.py (Zhang et al. 2017 recipe)"
@@ -82,6 +83,25 @@ def model_from_checkpoint(state: dict[str, Any]) -> DnCNN:
     return model.eval()
 
 
+@torch.no_grad()
+def blend_with_init(model: DnCNN, init: DnCNN, alpha: float) -> DnCNN:
+    """``alpha`` x the fine-tuned weights + (1 - ``alpha``) x the weights the run started from.
+
+    Weight-space ensembling of a fine-tuned network with its starting point (WiSE-FT: Wortsman et
+    al., "Robust fine-tuning of zero-shot models", CVPR 2022): fine-tuning from a model with a low
+    learning rate stays in one basin, so the straight line between the two is a family of working
+    networks that trades the new skill (camera noise) against the old one (Gaussian noise) with one
+    number, chosen on validation data, without retraining. Both must be BatchNorm-free, same shape.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"blend alpha must be in [0, 1], not {alpha}")
+    start = init.state_dict()
+    blended = {k: alpha * v.double() + (1.0 - alpha) * start[k].double() for k, v in model.state_dict().items()}
+    out = DnCNN(model.channels, model.depth, model.head.conv.out_channels, batch_norm=False)
+    out.load_state_dict({k: v.float() for k, v in blended.items()}, strict=True)
+    return out.eval()
+
+
 def _data_description(state: Mapping[str, Any], iterations: int) -> str:
     config: Mapping[str, Any] = state["config"]
     low, high = config["sigma_range"]
@@ -119,6 +139,7 @@ def trained_entry(
         "overlap": model.depth,  # receptive-field radius: one pixel per 3x3 conv
         "multiple": 1,
         "default": default,
+        "noise": "camera" if config.get("noise") == "camera" else "gaussian",  # sigma=auto's routing (service.manifest)
         "provenance": {
             "source": "trained",
             "origin": ORIGIN,
@@ -146,6 +167,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="folder holding manifest.json")
     parser.add_argument("--default", action="store_true",
                         help="load it by default (only if it beats the authors' weights)")
+    parser.add_argument("--blend", type=float, metavar="ALPHA",
+                        help="export ALPHA x the trained weights + (1 - ALPHA) x the --init model the run "
+                             "started from (WiSE-FT weight-space ensembling; fine-tuned runs only)")
     return parser.parse_args(argv)
 
 
@@ -153,13 +177,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     command = "python -m export.dncnn_trained " + shlex.join(
         ["--checkpoint", str(args.checkpoint), "--name", args.name, "--out", str(args.out)]
-        + (["--default"] if args.default else [])
+        + (["--default"] if args.default else []) + (["--blend", f"{args.blend:g}"] if args.blend is not None else [])
     )
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)  # no pickled code
     model = fold_batch_norm(model_from_checkpoint(state))
+    if args.blend is not None:
+        init = state["config"].get("init")
+        if not init:
+            raise SystemExit("--blend needs a run that started from --init (its checkpoint names none)")
+        model = blend_with_init(model, dncnn_from_onnx(onnx.load(str(init))), args.blend)
     path = args.out / f"{args.name}.onnx"
     diff = export_onnx(model, path, (1, model.channels, EXPORT_HW, EXPORT_HW))
     entry = trained_entry(state, model, args.name, path, command, args.default)
+    if args.blend is not None:
+        entry["provenance"]["blend"] = (
+            f"{args.blend:g} x these trained weights + {1 - args.blend:g} x {init} (its starting point): "
+            "WiSE-FT weight-space ensembling, Wortsman et al., CVPR 2022"
+        )
     manifest_path = args.out / MANIFEST_NAME
     update_manifest(manifest_path, lambda current: merge_keeping_metrics(current, [entry]))
     print(f"{args.name}: {path} ({path.stat().st_size / 2**20:.2f} MiB), ORT parity {diff:.2e}, "

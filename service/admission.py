@@ -34,7 +34,7 @@ from starlette.requests import Request
 
 from service import codecs, multiscale
 from service.multiscale import ScaledSize
-from service.noise_level import NoiseEstimate, estimate_noise, pick_sigma
+from service.noise_level import NoiseEstimate, camera_case, estimate_noise, pick_sigma
 from service.pipeline import plan_for
 from service.runtime import ModelState, Runtime
 from service.scheduler import Ticket
@@ -93,13 +93,27 @@ def _ready_sigmas(runtime: Runtime, task: Task, channels: int) -> list[float | N
     return [s.spec.sigma for s in runtime.candidates(task, channels=channels) if s.status == "ready"]
 
 
+def _auto_choice(runtime: Runtime, task: Task, channels: int, estimate: NoiseEstimate) -> ModelState:
+    """``sigma=auto``'s model for an estimate (AUTO_RULE): a loaded camera-noise model for colour
+    noise under 4:2:0, else the Gaussian model of the level ``pick_sigma`` gives; a camera model
+    never takes white noise, whatever the manifest's order."""
+    ready = [s for s in runtime.candidates(task, channels=channels) if s.status == "ready"]
+    camera = [s for s in ready if s.spec.noise == "camera"]
+    if camera and camera_case(estimate):
+        return runtime.select(task, channels=channels, name=camera[0].spec.name)
+    gaussian = [s for s in ready if s.spec.noise != "camera"]
+    level = pick_sigma(estimate, [s.spec.sigma for s in gaussian])
+    named = next((s.spec.name for s in gaussian if s.spec.sigma == level), None)
+    return runtime.select(task, channels=channels, sigma=level, name=named)
+
+
 async def _by_noise_level(runtime: Runtime, holds: AsyncExitStack, task: Task, admitted: Admitted) -> Admitted:
     """``sigma=auto``: estimate the image's noise level and move to the model it picks."""
     image, state, (ticket,) = admitted.image, admitted.state, admitted.tickets  # denoise: one size
     started = time.perf_counter()
     estimate = await asyncio.to_thread(estimate_noise, image.color, image.max_value)
     seconds = time.perf_counter() - started
-    chosen = runtime.select(task, channels=image.channels, sigma=pick_sigma(estimate, _ready_sigmas(runtime, task, image.channels)))
+    chosen = _auto_choice(runtime, task, image.channels, estimate)
     if chosen is not state:
         assert chosen.scheduler is not None and state.scheduler is not None
         plan = plan_for(chosen.spec, runtime.settings, image.height, image.width, chosen.tiling)

@@ -17,6 +17,9 @@ from service.types import Task
 _TASKS: frozenset[str] = frozenset({"denoise", "edges", "weather"})
 #: Precisions a manifest entry may list a variant file for (the float32 file is the entry itself).
 _PRECISIONS: frozenset[str] = frozenset({"int8"})
+#: What a denoiser was trained on: white Gaussian noise (the paper's), or camera noise (Poisson-Gaussian
+#: in linear light, then JPEG with 4:2:0 or 4:4:4 chroma: ``training.dncnn.camera_noise``).
+_NOISES: frozenset[str] = frozenset({"gaussian", "camera"})
 T = TypeVar("T")
 
 
@@ -61,6 +64,7 @@ class ModelSpec:
     overlap: int
     multiple: int
     default: bool
+    noise: str = "gaussian"  # denoisers: the noise trained on (_NOISES); sigma=auto sends 4:2:0 JPEG noise to "camera"
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
     variants: dict[str, Variant] = field(default_factory=dict, compare=False)
@@ -76,6 +80,9 @@ class ModelSpec:
             channels = int(entry["channels"])
             if channels not in (1, 3):
                 raise ManifestError(f"model {entry['name']!r}: channels must be 1 or 3")
+            noise = entry.get("noise", "gaussian")
+            if noise not in _NOISES:
+                raise ManifestError(f"model {entry['name']!r}: unknown noise {noise!r}; known: {sorted(_NOISES)}")
             known = {f for f in cls.__dataclass_fields__ if f != "extra"}
             return cls(
                 name=_typed(entry, "name", str),
@@ -88,6 +95,7 @@ class ModelSpec:
                 overlap=int(entry["overlap"]),
                 multiple=max(1, int(entry["multiple"])),
                 default=_typed(entry, "default", bool),
+                noise=noise,
                 provenance=dict(entry.get("provenance") or {}),
                 metrics=dict(entry.get("metrics") or {}),
                 variants=_variants(entry.get("variants") or {}, root),
@@ -111,6 +119,7 @@ class ModelSpec:
             "overlap": self.overlap,
             "multiple": self.multiple,
             "default": self.default,
+            "noise": self.noise,
             "provenance": self.provenance,
             "metrics": self.metrics,
             **({"variants": {k: v.public() for k, v in self.variants.items()}} if self.variants else {}),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from export import dncnn_trained
@@ -69,3 +70,16 @@ def test_checkpoint_exports_with_provenance(tmp_path: Path) -> None:
         trained = trainer.model.eval()(torch.from_numpy(x)).numpy()
     assert max_abs_diff(run_onnx(out / "tiny-ours.onnx", x), expected) <= 1e-4
     assert max_abs_diff(expected, trained) <= 1e-2  # float16 storage of the folded weights
+
+
+def test_blend_is_the_straight_line_between_the_two_models() -> None:
+    torch.manual_seed(0)
+    tuned, start = DnCNN(3, 4, 8, batch_norm=False).eval(), DnCNN(3, 4, 8, batch_norm=False).eval()
+    for alpha, expect in ((1.0, tuned), (0.0, start)):
+        blended = dncnn_trained.blend_with_init(tuned, start, alpha)
+        assert all(torch.equal(blended.state_dict()[k], v) for k, v in expect.state_dict().items())
+    quarter = dncnn_trained.blend_with_init(tuned, start, 0.25).state_dict()
+    for key, value in quarter.items():
+        assert torch.allclose(value, 0.25 * tuned.state_dict()[key] + 0.75 * start.state_dict()[key], atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        dncnn_trained.blend_with_init(tuned, start, 1.5)

@@ -33,6 +33,7 @@ WRONG_SHAPES: list[Any] = [
     {"models": [{**GOOD, "task": ["denoise"]}]},
     {"models": [{**GOOD, "provenance": "abc"}]},
     {"models": [{**GOOD, "metrics": 5}]},
+    {"models": [{**GOOD, "noise": "poisson"}]},
 ]
 
 
@@ -50,7 +51,9 @@ def test_wrong_shapes_are_a_manifest_error(tmp_path: Path, document: Any) -> Non
 
 def test_the_good_entry_loads(tmp_path: Path) -> None:
     (spec,) = load_manifest(_write(tmp_path, {"models": [GOOD]}))
-    assert (spec.name, spec.channels, spec.default) == ("m", 1, True)
+    assert (spec.name, spec.channels, spec.default, spec.noise) == ("m", 1, True, "gaussian")
+    (camera,) = load_manifest(_write(tmp_path, {"models": [{**GOOD, "noise": "camera"}]}))
+    assert camera.noise == "camera" and camera.public()["noise"] == "camera" and "noise" not in camera.extra
 
 
 @pytest.mark.parametrize("document", [[], {"models": "abc"}, {"models": [{**GOOD, "channels": "three"}]}], ids=["list", "str", "three"])

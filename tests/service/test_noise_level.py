@@ -10,7 +10,9 @@ from PIL import Image
 from scipy.stats import gamma
 
 from service import noise_level
-from service.noise_level import CHROMA_GAIN, LUMA_GAIN, NoiseEstimate, estimate_noise, gradient_energy, pick_sigma
+from service.noise_level import (
+    CHROMA_GAIN, LUMA_GAIN, NoiseEstimate, camera_case, estimate_noise, gradient_energy, pick_sigma,
+)
 from tests.conftest import noisy_image
 
 
@@ -128,3 +130,15 @@ WHITE, JPEG_420 = 1.0, 0.05  # chroma ratios
 )
 def test_pick_sigma(sigma: float | None, ratio: float | None, offered: list[float | None], expected: float | None) -> None:
     assert pick_sigma(NoiseEstimate(sigma, ratio), offered) == expected
+
+
+@pytest.mark.parametrize(
+    "sigma,ratio,expected",
+    [(25.0, JPEG_420, True), (10.0, JPEG_420, True), (9.9, JPEG_420, False), (25.0, WHITE, False), (25.0, None, False),
+     (None, JPEG_420, False)],
+)
+def test_camera_case_is_where_pick_sigma_leaves_the_blind_model(sigma: float | None, ratio: float | None, expected: bool) -> None:
+    """A camera-noise model takes exactly the images the level rule would take from the blind model."""
+    estimate = NoiseEstimate(sigma, ratio)
+    assert camera_case(estimate) is expected
+    assert (pick_sigma(estimate, ALL) is not None) is expected

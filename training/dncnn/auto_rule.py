@@ -18,13 +18,13 @@ import argparse
 import io
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from export.measure import psnr, quantize
-from service.noise_level import NoiseEstimate, estimate_noise, pick_sigma
+from service.noise_level import NoiseEstimate, camera_case, estimate_noise, pick_sigma
 from training.dncnn.camera_noise import TestFamily
 from training.dncnn.evaluate import denoise, load_set, make_session
 
@@ -43,6 +43,16 @@ CONDITIONS: tuple[tuple[str, TestFamily], ...] = (
 def _crop(image: np.ndarray, side: int) -> np.ndarray:
     top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
     return np.ascontiguousarray(image[top:top + side, left:left + side])
+
+
+def _picked(entries: list[dict[str, Any]], estimate: NoiseEstimate) -> str:
+    """The model the service's rule (``service.admission``'s sigma=auto choice) takes for ``estimate``."""
+    camera = [e for e in entries if e.get("noise") == "camera"]
+    gaussian = [e for e in entries if e.get("noise") != "camera"]
+    if camera and (camera_case(estimate) or not gaussian):
+        return str(camera[0]["name"])
+    level = pick_sigma(estimate, [e["sigma"] for e in gaussian])
+    return str(next(e["name"] for e in gaussian if e["sigma"] == level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for model, session in sessions.items():
                 scores[model].append(psnr(quantize(denoise(session, noisy / np.float32(255))), clean))
         ratio = estimate_noise(noisy, 255).chroma_ratio  # the condition's kind, from its last image
-        level = pick_sigma(NoiseEstimate(float(np.mean(estimates)), ratio), [e["sigma"] for e in entries])
-        picked = next(e["name"] for e in entries if e["sigma"] == level)
+        picked = _picked(entries, NoiseEstimate(float(np.mean(estimates)), ratio))
         cells = [f"{np.mean(estimates):.1f} ({min(estimates):.1f}-{max(estimates):.1f})", f"{np.mean(noisy_scores):.2f}",
                  *(f"{np.mean(v):.2f}" for v in scores.values()), picked]
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import MODELS_DIR, noisy_image
+from service.noise_level import NoiseEstimate
 from training.dncnn import auto_rule
 
 
@@ -20,7 +21,7 @@ def test_table_has_every_condition_and_the_rule_s_picks(tmp_path: Path, capsys: 
     assert lines[0].startswith("| input | estimate | noisy | dncnn-color-blind |")
     rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in lines[2:]}
     assert list(rows) == [label for label, _ in auto_rule.CONDITIONS]
-    assert rows["Gaussian 25, PNG"] == "dncnn-color-blind" and rows["Gaussian 50, JPEG 4:2:0"] == "dncnn-color-s50"
+    assert rows["Gaussian 25, PNG"] == "dncnn-color-blind" and rows["Gaussian 50, JPEG 4:2:0"] == "dncnn-color-real"
 
 
 def test_models_names_the_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,3 +32,12 @@ def test_models_names_the_columns(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert auto_rule.main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| input | estimate | noisy | dncnn-color-blind | dncnn-color-s25 | auto picks |")
+
+
+def test_the_picks_follow_the_service_rule() -> None:
+    entries = [{"name": "real", "sigma": None, "noise": "camera"}, {"name": "blind", "sigma": None},
+               {"name": "s25", "sigma": 25}]
+    assert auto_rule._picked(entries, NoiseEstimate(25.0, 0.05)) == "real"  # 4:2:0 noise: the camera model
+    assert auto_rule._picked(entries, NoiseEstimate(25.0, 1.0)) == "blind"  # white noise: never the camera model
+    assert auto_rule._picked(entries[1:], NoiseEstimate(25.0, 0.05)) == "s25"
+    assert auto_rule._picked(entries[:1], NoiseEstimate(25.0, 1.0)) == "real"  # the only one compared

@@ -197,6 +197,18 @@ def test_cli_camera_variant_trains_validates_and_exports(tmp_path: Path) -> None
     assert "Poisson-Gaussian" in entry["provenance"]["data"] and str(init) in entry["provenance"]["data"]
     assert "gaussian_share 0.25" in entry["provenance"]["data"]
 
+    # --blend 0: exactly the model the run started from; 0.5: halfway, recorded in the provenance
+    assert dncnn_trained.main(["--checkpoint", str(out / "last.pt"), "--name", "start", "--out", str(onnx_dir),
+                               "--blend", "0"]) == 0
+    start = {e["name"]: e for e in read_manifest(onnx_dir / "manifest.json")}["start"]
+    assert dncnn_trainer.initial_weights(onnx_dir / start["file"]).keys() == dncnn_trainer.initial_weights(init).keys()
+    assert all(torch.allclose(a, b, atol=1e-3) for a, b in zip(
+        dncnn_trainer.initial_weights(onnx_dir / start["file"]).values(), dncnn_trainer.initial_weights(init).values()))
+    assert dncnn_trained.main(["--checkpoint", str(out / "last.pt"), "--name", "half", "--out", str(onnx_dir),
+                               "--blend", "0.5"]) == 0
+    half = {e["name"]: e for e in read_manifest(onnx_dir / "manifest.json")}["half"]
+    assert "0.5 x these trained weights + 0.5 x" in half["provenance"]["blend"] and "--blend 0.5" in half["provenance"]["exported_by"]
+
 
 def test_init_needs_the_released_layout() -> None:
     with pytest.raises(SystemExit, match="batch-norm"):
