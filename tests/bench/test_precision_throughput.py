@@ -6,13 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from bench import precision_throughput
-from export.manifest import write_manifest
-from export.onnx_export import export_onnx, sha256_file
+from export.onnx_export import sha256_file
 from export.quantize import quantize_model, read_variants, variant_verdict, write_variants
-from models.hed import HEDForInference, build_hed
+from tests.conftest import tiny_hed
 
 FLOAT = precision_throughput.MODELS / "dncnn-gray-s25.onnx"
 
@@ -36,13 +34,7 @@ def test_write_records_both_speeds_for_ship(tmp_path: Path) -> None:
 def test_write_records_the_speed_of_a_hed_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """HED (3 channels, six output maps) timed as a denoiser is: both files, the speed ship reads."""
     models, out = tmp_path / "models", tmp_path / "int8"
-    torch.manual_seed(0)
-    export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), models / "hed.onnx", (1, 3, 32, 32))
-    write_manifest(models / "manifest.json", [{
-        "name": "hed-bsds500", "task": "edges", "file": "hed.onnx", "sha256": sha256_file(models / "hed.onnx"),
-        "version": "0", "channels": 3, "sigma": None, "overlap": 113, "multiple": 16, "default": True,
-        "provenance": {}, "metrics": {},
-    }])
+    tiny_hed(models)
     rng = np.random.default_rng(0)
     crops = [rng.random((3, 32, 32), dtype=np.float32)]
     quantize_model(models / "hed.onnx", out / "hed-bsds500.int8.onnx", crops, keep_float=())

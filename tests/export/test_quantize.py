@@ -31,8 +31,8 @@ from export.quantize import (
     write_variants,
 )
 from models.dncnn import DnCNN
-from models.hed import HEDForInference, build_hed
 from service.manifest import load_manifest
+from tests.conftest import tiny_hed
 
 
 def _tiny(tmp_path: Path, channels: int = 1) -> Path:
@@ -145,13 +145,7 @@ def test_make_quantizes_hed_whole_on_clean_train_crops(tmp_path: Path) -> None:
     """An edges entry, named: every Conv int8 (DnCNN's --float parts do not apply), the calibration
     recorded, and the fused map within a few uint8 steps of the float model's. Unnamed, HED is left alone."""
     data, models, out = _bsds_train(tmp_path), tmp_path / "models", tmp_path / "int8"
-    torch.manual_seed(0)
-    export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), models / "hed.onnx", (1, 3, 32, 32))
-    write_manifest(models / "manifest.json", [{
-        "name": "hed-bsds500", "task": "edges", "file": "hed.onnx", "sha256": sha256_file(models / "hed.onnx"),
-        "version": "0", "channels": 3, "sigma": None, "overlap": 113, "multiple": 16, "default": True,
-        "provenance": {}, "metrics": {},
-    }])
+    tiny_hed(models)
     args = ["make", "--manifest", str(models / "manifest.json"), "--data", str(data), "--out", str(out), "--count", "3"]
     assert main(args) == 0 and read_variants(out) == {}  # the default: denoisers only
     assert main([*args, "--models", "hed-bsds500"]) == 0

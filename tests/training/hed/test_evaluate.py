@@ -11,14 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.io
-import torch
 from PIL import Image
 from skimage.feature import canny
 
-from export.manifest import write_manifest
-from export.onnx_export import export_onnx, sha256_file
+from export.onnx_export import sha256_file
 from export.quantize import quantize_model, read_variants, variant_verdict, write_variants
-from models.hed import HEDForInference, build_hed
+from tests.conftest import tiny_hed
 from training.hed.evaluate import (
     THRESHOLDS,
     GroundTruth,
@@ -184,24 +182,10 @@ def _mini_bsds(root: Path) -> None:
         scipy.io.savemat(str(root / "groundTruth/test" / f"{image_id}.mat"), {"groundTruth": cells})
 
 
-def _tiny_hed(onnx_dir: Path, metrics: dict[str, Any] | None = None) -> Path:
-    """A randomly initialised hed-tiny as the manifest's ``hed-bsds500``; returns the manifest."""
-    torch.manual_seed(0)
-    export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), onnx_dir / "hed.onnx", (1, 3, 32, 32))
-    entry = {
-        "name": "hed-bsds500", "task": "edges", "file": "hed.onnx",
-        "sha256": sha256_file(onnx_dir / "hed.onnx"), "version": "0", "channels": 3,
-        "sigma": None, "overlap": 113, "multiple": 16, "default": True,
-        "provenance": {}, "metrics": metrics or {},
-    }
-    write_manifest(onnx_dir / "manifest.json", [entry])
-    return onnx_dir / "manifest.json"
-
-
 def test_cli_on_a_miniature_bsds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _mini_bsds(tmp_path / "bsds")
     onnx_dir = tmp_path / "onnx"
-    _tiny_hed(onnx_dir, {"kept": 1})
+    tiny_hed(onnx_dir, {"kept": 1})
     code = main([
         "--data", str(tmp_path / "bsds"), "--manifest", str(onnx_dir / "manifest.json"),
         "--modes", "ort", "ort-tiled", "canny", "--canny-sigmas", "1.5", "--workers", "1",
@@ -223,7 +207,7 @@ def test_cli_multiscale_modes_and_two_threshold_counts(tmp_path: Path, capsys: p
     count from one pass, and the manifest gets the headline count with the other beside it."""
     _mini_bsds(tmp_path / "bsds")
     onnx_dir = tmp_path / "onnx"
-    _tiny_hed(onnx_dir)
+    tiny_hed(onnx_dir)
     args = ["--data", str(tmp_path / "bsds"), "--manifest", str(onnx_dir / "manifest.json"), "--workers", "1"]
     assert main([*args, "--modes", "ort-tiled", "ort-ms", "ort-tiled-ms", "--small-tile", "0", "--scales", "1.5", "0.5", "1",
                  "--thresholds", "9", "5", "--write-manifest"]) == 0
@@ -246,7 +230,7 @@ def _int8_variant(tmp_path: Path) -> tuple[list[str], Path]:
     """The miniature BSDS, a tiny HED in its manifest and its int8 variant in ``int8/variants.json``;
     the CLI's common arguments and that folder."""
     _mini_bsds(tmp_path / "bsds")
-    manifest = _tiny_hed(tmp_path / "onnx")
+    manifest = tiny_hed(tmp_path / "onnx")
     out = tmp_path / "int8"
     rng = np.random.default_rng(0)
     quantize_model(manifest.parent / "hed.onnx", out / "hed-bsds500.int8.onnx",
@@ -290,7 +274,7 @@ def test_cli_int8_records_the_variants_delta_against_ort_of_the_same_run(
 def test_cli_int8_refuses_a_variant_it_cannot_compare(tmp_path: Path, variants: dict[str, str], says: str) -> None:
     """Missing, made from another float file than the manifest's, or altered since: refused before
     any image is read (a delta against another model would mean nothing)."""
-    manifest = _tiny_hed(tmp_path / "onnx")
+    manifest = tiny_hed(tmp_path / "onnx")
     out = tmp_path / "int8"
     out.mkdir()
     (out / "hed-bsds500.int8.onnx").write_bytes(b"int8")
