@@ -34,7 +34,7 @@ from starlette.requests import Request
 
 from service import codecs, multiscale
 from service.multiscale import ScaledSize
-from service.noise_level import NoiseEstimate, camera_case, estimate_noise, pick_sigma
+from service.noise_level import NoiseEstimate, estimate_noise, pick_model, pick_sigma
 from service.pipeline import plan_for
 from service.runtime import ModelState, Runtime
 from service.scheduler import Ticket
@@ -94,17 +94,13 @@ def _ready_sigmas(runtime: Runtime, task: Task, channels: int) -> list[float | N
 
 
 def _auto_choice(runtime: Runtime, task: Task, channels: int, estimate: NoiseEstimate) -> ModelState:
-    """``sigma=auto``'s model for an estimate (AUTO_RULE): a loaded camera-noise model for colour
-    noise under 4:2:0, else the Gaussian model of the level ``pick_sigma`` gives; a camera model
-    never takes white noise, whatever the manifest's order."""
+    """``sigma=auto``'s model for an estimate: ``pick_model`` among the ready candidates (a camera
+    model never takes white noise, whatever the manifest's order)."""
     ready = [s for s in runtime.candidates(task, channels=channels) if s.status == "ready"]
-    camera = [s for s in ready if s.spec.noise == "camera"]
-    if camera and camera_case(estimate):
-        return runtime.select(task, channels=channels, name=camera[0].spec.name)
-    gaussian = [s for s in ready if s.spec.noise != "camera"]
-    level = pick_sigma(estimate, [s.spec.sigma for s in gaussian])
-    named = next((s.spec.name for s in gaussian if s.spec.sigma == level), None)
-    return runtime.select(task, channels=channels, sigma=level, name=named)
+    if not ready:  # nothing ready: select says why
+        return runtime.select(task, channels=channels)
+    chosen = ready[pick_model(estimate, [(s.spec.sigma, s.spec.noise) for s in ready])]
+    return runtime.select(task, channels=channels, name=chosen.spec.name)
 
 
 async def _by_noise_level(runtime: Runtime, holds: AsyncExitStack, task: Task, admitted: Admitted) -> Admitted:

@@ -58,7 +58,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 __all__ = [
     "PATCH", "MAX_PATCHES", "MIN_PATCHES", "LUMA_WEIGHTS", "LUMA_GAIN", "CHROMA_WEIGHTS", "CHROMA_GAIN",
     "TEXTURE_QUANTILE", "SUBSAMPLED_CHROMA_RATIO", "STRONGER", "LOWEST_LEVEL_ESTIMATE", "AUTO_RULE",
-    "NoiseEstimate", "gradient_energy", "noise_sigma", "estimate_noise", "camera_case", "pick_sigma",
+    "NoiseEstimate", "gradient_energy", "noise_sigma", "estimate_noise", "camera_case", "pick_sigma", "pick_model",
 ]
 
 #: Patch side (Liu et al.'s 7x7).
@@ -220,3 +220,16 @@ def pick_sigma(estimate: NoiseEstimate, offered: Sequence[float | None]) -> floa
     if not camera_case(estimate):
         return None
     return _level_for(estimate.sigma, levels)
+
+
+def pick_model(estimate: NoiseEstimate, offered: Sequence[tuple[float | None, str]]) -> int:
+    """Which of ``offered`` (each model's ``(sigma, noise)``, in manifest order) ``sigma=auto`` takes:
+    the first camera-noise model in its case (``camera_case``; also when it is the only kind), else
+    the first Gaussian model of ``pick_sigma``'s level. The one copy of the rule the service and
+    ``training.dncnn.auto_rule`` share."""
+    camera = [i for i, (_, noise) in enumerate(offered) if noise == "camera"]
+    gaussian = [i for i, (_, noise) in enumerate(offered) if noise != "camera"]
+    if camera and (camera_case(estimate) or not gaussian):
+        return camera[0]
+    level = pick_sigma(estimate, [offered[i][0] for i in gaussian])
+    return next(i for i in gaussian if offered[i][0] == level)

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from export.measure import psnr, quantize
-from service.noise_level import NoiseEstimate, camera_case, estimate_noise, pick_sigma
+from service.noise_level import NoiseEstimate, estimate_noise, pick_model
 from training.dncnn.camera_noise import TestFamily
 from training.dncnn.evaluate import denoise, load_set, make_session
 
@@ -46,13 +46,9 @@ def _crop(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def _picked(entries: list[dict[str, Any]], estimate: NoiseEstimate) -> str:
-    """The model the service's rule (``service.admission``'s sigma=auto choice) takes for ``estimate``."""
-    camera = [e for e in entries if e.get("noise") == "camera"]
-    gaussian = [e for e in entries if e.get("noise") != "camera"]
-    if camera and (camera_case(estimate) or not gaussian):
-        return str(camera[0]["name"])
-    level = pick_sigma(estimate, [e["sigma"] for e in gaussian])
-    return str(next(e["name"] for e in gaussian if e["sigma"] == level))
+    """The model the service's rule (``service.noise_level.pick_model``) takes for ``estimate``."""
+    index = pick_model(estimate, [(e["sigma"], e.get("noise", "gaussian")) for e in entries])
+    return str(entries[index]["name"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
