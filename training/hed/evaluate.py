@@ -160,6 +160,10 @@ class GroundTruth:
         self._gt = np.broadcast_to(np.arange(self.count)[:, None], y.shape)[inside]
         self._loc = (y * w + x)[inside]
         self._dist = np.broadcast_to(dist[None, :], y.shape)[inside]
+        # Solved components, keyed by their predicted pixels (which fix the annotated ones and every
+        # distance): neighbouring thresholds and near-identical maps (tiled vs whole) leave most
+        # contours unchanged, so the costly assignments are mostly looked up, not solved again.
+        self._solved: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def match(self, pred: npt.NDArray[np.bool_]) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices of the matched predicted pixels and of their annotated partners."""
@@ -171,13 +175,19 @@ class GroundTruth:
         locs, rows = np.unique(self._loc[hit], return_inverse=True)
         gts, cols = np.unique(self._gt[hit], return_inverse=True)
         pred_index, gt_index = _min_cost_max_matching(
-            rows, cols, self._dist[hit], locs.size, gts.size
+            rows, cols, self._dist[hit], locs.size, gts.size, solved=self._solved, names=locs
         )
         return locs[pred_index], self.locations[gts[gt_index]]
 
 
 def _min_cost_max_matching(
-    rows: np.ndarray, cols: np.ndarray, dist: np.ndarray, n_rows: int, n_cols: int
+    rows: np.ndarray,
+    cols: np.ndarray,
+    dist: np.ndarray,
+    n_rows: int,
+    n_cols: int,
+    solved: dict[bytes, tuple[np.ndarray, np.ndarray]] | None = None,
+    names: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Matched (row, col) pairs of a bipartite graph given as edges ``rows[k] - cols[k]``.
 
@@ -185,7 +195,9 @@ def _min_cost_max_matching(
     ``scipy.optimize.linear_sum_assignment``: a pair costs ``1 + dist``, a node left unmatched
     more than all pairs of any matching together, so the result has the most pairs and, among
     those, the least total distance. Components with one node on a side are solved directly (the
-    closest partner).
+    closest partner). With ``solved`` (a memo) and ``names`` (a stable id per row, e.g. its pixel),
+    a component met before with the same rows reuses its assignment: the rows fix the component's
+    columns and costs, and both sides keep their sorted order, so local indices carry over.
     """
     n_components, labels = connected_components(
         scipy.sparse.csr_matrix(
@@ -209,9 +221,15 @@ def _min_cost_max_matching(
             matched_rows.append(rows[best : best + 1])
             matched_cols.append(cols[best : best + 1])
             continue
-        row_ind, col_ind = _assign(
-            local_rows, local_cols, dist[edges], comp_rows.size, comp_cols.size
-        )
+        key = names[comp_rows].tobytes() if solved is not None and names is not None else None
+        if key is not None and key in solved:
+            row_ind, col_ind = solved[key]
+        else:
+            row_ind, col_ind = _assign(
+                local_rows, local_cols, dist[edges], comp_rows.size, comp_cols.size
+            )
+            if key is not None and solved is not None:
+                solved[key] = (row_ind, col_ind)
         matched_rows.append(comp_rows[row_ind])
         matched_cols.append(comp_cols[col_ind])
     if not matched_rows:

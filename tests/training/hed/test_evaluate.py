@@ -111,6 +111,26 @@ def test_evaluate_image_counts_and_cache() -> None:
     np.testing.assert_array_equal(evaluate_image(soft, truths, cache=cache), counts)
 
 
+def test_solved_components_are_reused_without_changing_the_counts() -> None:
+    # Two random soft maps that differ in one corner, scored at many thresholds: the memo of solved
+    # components (GroundTruth._solved) must give exactly the counts of solving every component afresh.
+    rng = np.random.default_rng(3)
+    gt = np.zeros((96, 96), dtype=bool)
+    gt[20, 5:90] = gt[5:90, 60] = gt[70, 10:50] = True
+    soft = np.where(rng.random((96, 96)) < 0.3, rng.random((96, 96)), 0).astype(np.float32)
+    soft[19:22, 5:90] = rng.random((3, 85))  # thick, overlapping candidates: large components
+    other = soft.copy()
+    other[:30, :30] = rng.random((30, 30)) * (other[:30, :30] > 0)
+    thresholds = np.linspace(0.05, 0.95, 19)
+    max_dist = 0.02 * np.hypot(96, 96)
+    memo = [GroundTruth(gt, max_dist)]
+    for soft_map in (soft, other):
+        fresh = np.stack([evaluate_image(soft_map, [GroundTruth(gt, max_dist)], thresholds[k : k + 1])[0]
+                          for k in range(thresholds.size)])
+        np.testing.assert_array_equal(evaluate_image(soft_map, memo, thresholds), fresh)
+    assert memo[0]._solved  # components were memoised (and reused: same counts on the second map)
+
+
 def test_summarize_ods_ois_ap() -> None:
     thresholds = np.array([0.25, 0.5, 0.75])
     # counts: cntR, sumR, cntP, sumP per threshold; two images with different best thresholds.
