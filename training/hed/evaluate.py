@@ -123,7 +123,8 @@ METRICS_NOTE = (
     "maxDist {max_dist} x diagonal, "
     "exact min-cost maximum matching; bsds500_test = the ONNX model through the service's tiling "
     "at the default tile size; bsds500_test_multiscale = the same at its scales (/edges?scales=); "
-    "by_method = every method evaluated the same way (at_thresholds: other threshold counts, same maps)"
+    "by_method = every method evaluated the same way (at_thresholds: other threshold counts of the same model file, "
+    "this run's or an earlier one's)"
 )
 INT8_NOTE = (
     "training.hed.evaluate --int8 (BSDS500, whole image as mode ort, all annotations): bsds500_<split> = the "
@@ -713,10 +714,17 @@ def _write_manifest(args: argparse.Namespace, entry: dict[str, Any], scores: dic
     multiscale = f"HED ORT, tiled {tile}, scales " + ",".join(f"{scale:g}" for scale in args.scales)
     evaluated = entry["sha256"]
 
-    def scored(method: str) -> dict[str, Any]:
+    def scored(method: str, before: dict[str, Any] | None) -> dict[str, Any]:
+        """This run's figures; the other threshold counts of an earlier run of the same file stay
+        (under ``at_thresholds``) unless this run measured them again."""
+        kept = dict((before or {}).get("at_thresholds", {}))
+        if before and "thresholds" in before and "ods" in before:
+            kept[str(before["thresholds"])] = {k: v for k, v in before.items() if k not in ("thresholds", "at_thresholds", "scales")}
+        kept.update({str(n): scores[n][method].as_dict() for n in others})
+        kept.pop(str(headline), None)
         result: dict[str, Any] = {**scores[headline][method].as_dict(), "thresholds": headline}
-        if others:
-            result["at_thresholds"] = {str(n): scores[n][method].as_dict() for n in others}
+        if kept:
+            result["at_thresholds"] = dict(sorted(kept.items(), key=lambda item: -int(item[0])))
         return result
 
     def with_metrics(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -724,16 +732,22 @@ def _write_manifest(args: argparse.Namespace, entry: dict[str, Any], scores: dic
         now = next((e for e in current if e["name"] == args.model), None)
         if now is None or now["sha256"] != evaluated:
             raise SystemExit(f"{args.model} was re-exported or removed during the evaluation")
+        old = now["metrics"]
+        by_method = old.get("by_method", {})
         metrics = {
-            **now["metrics"],
-            "by_method": {**now["metrics"].get("by_method", {}),
-                          **{m: scored(m) for m in scores[headline] if m != INT8_METHOD}},  # int8: variants.json
+            **old,
+            "by_method": {**by_method, **{m: scored(m, by_method.get(m))  # int8: variants.json
+                                          for m in scores[headline] if m != INT8_METHOD}},
             "note": METRICS_NOTE.format(max_dist=MAX_DIST),
         }
         if production in scores[headline]:  # the headline: what the service computes
-            metrics["bsds500_test"] = scored(production)
+            metrics["bsds500_test"] = scored(production, old.get("bsds500_test"))
         if multiscale in scores[headline]:
-            metrics["bsds500_test_multiscale"] = {**scored(multiscale), "scales": list(args.scales)}
+            before = old.get("bsds500_test_multiscale")
+            same_scales = before is not None and before.get("scales") == list(args.scales)
+            metrics["bsds500_test_multiscale"] = {
+                **scored(multiscale, before if same_scales else None), "scales": list(args.scales)
+            }
         return upsert_entries(current, [{**now, "metrics": metrics}])
 
     update_manifest(args.manifest, with_metrics)

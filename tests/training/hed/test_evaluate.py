@@ -242,6 +242,15 @@ def test_cli_multiscale_modes_and_two_threshold_counts(tmp_path: Path, capsys: p
     assert multi["scales"] == [0.5, 1.0, 1.5] and multi["thresholds"] == 9
     whole = metrics["by_method"]["HED ORT, whole image, scales 0.5,1,1.5"]
     assert abs(whole["ods"] - multi["ods"]) < 0.02  # tiled (padded to 16) vs whole: the same map up to the padding
+    # A later run at another count only: the earlier counts of the same file stay beside it.
+    assert main([*args, "--modes", "ort-tiled", "--small-tile", "0", "--thresholds", "7", "--write-manifest"]) == 0
+    later = json.loads((onnx_dir / "manifest.json").read_text())["models"][0]["metrics"]
+    assert later["bsds500_test"]["thresholds"] == 7
+    assert later["bsds500_test"]["at_thresholds"] == {
+        "9": {k: v for k, v in metrics["bsds500_test"].items() if k not in ("thresholds", "at_thresholds")},
+        "5": metrics["bsds500_test"]["at_thresholds"]["5"],
+    }
+    assert later["bsds500_test_multiscale"] == multi  # not measured again: unchanged
     with pytest.raises(SystemExit):
         main([*args, "--modes", "ort-ms", "--scales", "3"])  # the service's rules: at most 2
 
