@@ -187,11 +187,12 @@ def restore(model: nn.Module, image: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- validation
 def validation_set(
-    bsds_root: Path, exclude: set[str], count: int, crop: int = 192
+    bsds_root: Path, exclude: set[str], count: int, crop: int | None = 192
 ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """``count`` BSDS500 test images outside ``exclude`` (the held-out test set), centre crops,
-    degraded per weather with a fixed seed: ``{weather: [(degraded, clean), ...]}``, and the
-    same crops undegraded under ``"clean"`` (how much a clean photo is changed: no harm)."""
+    """``count`` BSDS500 test images outside ``exclude`` (the held-out test set), centre crops
+    (``crop=None``: whole images), degraded per weather with a fixed seed: ``{weather:
+    [(degraded, clean), ...]}``, and the same crops undegraded under ``"clean"`` (how much a
+    clean photo is changed: no harm)."""
     paths = sorted(p for p in (bsds_root / "images" / "test").glob("*.jpg") if p.stem not in exclude)
     step = max(1, len(paths) // max(count, 1))
     chosen = paths[::step][:count]
@@ -199,8 +200,9 @@ def validation_set(
     out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {w: [] for w in (*WEATHERS, CLEAN)}
     for index, image in enumerate(images):
         h, w = image.shape[:2]
-        top, left = (h - crop) // 2, (w - crop) // 2
-        clean = np.ascontiguousarray(image[top : top + crop, left : left + crop])
+        size = (h, w) if crop is None else (crop, crop)
+        top, left = (h - size[0]) // 2, (w - size[1]) // 2
+        clean = np.ascontiguousarray(image[top : top + size[0], left : left + size[1]])
         for k, weather in enumerate(WEATHERS):
             rng = np.random.default_rng([VAL_SEED, index, k])
             out[weather].append((degrade(clean, weather, rng), clean))
