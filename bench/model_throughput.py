@@ -1,6 +1,10 @@
 """Megapixels per second of every model in the manifest: ONNX Runtime vs PyTorch eager, same weights.
 
-    python -m bench.model_throughput [--size 512] [--repeats 3] [--device cpu|cuda] [--models NAME ...]
+    python -m bench.model_throughput [--size 512] [--repeats 3] [--device cpu|cuda] [--models NAME ...] \
+        [--models-dir DIR] [--ort-only]
+
+``--models-dir`` times another folder's files (e.g. a re-export beside the committed one; for an
+A/B on a noisy machine run the two alternately, e.g. under ``farm-bench --vs``).
 
 The PyTorch model is rebuilt from the ONNX file's own initializers, so both runtimes compute with
 exactly the same weights.
@@ -46,10 +50,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--models", nargs="*")
+    parser.add_argument("--models-dir", type=Path, default=MODELS, help="folder holding manifest.json and the files")
+    parser.add_argument("--ort-only", action="store_true", help="skip PyTorch eager")
     args = parser.parse_args()
     threads = available_cpus()
     torch.set_num_threads(threads)
-    manifest = json.loads((MODELS / "manifest.json").read_text())["models"]
+    manifest = json.loads((args.models_dir / "manifest.json").read_text())["models"]
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -61,10 +67,13 @@ def main() -> None:
     for entry in manifest:
         if entry["task"] not in TORCH_FROM_ONNX or (args.models and entry["name"] not in args.models):
             continue
-        path = MODELS / entry["file"]
+        path = args.models_dir / entry["file"]
         session = ort.InferenceSession(str(path), options, providers=providers)
         x = np.random.default_rng(0).random((1, entry["channels"], args.size, args.size), dtype=np.float32)
         ort_s = timed(lambda: session.run(None, {"input": x}), args.repeats)
+        if args.ort_only:
+            print(f"| {entry['name']} | {megapixels / ort_s:.3f} | | |", flush=True)
+            continue
         module = TORCH_FROM_ONNX[entry["task"]](onnx.load(str(path))).to(args.device)
         tx = torch.from_numpy(x).to(args.device)
 

@@ -70,6 +70,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -79,7 +80,7 @@ from torch import nn
 
 __all__ = [
     "MULTIPLE", "WeatherNet", "WeatherNetConfig", "build_weathernet", "feature_channels",
-    "dct_frequencies",
+    "dct_frequencies", "fuse_for_inference",
 ]
 
 #: Input sides must be multiples of this: four stride-2 downsamplings.
@@ -208,6 +209,85 @@ class PhysicalHead(nn.Module):
         t = self.t_min + (1.0 - self.t_min) * torch.sigmoid(t)
         image = image.float()
         return (image - torch.sigmoid(a) * (1.0 - t)) / t + residual.float()
+
+
+# ------------------------------------------------------------------------- inference-only blocks
+def _conv_like(weight: torch.Tensor, bias: torch.Tensor, **kwargs: int) -> nn.Conv2d:
+    groups = kwargs.get("groups", 1)
+    conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], weight.shape[-1], **kwargs)
+    conv.weight.data.copy_(weight)
+    conv.bias.data.copy_(bias)
+    return conv
+
+
+def _fold_norm(conv: nn.Conv2d, norm: LayerNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``conv(norm(x))`` acting on the normalised, not yet scaled, ``x``."""
+    weight = conv.weight.detach().float()
+    bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(weight.shape[0])
+    scale, shift = norm.weight.detach().float(), norm.bias.detach().float()
+    return weight * scale[None, :, None, None], bias + weight[:, :, 0, 0] @ shift
+
+
+class _ChannelStandardize(nn.Module):
+    """``LayerNorm2d`` without its affine part (folded into the next convolution), the channel
+    means taken by a 1x1 convolution of weights ``1/C`` instead of ``ReduceMean``: ONNX Runtime
+    runs the convolution in its blocked (NCHWc) kernels and the reduction over the strided channel
+    axis much slower."""
+
+    def __init__(self, channels: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("average", torch.full((1, channels, 1, 1), 1.0 / channels), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - F.conv2d(x, self.average)
+        return centred * torch.rsqrt(F.conv2d(centred * centred, self.average) + self.eps)
+
+
+class _FusedGatedBlock(nn.Module):
+    """A trained ``GatedBlock`` for inference: the norms' scale and shift folded into the 1x1
+    convolutions after them, ``beta``/``gamma`` into the ones before them, and each gate's two
+    halves computed by two convolutions instead of one convolution and a split (``Slice``)."""
+
+    def __init__(self, block: GatedBlock) -> None:
+        super().__init__()
+        c = block.project.in_channels
+        self.norm1 = _ChannelStandardize(c, block.norm1.eps)
+        self.norm2 = _ChannelStandardize(c, block.norm2.eps)
+        expand_w, expand_b = _fold_norm(block.expand, block.norm1)
+        depth_w, depth_b = block.depthwise.weight.detach().float(), block.depthwise.bias.detach().float()
+        ffn_w, ffn_b = _fold_norm(block.ffn_in, block.norm2)
+        halves = (slice(0, c), slice(c, 2 * c))
+        self.expand = nn.ModuleList(_conv_like(expand_w[h], expand_b[h]) for h in halves)
+        self.depthwise = nn.ModuleList(_conv_like(depth_w[h], depth_b[h], padding=1, groups=c) for h in halves)
+        self.ffn_in = nn.ModuleList(_conv_like(ffn_w[h], ffn_b[h]) for h in halves)
+        self.statistics = block.statistics
+        self.attend = block.attend
+        beta, gamma = block.beta.detach().float().view(-1), block.gamma.detach().float().view(-1)
+        self.project = _conv_like(block.project.weight.detach().float() * beta[:, None, None, None],
+                                  block.project.bias.detach().float() * beta)
+        self.ffn_out = _conv_like(block.ffn_out.weight.detach().float() * gamma[:, None, None, None],
+                                  block.ffn_out.bias.detach().float() * gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm1(x)
+        y = self.depthwise[0](self.expand[0](n)) * self.depthwise[1](self.expand[1](n))
+        y = y * self.attend(self.statistics(y))
+        x = x + self.project(y)
+        n = self.norm2(x)
+        return x + self.ffn_out(self.ffn_in[0](n) * self.ffn_in[1](n))
+
+
+def fuse_for_inference(model: WeatherNet) -> WeatherNet:
+    """A float32 copy of ``model`` that computes the same function (to float rounding) with fewer
+    and cheaper ONNX nodes: every ``GatedBlock`` becomes a ``_FusedGatedBlock``. For export; it
+    cannot be trained (the norms' and gates' parameters are folded away)."""
+    fused = copy.deepcopy(model).float().eval()
+    for parent in list(fused.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, GatedBlock):
+                setattr(parent, name, _FusedGatedBlock(child))
+    return fused
 
 
 # ----------------------------------------------------------------------------------------- model

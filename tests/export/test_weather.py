@@ -66,3 +66,37 @@ def test_a_weathernet_onnx_file_rebuilds_the_same_network(tmp_path) -> None:  # 
     np.testing.assert_allclose(run_onnx(path, x), before, atol=0)
     with torch.no_grad():
         np.testing.assert_allclose(rebuilt(torch.from_numpy(x)).numpy(), before, atol=1e-4)
+
+
+def test_the_served_weathernet_is_fused_and_its_file_rebuilds_the_fused_network(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """export.weather exports fuse_for_inference's network (checked against the trained one) and
+    marks the file, so weather_from_onnx rebuilds the same (fused) network from it; MSBDN is left alone."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from export.onnx_export import export_onnx, run_onnx
+    from export.weather import FUSED_KEY, inference_network, weather_from_onnx, write_config
+    from models.msbdn import MSBDN, MSBDNConfig
+    from models.weathernet import GatedBlock, WeatherNet, WeatherNetConfig
+
+    torch.manual_seed(0)
+    config = WeatherNetConfig(width=8, max_channels=16, encoder_blocks=(0, 1, 1, 1), middle_blocks=1,
+                              decoder_blocks=(0, 1, 0, 1))
+    network = WeatherNet(config).eval()
+    for parameter in network.parameters():
+        parameter.data.add_(0.02 * torch.randn_like(parameter))
+    served = inference_network(network)
+    assert served is not network and not any(isinstance(m, GatedBlock) for m in served.modules())
+    path = tmp_path / "w.onnx"
+    export_onnx(served, path, (1, 3, 32, 32), check_shape=(1, 3, 48, 64))
+    write_config(path, network, fused=True)
+    proto = onnx.load(str(path))
+    assert {p.key: p.value for p in proto.metadata_props}[FUSED_KEY] == "1"
+    rebuilt = weather_from_onnx(proto)
+    x = np.random.default_rng(1).random((1, 3, 32, 48), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(rebuilt(torch.from_numpy(x)).numpy(), run_onnx(path, x), atol=1e-4)
+        np.testing.assert_allclose(network(torch.from_numpy(x)).numpy(), run_onnx(path, x), atol=1e-3)  # float16-stored weights
+    msbdn = MSBDN(MSBDNConfig(width=0.25, res_blocks=1))
+    assert inference_network(msbdn) is msbdn

@@ -12,7 +12,7 @@ import torch
 from export.onnx_export import export_onnx
 from models.weathernet import (
     MULTIPLE, GatedBlock, LocalChannelStatistics, PhysicalHead, WeatherNet, WeatherNetConfig,
-    build_weathernet, dct_basis, dct_frequencies, feature_channels,
+    build_weathernet, dct_basis, dct_frequencies, feature_channels, fuse_for_inference,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,3 +138,29 @@ def test_network_exports_to_onnx_with_dynamic_sides(tmp_path: Path, head: str) -
     diff = export_onnx(model, tmp_path / "net.onnx", (1, 3, 64, 64),
                        check_shape=(2, 3, 3 * MULTIPLE, 7 * MULTIPLE), fp16_storage=False, tolerance=1e-4)
     assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("attention", ["pool", "dct"])
+def test_the_fused_network_computes_the_trained_one_with_fewer_onnx_nodes(tmp_path: Path, attention: str) -> None:
+    """fuse_for_inference folds the norms' affine and the gates' scales into convolutions and splits
+    the gates: same outputs (to float32 rounding), no ReduceMean and no gate's Slice left, and it exports
+    with dynamic sides like the trained network; the trained network is left as it was."""
+    import onnx
+
+    model = _randomised(WeatherNet(WeatherNetConfig(**TINY, attention=attention)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_for_inference(model)
+    assert not any(isinstance(m, GatedBlock) for m in fused.modules())
+    x = torch.rand(2, 3, 3 * MULTIPLE, 5 * MULTIPLE)
+    with torch.no_grad():
+        assert float((fused(x) - model(x)).abs().max()) < 1e-5
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    diff = export_onnx(fused, tmp_path / "fused.onnx", (1, 3, 64, 64), check_shape=(2, 3, 3 * MULTIPLE, 7 * MULTIPLE),
+                       fp16_storage=False, tolerance=1e-4)
+    assert diff <= 1e-4
+    export_onnx(model, tmp_path / "trained.onnx", (1, 3, 64, 64), check_shape=(1, 3, 48, 80), fp16_storage=False, tolerance=1e-4)
+    ops = {name: [n.op_type for n in onnx.load(str(tmp_path / name)).graph.node] for name in ("fused.onnx", "trained.onnx")}
+    assert ops["trained.onnx"].count("ReduceMean") > 0 and ops["trained.onnx"].count("Slice") > 0
+    assert "ReduceMean" not in ops["fused.onnx"]
+    assert ops["fused.onnx"].count("Slice") == ops["trained.onnx"].count("Slice") - 4 * 9  # two per gate, 9 blocks; the head's stay
+    assert len(ops["fused.onnx"]) < len(ops["trained.onnx"])
