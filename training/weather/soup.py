@@ -1,5 +1,5 @@
 """Average two checkpoints of the same student along one fine-tuning path, choosing the mix on
-validation crops, never on the held-out set.
+validation photos, never on the held-out set.
 
 Usage::
 
@@ -29,13 +29,12 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
 import torch
 
 from export.weather import load_student
 from training.weather.data import WEATHERS
-from training.weather.train import validate, validation_set
+from training.weather.renderers import CLEAN
+from training.weather.train import held_out_names, validate, validation_set
 
 
 def mix(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -56,7 +55,7 @@ def choose(scores: Mapping[float, Mapping[str, float]]) -> float:
         for alpha, s in scores.items()
         if all(s[f"psnr_{w}"] >= base[f"psnr_{w}"] for w in WEATHERS)
     ]
-    return max(allowed, key=lambda alpha: (scores[alpha]["psnr_clean"], -alpha))
+    return max(allowed, key=lambda alpha: (scores[alpha][f"psnr_{CLEAN}"], -alpha))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,24 +70,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    exclude = {p.stem for p in (args.testset / "clean").glob("*.png")}
+    exclude = held_out_names(args.testset)
     if not exclude:
         raise SystemExit(f"no held-out set under {args.testset} to exclude (python -m training.weather.testset)")
     sets = validation_set(args.bsds, exclude, args.val_count, crop=args.crop or None)
     model, _ = load_student(args.a)
     a = {k: v.clone() for k, v in model.state_dict().items()}
-    b = load_student(args.b)[0].state_dict()
+    other, meta = load_student(args.b)  # the soup keeps --b's config and metadata
+    b = other.state_dict()
     scores: dict[float, dict[str, float]] = {}
     for alpha in sorted({0.0, *args.alphas}):
         model.load_state_dict(mix(a, b, alpha))
         with torch.inference_mode():
             scores[alpha] = validate(model, sets)
-        print(f"alpha {alpha:.2f}: " + "  ".join(f"{w} {scores[alpha][f'psnr_{w}']:.3f}" for w in (*WEATHERS, "clean")), flush=True)
+        print(f"alpha {alpha:.2f}: " + "  ".join(f"{w} {scores[alpha][f'psnr_{w}']:.3f}" for w in (*WEATHERS, CLEAN)), flush=True)
     best = choose(scores)
     print(f"chosen alpha {best:.2f}")
 
-    state = torch.load(args.b, map_location="cpu", weights_only=False)
-    meta: dict[str, Any] = {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer")}
     # The soup has no schedule of its own: its command is this one, its training is that of --a and --b.
     meta.update(command="python -m training.weather.soup " + shlex.join(argv if argv is not None else sys.argv[1:]),
                 iteration=None, elapsed_s=0.0, cpu_s=0.0, history=[])

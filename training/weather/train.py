@@ -186,6 +186,11 @@ def restore(model: nn.Module, image: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- validation
+def held_out_names(testset: Path) -> set[str]:
+    """The photos of the held-out test set (``training.weather.testset``), which validation skips."""
+    return {p.stem for p in (testset / CLEAN).glob("*.png")}
+
+
 def validation_set(
     bsds_root: Path, exclude: set[str], count: int, crop: int | None = 192
 ) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
@@ -580,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         init = student.state_dict()
     config = _config(args, network)
     write_test_set(args.bsds, args.testset)
-    exclude = {p.stem for p in (args.testset / "clean").glob("*.png")}
+    exclude = held_out_names(args.testset)
     val_sets = validation_set(args.bsds, exclude, args.val_count)
     if config.stage == "teacher":
         val_sets = {k: v for k, v in val_sets.items() if k in (config.weather, CLEAN)}
