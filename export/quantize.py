@@ -32,6 +32,11 @@ Why these choices:
   subtracted from the input at full precision) and the residual subtraction can stay float:
   ``--float`` names which; their cost is small next to the 15 inner 64x64 convolutions. These
   parts are DnCNN's: HED is quantized whole (``--float`` does not apply to it).
+* Where post-training int8 loses too much (the colour DnCNNs), ``training.dncnn.qat`` fine-tunes
+  the float weights against the int8 rounding and learns the activation scales; ``make
+  --float-from DIR`` quantizes that file instead of the served one, with its learned scales
+  (``SCALES_KEY`` metadata) in place of calibration, and records the fine-tune in the provenance.
+  ``--float penultimate`` keeps the last hidden layer float (its output is the heavy-tailed one).
 * Nothing reaches ``models/onnx`` without both measurements: ``ship`` refuses a variant whose
   quality or speed was not measured, and copies only those at least ``MIN_SPEEDUP`` times faster
   and losing at most ``MAX_LOSS_DB`` on every measured set and noise level (a denoiser) or at most
@@ -67,6 +72,9 @@ from export.onnx_export import FP16_SUFFIX, onnx_initializers, sha256_file
 
 __all__ = [
     "PRECISION",
+    "SCALES_KEY",
+    "COMMAND_KEY",
+    "learned_scales",
     "VARIANTS_NAME",
     "MIN_SPEEDUP",
     "MAX_LOSS_DB",
@@ -104,7 +112,13 @@ CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
     "entropy": CalibrationMethod.Entropy,
 }
-FLOAT_CHOICES = ("first", "last", "residual")
+FLOAT_CHOICES = ("first", "last", "residual", "penultimate")
+#: What ``make`` keeps float by default (``penultimate`` is asked for; it costs speed).
+FLOAT_DEFAULT = ("first", "last", "residual")
+#: ONNX metadata key under which ``training.dncnn.qat`` stores its learned activation scales.
+SCALES_KEY = "int8_activation_scales"
+#: ... and the command that fine-tuned the file (copied into the variant's provenance).
+COMMAND_KEY = "qat_command"
 
 
 class NoisyCrops(CalibrationDataReader):
@@ -195,7 +209,8 @@ def float32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def float_nodes(model: onnx.ModelProto, keep: Iterable[str]) -> list[str]:
     """Names of the nodes to leave in float: ``first``/``last`` Conv, ``residual`` (a Sub or Add
-    fed by the graph input, i.e. ``input - noise``)."""
+    fed by the graph input, i.e. ``input - noise``), ``penultimate`` (the last hidden Conv and the
+    ReLU after it: with the last Conv float too, that layer's heavy-tailed output is never rounded)."""
     keep = set(keep)
     unknown = keep - set(FLOAT_CHOICES)
     if unknown:
@@ -207,27 +222,60 @@ def float_nodes(model: onnx.ModelProto, keep: Iterable[str]) -> list[str]:
         names.append(convs[0])
     if "last" in keep and convs:
         names.append(convs[-1])
+    if "penultimate" in keep and len(convs) > 2:
+        names.append(convs[-2])
+        names += [n.name for n in model.graph.node if n.op_type == "Relu" and _feeds(model, convs[-2], n)]
     if "residual" in keep:
         names += [n.name for n in model.graph.node if n.op_type in ("Sub", "Add") and inputs & set(n.input)]
     return names
 
 
+def _feeds(model: onnx.ModelProto, producer: str, node: onnx.NodeProto) -> bool:
+    outputs = {o for n in model.graph.node if n.name == producer for o in n.output}
+    return bool(outputs & set(node.input))
+
+
+def learned_scales(source: onnx.ModelProto, graph: onnx.ModelProto, excluded: Iterable[str]) -> dict[str, Any]:
+    """ORT tensor overrides for the activation scales a quantization-aware fine-tune learned
+    (``source``'s ``SCALES_KEY`` metadata, one per ReLU output in graph order, zero point 0), named
+    as in ``graph`` (the prepared model ORT quantizes), for the ReLUs that are quantized; empty for a
+    file without them, which is then calibrated (MinMax/percentile)."""
+    props = {p.key: p.value for p in source.metadata_props}
+    if SCALES_KEY not in props:
+        return {}
+    scales = json.loads(props[SCALES_KEY])
+    relus = [n for n in graph.graph.node if n.op_type == "Relu"]
+    if len(relus) != len(scales):
+        raise ValueError(f"{len(scales)} learned scales for {len(relus)} ReLU outputs")
+    skip = set(excluded)
+    return {
+        relu.output[0]: [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(0, dtype=np.uint8)}]
+        for relu, scale in zip(relus, scales) if relu.name not in skip
+    }
+
+
 def quantize_model(
-    source: Path, target: Path, crops: Sequence[np.ndarray], *, keep_float: Iterable[str] = FLOAT_CHOICES,
+    source: Path, target: Path, crops: Sequence[np.ndarray], *, keep_float: Iterable[str] = FLOAT_DEFAULT,
     calibration: str = "minmax", percentile: float = 99.999,
 ) -> list[str]:
     """Write the int8 QDQ model of ``source`` to ``target``; returns the nodes left in float.
 
     The float16-stored weights are first made float32 initializers (``float32_weights``), then
-    ``quant_pre_process`` (ORT's own step) optimizes the graph and infers shapes.
+    ``quant_pre_process`` (ORT's own step) optimizes the graph and infers shapes. A file written by
+    ``training.dncnn.qat`` brings its learned activation scales (``learned_scales``), which replace
+    the calibrated ones for the tensors they name.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         unfolded, prepared = Path(scratch) / "float32.onnx", Path(scratch) / "prepared.onnx"
         onnx.save(float32_weights(onnx.load(str(source))), str(unfolded))
         quant_pre_process(str(unfolded), str(prepared), skip_symbolic_shape=True)
-        excluded = float_nodes(onnx.load(str(prepared)), keep_float)
+        graph = onnx.load(str(prepared))
+        excluded = float_nodes(graph, keep_float)
         extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
+        overrides = learned_scales(onnx.load(str(source)), graph, excluded)
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
         if calibration == "percentile":
             extra["CalibPercentile"] = percentile
         quantize_static(
@@ -352,13 +400,23 @@ def _make(args: argparse.Namespace) -> int:
     command = "python -m export.quantize make " + shlex.join(
         ["--manifest", str(args.manifest), "--data", str(args.data), "--out", str(args.out),
          *(["--models", *args.models] if args.models else []),
-         "--calibration", args.calibration, "--float", *args.float, "--count", str(args.count)]
+         "--calibration", args.calibration, "--float", *args.float, "--count", str(args.count),
+         *(["--float-from", str(args.float_from)] if args.float_from else [])]
     )
     entries = _selected(read_manifest(args.manifest), args.models)
     variants = read_variants(args.out)
     for entry in entries:
         source = args.manifest.parent / entry["file"]
         crops, keep_float, calibration = _calibration(entry, args)
+        if args.float_from:  # quantization-aware fine-tuned weights of this model (training.dncnn.qat)
+            source = args.float_from / f"{entry['name']}.onnx"
+            tuned = onnx.load(str(source))
+            props = {prop.key: prop.value for prop in tuned.metadata_props}
+            if learned_scales(tuned, tuned, ()):
+                calibration = "activation scales learned by quantization-aware fine-tuning; weights per channel, MinMax"
+            fine_tune = props.get(COMMAND_KEY, str(source))
+        else:
+            fine_tune = None
         target = args.out / f"{entry['name']}.{PRECISION}.onnx"
         excluded = quantize_model(source, target, crops, keep_float=keep_float, calibration=args.calibration)
         variants[entry["name"]] = {
@@ -372,6 +430,7 @@ def _make(args: argparse.Namespace) -> int:
                 "calibration": calibration,
                 "float_nodes": excluded,
                 "command": command,
+                **({"fine_tuned_by": fine_tune} if fine_tune else {}),
             },
             "metrics": {},
         }
@@ -395,8 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     make.add_argument("--out", type=Path, required=True)
     make.add_argument("--models", nargs="*")
     make.add_argument("--calibration", choices=sorted(CALIBRATION_METHODS), default="minmax")
-    make.add_argument("--float", nargs="*", default=list(FLOAT_CHOICES), choices=FLOAT_CHOICES,
-                      help="parts of a denoiser left in float (default: all three; HED is quantized whole)")
+    make.add_argument("--float", nargs="*", default=list(FLOAT_DEFAULT), choices=FLOAT_CHOICES,
+                      help="parts of a denoiser left in float (default: first last residual; HED is quantized whole)")
+    make.add_argument("--float-from", type=Path,
+                      help="quantize <dir>/<model>.onnx (written by training.dncnn.qat) instead of the served weights")
     make.add_argument("--count", type=int, default=64, help="calibration crops")
     ship = commands.add_parser("ship", help="copy measured variants that pass the gates into the manifest")
     ship.add_argument("--from", dest="source", type=Path, required=True)
