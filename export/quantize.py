@@ -268,12 +268,13 @@ def quantize_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         unfolded, prepared = Path(scratch) / "float32.onnx", Path(scratch) / "prepared.onnx"
-        onnx.save(float32_weights(onnx.load(str(source))), str(unfolded))
+        original = onnx.load(str(source))
+        onnx.save(float32_weights(original), str(unfolded))
         quant_pre_process(str(unfolded), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
         excluded = float_nodes(graph, keep_float)
         extra: dict[str, Any] = {"ActivationSymmetric": False, "WeightSymmetric": True}
-        overrides = learned_scales(onnx.load(str(source)), graph, excluded)
+        overrides = learned_scales(original, graph, excluded)
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         if calibration == "percentile":
@@ -410,9 +411,8 @@ def _make(args: argparse.Namespace) -> int:
         crops, keep_float, calibration = _calibration(entry, args)
         if args.float_from:  # quantization-aware fine-tuned weights of this model (training.dncnn.qat)
             source = args.float_from / f"{entry['name']}.onnx"
-            tuned = onnx.load(str(source))
-            props = {prop.key: prop.value for prop in tuned.metadata_props}
-            if learned_scales(tuned, tuned, ()):
+            props = {prop.key: prop.value for prop in onnx.load(str(source)).metadata_props}
+            if SCALES_KEY in props:
                 calibration = "activation scales learned by quantization-aware fine-tuning; weights per channel, MinMax"
             fine_tune = props.get(COMMAND_KEY, str(source))
         else:

@@ -53,6 +53,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,16 +154,22 @@ def activation_maxima(model: DnCNN, crops: Sequence[np.ndarray]) -> torch.Tensor
     return maxima
 
 
+@dataclass(frozen=True)
 class QATConfig:
     """The run's settings, stored in its checkpoint (``--resume`` must use the same)."""
 
-    def __init__(self, model: str, steps: int, batch_size: int, patch: int, lr: float, scale_lr: float,
-                 warmup: int, check_every: int, seed: int) -> None:
-        self.model, self.steps, self.batch_size, self.patch = model, steps, batch_size, patch
-        self.lr, self.scale_lr, self.warmup, self.check_every, self.seed = lr, scale_lr, warmup, check_every, seed
+    model: str
+    steps: int
+    batch_size: int
+    patch: int
+    lr: float
+    scale_lr: float
+    warmup: int
+    check_every: int
+    seed: int
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return asdict(self)
 
     def schedule(self, step: int) -> float:
         """Multiplier of both learning rates: linear warm-up, then cosine to zero at ``steps``."""
