@@ -35,6 +35,7 @@ __all__ = [
     "ExportCheckError",
     "export_onnx",
     "store_initializers_fp16",
+    "with_symbolic_shapes",
     "round_weights_fp16",
     "onnx_initializers",
     "state_dict_from_onnx",
@@ -96,6 +97,23 @@ def store_initializers_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     return out
+
+
+def with_symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every intermediate tensor's shape written out in terms of ``height`` and
+    ``width`` (ONNX Runtime's symbolic shape inference); returns a new model.
+
+    Why: ONNX Runtime's blocked (NCHWc) CPU layout keeps an element-wise ``Mul`` or ``Add`` in that
+    layout only when it can prove both inputs have the same shape; with dynamic sides and no shapes
+    in the file, a 3x3 convolution's output cannot be shown equal to its input's, so each such op
+    is sent back to plain NCHW and forth again. The computation is unchanged.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inferred = SymbolicShapeInference.infer_shapes(copy.deepcopy(model), auto_merge=True)
+    if inferred is None:
+        raise ExportCheckError("symbolic shape inference failed")
+    return inferred
 
 
 def round_weights_fp16(module: nn.Module) -> nn.Module:
@@ -178,6 +196,7 @@ def export_onnx(
     check_shape: Sequence[int] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     fp16_storage: bool = True,
+    symbolic_shapes: bool = False,
     seed: int = 0,
 ) -> float:
     """Export ``module`` (eval mode) to ``path`` and verify it; returns the max abs difference.
@@ -190,6 +209,7 @@ def export_onnx(
             and width changed by an odd amount, so dynamic axes are actually exercised.
         tolerance: largest accepted |ORT - PyTorch|.
         fp16_storage: store initializers as float16 (see module docstring).
+        symbolic_shapes: write every tensor's shape into the file (``with_symbolic_shapes``).
         seed: seed of the random verification input.
 
     Raises:
@@ -227,6 +247,8 @@ def export_onnx(
         reference = round_weights_fp16(module)
     else:
         reference = module
+    if symbolic_shapes:
+        proto = with_symbolic_shapes(proto)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
 

@@ -6,12 +6,17 @@ Usage::
         --teachers runs/weather/teacher-{rain,haze,snow}/last.pt \\
         --stage1 runs/weather/student-stage1/last.pt --out models/onnx
 
+    # the served file again, in the current inference form (same weights, same function):
+    python -m export.weather --from-onnx models/onnx/weather-unified.onnx --out models/onnx
+
 The export is ``export.onnx_export``'s (float16-stored weights, ORT-vs-PyTorch check on a size the
-trace did not see). The tile margin (manifest ``overlap``) is *measured*, not guessed: MSBDN's
-receptive field covers the whole tile (four stride-2 stages, dense fusion across scales), so no
-finite margin is exact; ``choose_overlap`` runs a sample photo whole and through the service's
-own tiling at a small tile size (many seams) and keeps the smallest margin whose output is within
-``MIN_TILED_PSNR`` of the whole-image run. Provenance records every stage's command, the data,
+trace did not see), with every tensor's shape written out (``with_symbolic_shapes``: ONNX Runtime's
+blocked CPU layout needs them to keep the blocks' ``Mul``/``Add`` blocked). The tile margin
+(manifest ``overlap``) is *measured*, not guessed: MSBDN's receptive field covers the whole tile
+(four stride-2 stages, dense fusion across scales), so no finite margin is exact;
+``choose_overlap`` runs a sample photo whole and through the service's own tiling at a small tile
+size (many seams) and keeps the smallest margin whose output is within ``MIN_TILED_PSNR`` of the
+whole-image run. Provenance records every stage's command, the data,
 the machine and the training time (read from the checkpoints). Metrics are filled by
 ``python -m training.weather.evaluate ... --write-manifest``.
 """
@@ -32,11 +37,11 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
+from export.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
 from export.measure import psnr, quantize, tiled_forward
 from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
-from models.weathernet import WeatherNet, WeatherNetConfig, fuse_for_inference
+from models.weathernet import WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused
 
 __all__ = [
     "NAME", "MIN_TILED_PSNR", "ARCHITECTURES", "network_config", "build_network", "load_student", "sample_image", "tiled_psnr",
@@ -44,7 +49,7 @@ __all__ = [
 ]
 
 NAME = "weather-unified"
-VERSION = "2.0.1"  # 2.0.1: the same weights exported fused for inference; 2: WeatherNet (issue 12); 1: MSBDN-RDFF width 0.375
+VERSION = "2.0.2"  # 2.0.2: the same weights, norms and upsamplings kept in ORT's blocked layout; 2.0.1: the same weights exported fused for inference; 2: WeatherNet (issue 12); 1: MSBDN-RDFF width 0.375
 MIN_TILED_PSNR = 45.0  # dB, tiled vs whole on the sample; the issue's bound is 40
 MARGINS = (32, 48, 64, 96, 128, 160, 192)  # 16 px steps first: each tile side discards the margin, so every 16 px counts
 CHECK_TILE = 512  # half the default 1024: six tiles on the sample, seams through the subject
@@ -314,29 +319,64 @@ def weather_entry(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export.weather", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="stage-2 student checkpoint")
-    parser.add_argument("--stage1", type=Path, required=True, help="stage-1 student checkpoint")
-    parser.add_argument("--teachers", type=Path, nargs=3, required=True, metavar=("RAIN", "HAZE", "SNOW"))
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="stage-2 student checkpoint")
+    source.add_argument("--from-onnx", type=Path, metavar="FILE",
+                        help="an exported file (with its manifest beside it): the same weights exported again in "
+                             "the current inference form; provenance carried over, the re-export recorded")
+    parser.add_argument("--stage1", type=Path, help="stage-1 student checkpoint (with --checkpoint)")
+    parser.add_argument("--teachers", type=Path, nargs=3, metavar=("RAIN", "HAZE", "SNOW"),
+                        help="teacher checkpoints (with --checkpoint)")
     parser.add_argument("--continued-from", type=Path, action="append", default=[], metavar="CHECKPOINT",
                         help="an earlier stage-2 run that --checkpoint was initialized from (repeat, oldest first); "
                              "recorded in the provenance as stage2_part1, stage2_part2, ...")
     parser.add_argument("--out", type=Path, required=True, help="folder holding manifest.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.checkpoint is not None and (args.stage1 is None or args.teachers is None):
+        parser.error("--checkpoint needs --stage1 and --teachers")
+    return args
+
+
+def reexport_entry(
+    path: Path, previous: Entry, overlap: int, overlap_check: dict[str, float], change: float, command: str,
+) -> Entry:
+    """``previous`` (the source file's manifest entry) for its re-export at ``path``: new bytes,
+    version and measured margin, the training provenance as it was, and the re-export recorded."""
+    provenance = dict(previous["provenance"])
+    provenance["overlap_check"] = {"tile": CHECK_TILE, "psnr_by_margin": overlap_check, "min_psnr": MIN_TILED_PSNR}
+    provenance["reexported"] = {
+        "from_version": previous["version"],
+        "from_sha256": previous["sha256"],
+        "by": command,
+        "max_abs_change_on_sample": float(f"{change:.3g}"),
+    }
+    return {**previous, "file": path.name, "sha256": sha256_file(path), "version": VERSION, "overlap": overlap,
+            "provenance": provenance, "metrics": {}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     command = "python -m export.weather " + shlex.join(argv if argv is not None else sys.argv[1:])
-    model, _ = load_student(args.checkpoint)
     path = args.out / f"{NAME}.onnx"
-    served = inference_network(model)
-    diff = export_onnx(served, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80))
-    write_config(path, model, fused=served is not model)
+    if args.from_onnx is not None:
+        previous = entries_by_name(read_manifest(args.from_onnx.parent / MANIFEST_NAME))[NAME]
+        before = whole_forward(_session(args.from_onnx), sample_image())  # read before --out may overwrite it
+        model = weather_from_onnx(onnx.load(str(args.from_onnx)))
+        served = model if is_fused(model) else inference_network(model)
+    else:
+        model, _ = load_student(args.checkpoint)
+        served = inference_network(model)
+    diff = export_onnx(served, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80), symbolic_shapes=True)
+    write_config(path, served, fused=is_fused(served))
     overlap, tried = choose_overlap(_session(path), sample_image())
-    stages = {f"teacher_{w}": p for w, p in zip(("rain", "haze", "snow"), args.teachers)}
-    stages["stage1"] = args.stage1
-    stages.update({f"stage2_part{i}": p for i, p in enumerate(args.continued_from, start=1)})
-    entry = weather_entry(path, args.checkpoint, stages, overlap, tried, command)
+    if args.from_onnx is not None:
+        change = float(np.abs(whole_forward(_session(path), sample_image()) - before).max())
+        entry = reexport_entry(path, previous, overlap, tried, change, command)
+    else:
+        stages = {f"teacher_{w}": p for w, p in zip(("rain", "haze", "snow"), args.teachers)}
+        stages["stage1"] = args.stage1
+        stages.update({f"stage2_part{i}": p for i, p in enumerate(args.continued_from, start=1)})
+        entry = weather_entry(path, args.checkpoint, stages, overlap, tried, command)
     update_manifest(args.out / MANIFEST_NAME, lambda current: merge_keeping_metrics(current, [entry]))
     print(f"{NAME}: {path} ({path.stat().st_size / 2**20:.2f} MiB), ORT parity {diff:.2e}, "
           f"overlap {overlap} (tiled vs whole PSNR by margin: {tried})")

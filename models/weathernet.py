@@ -66,7 +66,9 @@ Choices, and why:
 * ``fuse_for_inference`` rewrites a trained network for export, the same function with cheaper
   ONNX nodes: the norms' scale and shift and the branch scales folded into the adjacent 1x1
   convolutions, channel means as 1x1 convolutions, each gate as two convolutions (1.31x the
-  megapixels per second through ONNX Runtime on 2 CPU cores, docs/benchmarks.md).
+  megapixels per second through ONNX Runtime on 2 CPU cores); then the norms and upsamplings
+  written with the few ops ONNX Runtime's blocked (NCHWc) CPU layout keeps blocked, so tensors
+  stop going back and forth between layouts (docs/benchmarks.md).
 * Inputs: RGB in ``[0, 1]``; sides multiples of ``MULTIPLE`` (four 2x downsamplings).
   ``forward_features(x)`` also returns the four maps that CKT distils: the 1/4 and
   1/8 encoder outputs, and the 1/16 input and output of the middle blocks.
@@ -84,7 +86,7 @@ from torch import nn
 
 __all__ = [
     "MULTIPLE", "WeatherNet", "WeatherNetConfig", "build_weathernet", "feature_channels",
-    "dct_frequencies", "fuse_for_inference",
+    "dct_frequencies", "fuse_for_inference", "is_fused",
 ]
 
 #: Input sides must be multiples of this: four stride-2 downsamplings.
@@ -233,19 +235,34 @@ def _fold_norm(conv: nn.Conv2d, norm: LayerNorm2d) -> tuple[torch.Tensor, torch.
 
 
 class _ChannelStandardize(nn.Module):
-    """``LayerNorm2d`` without its affine part (folded into the next convolution), the channel
-    means taken by a 1x1 convolution of weights ``1/C`` instead of ``ReduceMean``: ONNX Runtime
-    runs the convolution in its blocked (NCHWc) kernels and the reduction over the strided channel
-    axis much slower."""
+    """``LayerNorm2d`` without its affine part (folded into the next convolution), written so that
+    ONNX Runtime's blocked (NCHWc) CPU kernels can keep every full-width tensor in their layout.
+
+    Its NCHWc pass only keeps a tensor blocked through ``Conv`` (16k output channels), ``Add``,
+    and ``Mul`` of equal shapes; ``Sub``, ``Div``, ``Sqrt`` and any op mixing C channels with one
+    send the tensor back to plain NCHW and forth again, which cost more than the convolutions
+    (docs/benchmarks.md). So the mean is subtracted as ``x + conv(x, -1/C)`` (C outputs, each the
+    negated mean), the variance is taken into ``VARIANCE_CHANNELS`` identical channels (the
+    smallest blocked width) with ``eps`` as the bias, only those leave the layout for ``1/sqrt``,
+    and a one-hot 1x1 convolution copies the result back to C channels for an equal-shape ``Mul``.
+    The same arithmetic as ``LayerNorm2d`` up to float rounding."""
+
+    VARIANCE_CHANNELS = 16
 
     def __init__(self, channels: int, eps: float) -> None:
         super().__init__()
-        self.eps = eps
-        self.register_buffer("average", torch.full((1, channels, 1, 1), 1.0 / channels), persistent=False)
+        k = self.VARIANCE_CHANNELS
+        self.register_buffer("negated_mean", torch.full((channels, channels, 1, 1), -1.0 / channels), persistent=False)
+        self.register_buffer("average", torch.full((k, channels, 1, 1), 1.0 / channels), persistent=False)
+        self.register_buffer("eps", torch.full((k,), float(eps)), persistent=False)
+        spread = torch.zeros(channels, k, 1, 1)
+        spread[:, 0] = 1.0
+        self.register_buffer("spread", spread, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - F.conv2d(x, self.average)
-        return centred * torch.rsqrt(F.conv2d(centred * centred, self.average) + self.eps)
+        centred = x + F.conv2d(x, self.negated_mean)
+        variance = F.conv2d(centred * centred, self.average, self.eps)
+        return centred * F.conv2d(torch.reciprocal(torch.sqrt(variance)), self.spread)
 
 
 class _FusedGatedBlock(nn.Module):
@@ -282,11 +299,35 @@ class _FusedGatedBlock(nn.Module):
         return x + self.ffn_out(self.ffn_in[0](n) * self.ffn_in[1](n))
 
 
+class _BlockedCopy(nn.Module):
+    """A 1x1 convolution by the identity. After a ``PixelShuffle`` (``DepthToSpace``, which ONNX
+    Runtime's blocked NCHWc layout lacks) it is where the upsampled map re-enters that layout, so
+    the skip connection's ``Add`` and the decoder blocks after it stay blocked; without it every
+    residual ``Add`` of the decoder goes through plain NCHW and back."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("identity", torch.eye(channels)[:, :, None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.identity)
+
+
+def is_fused(model: nn.Module) -> bool:
+    """Whether ``model`` is a WeatherNet made by ``fuse_for_inference`` (inference only)."""
+    return isinstance(model, WeatherNet) and any(isinstance(m, (_FusedGatedBlock, _BlockedCopy)) for m in model.modules())
+
+
 def fuse_for_inference(model: WeatherNet) -> WeatherNet:
     """A float32 copy of ``model`` that computes the same function (to float rounding) with fewer
-    and cheaper ONNX nodes: every ``GatedBlock`` becomes a ``_FusedGatedBlock``. For export; it
-    cannot be trained (the norms' and gates' parameters are folded away)."""
+    and cheaper ONNX nodes: every ``GatedBlock`` becomes a ``_FusedGatedBlock`` and every
+    upsampling ends in a ``_BlockedCopy``. For export; it cannot be trained (the norms' and gates'
+    parameters are folded away)."""
+    if is_fused(model):
+        raise ValueError("the network is already fused for inference")
     fused = copy.deepcopy(model).float().eval()
+    for up in fused.ups:
+        up.append(_BlockedCopy(up[0].out_channels // 4))
     for parent in list(fused.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, GatedBlock):

@@ -100,3 +100,59 @@ def test_the_served_weathernet_is_fused_and_its_file_rebuilds_the_fused_network(
         np.testing.assert_allclose(network(torch.from_numpy(x)).numpy(), run_onnx(path, x), atol=1e-3)  # float16-stored weights
     msbdn = MSBDN(MSBDNConfig(width=0.25, res_blocks=1))
     assert inference_network(msbdn) is msbdn
+
+
+def test_from_onnx_exports_the_served_file_again_with_the_same_function(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``--from-onnx`` rebuilds the network from a served file and exports it in the current
+    inference form: same outputs, the provenance carried over with the re-export recorded, a new
+    version, and no metrics (new bytes are measured again, never assumed)."""
+    import json
+
+    import numpy as np
+    import onnx
+    import torch
+
+    from export.manifest import MANIFEST_NAME, read_manifest, write_manifest
+    from export.onnx_export import export_onnx, run_onnx, sha256_file
+    from export.weather import FUSED_KEY, NAME, VERSION, inference_network, main, write_config
+
+    torch.manual_seed(0)
+    network = WeatherNet(WeatherNetConfig(width=16, max_channels=16, encoder_blocks=(0, 1, 0, 0), middle_blocks=1,
+                                          decoder_blocks=(0, 1, 0, 0), window=3)).eval()
+    for parameter in network.parameters():
+        parameter.data.add_(0.02 * torch.randn_like(parameter))
+    source = tmp_path / "served"
+    served = inference_network(network)
+    export_onnx(served, source / f"{NAME}.onnx", (1, 3, 32, 32), check_shape=(1, 3, 48, 64))
+    write_config(source / f"{NAME}.onnx", served, fused=True)
+    old_sha = sha256_file(source / f"{NAME}.onnx")
+    entry = {"name": NAME, "task": "weather", "file": f"{NAME}.onnx", "sha256": old_sha, "version": "0.9",
+             "channels": 3, "sigma": None, "overlap": 64, "multiple": 16, "default": True,
+             "provenance": {"source": "trained", "exported_by": "python -m export.weather --checkpoint x.pt"},
+             "metrics": {"heldout": {"rain": {"psnr": 30.0}}}}
+    write_manifest(source / MANIFEST_NAME, [entry])
+
+    out = tmp_path / "again"
+    assert main(["--from-onnx", str(source / f"{NAME}.onnx"), "--out", str(out)]) == 0
+    (new,) = read_manifest(out / MANIFEST_NAME)
+    assert new["sha256"] == sha256_file(out / new["file"]) != old_sha
+    assert new["version"] == VERSION and new["metrics"] == {}
+    assert new["provenance"]["exported_by"] == entry["provenance"]["exported_by"]
+    reexport = new["provenance"]["reexported"]
+    assert reexport["from_sha256"] == old_sha and reexport["from_version"] == "0.9"
+    assert reexport["by"].startswith("python -m export.weather --from-onnx")
+    assert reexport["max_abs_change_on_sample"] < 1e-5
+    assert json.dumps(new["provenance"]["overlap_check"]["psnr_by_margin"])
+    metadata = {p.key: p.value for p in onnx.load(str(out / new["file"])).metadata_props}
+    assert metadata[FUSED_KEY] == "1"
+    x = np.random.default_rng(2).random((1, 3, 48, 80), dtype=np.float32)
+    np.testing.assert_allclose(run_onnx(out / new["file"], x), run_onnx(source / f"{NAME}.onnx", x), atol=1e-5)
+
+
+def test_from_onnx_and_checkpoint_are_exclusive_and_checkpoint_needs_its_stages(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from export.weather import main
+
+    with pytest.raises(SystemExit):
+        main(["--from-onnx", "a.onnx", "--checkpoint", "b.pt", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "b.pt", "--out", str(tmp_path)])

@@ -164,3 +164,53 @@ def test_the_fused_network_computes_the_trained_one_with_fewer_onnx_nodes(tmp_pa
     assert "ReduceMean" not in ops["fused.onnx"]
     assert ops["fused.onnx"].count("Slice") == ops["trained.onnx"].count("Slice") - 4 * 9  # two per gate, 9 blocks; the head's stay
     assert len(ops["fused.onnx"]) < len(ops["trained.onnx"])
+
+
+def _blocked_layout_leaks(path: Path, tmp_path: Path) -> list[str] | None:
+    """The ops ONNX Runtime's optimized CPU graph of ``path`` sends from its blocked (NCHWc)
+    layout back to plain NCHW (the consumers of each ``ReorderOutput``); None where this CPU's
+    ONNX Runtime has no blocked layout at all (nothing to keep)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # the optimized graph is only read here, never deployed
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    if not any(n.op_type == "ReorderInput" for n in graph.node):
+        return None
+    reordered = {n.output[0] for n in graph.node if n.op_type == "ReorderOutput"}
+    return sorted(n.op_type for n in graph.node if reordered & set(n.input))
+
+
+def test_the_fused_network_keeps_onnx_runtimes_blocked_layout(tmp_path: Path) -> None:
+    """With its shapes written out, the fused network's element-wise Add and Mul stay in ONNX
+    Runtime's blocked layout: only the 16-channel variance (for Sqrt), the pixel shuffles
+    (DepthToSpace) and the head's 3-channel full-resolution inputs leave it. Without the shapes, every gate's
+    Mul round-trips (the reason ``export.weather`` writes them)."""
+    config = WeatherNetConfig(width=16, max_channels=32, encoder_blocks=(0, 1, 1, 1), middle_blocks=1,
+                              decoder_blocks=(0, 1, 1, 1))
+    model = _randomised(WeatherNet(config))
+    fused = fuse_for_inference(model)
+    x = torch.rand(1, 3, 3 * MULTIPLE, 5 * MULTIPLE)
+    with torch.no_grad():
+        assert float((fused(x) - model(x)).abs().max()) < 1e-5
+    for shapes in (True, False):
+        export_onnx(fused, tmp_path / f"{shapes}.onnx", (1, 3, 64, 64), check_shape=(2, 3, 48, 80),
+                    fp16_storage=False, symbolic_shapes=shapes, tolerance=1e-4)
+    leaks = _blocked_layout_leaks(tmp_path / "True.onnx", tmp_path)
+    if leaks is None:
+        pytest.skip("this CPU's ONNX Runtime has no blocked (NCHWc) layout")
+    assert not {"Mul", "Sub", "Div"} & set(leaks), leaks
+    assert leaks.count("Add") == 1, leaks  # the head's: 3 channels at full resolution, J + R
+    blocks = sum(config.encoder_blocks) + config.middle_blocks + sum(config.decoder_blocks)
+    assert leaks.count("Sqrt") == 2 * blocks and leaks.count("DepthToSpace") == 4
+    assert "Mul" in (_blocked_layout_leaks(tmp_path / "False.onnx", tmp_path) or [])
+
+
+def test_a_fused_network_is_not_fused_again() -> None:
+    fused = fuse_for_inference(_randomised(WeatherNet(WeatherNetConfig(**TINY))))
+    with pytest.raises(ValueError, match="already fused"):
+        fuse_for_inference(fused)
