@@ -70,7 +70,8 @@ from export.onnx_export import export_onnx
 from export.quantize import COMMAND_KEY, SCALES_KEY, calibration_crops
 from models.dncnn import DnCNN
 from training.common.log import save_checkpoint
-from training.dncnn.data import build_patch_set, load_training_images
+from training.dncnn.camera_noise import GAUSSIAN_RANGE
+from training.dncnn.data import PatchSampler, build_patch_set, load_training_images
 
 __all__ = [
     "QuantSimDnCNN", "activation_maxima", "fake_quant_weight", "QATConfig", "fine_tune",
@@ -187,15 +188,6 @@ def _split(images: list[tuple[str, np.ndarray]]) -> tuple[list, list]:
     return [item for item in images if item[0] not in kept], validation
 
 
-def _batch(patches: np.ndarray, sigma: float | None, step: int, cfg: QATConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(noisy, clean) of step ``step``: a pure function of the seed and the step (resumes exactly)."""
-    rng = np.random.default_rng([cfg.seed, step])
-    clean = torch.from_numpy(patches[rng.choice(len(patches), cfg.batch_size, replace=False)]).float() / 255.0
-    levels = rng.uniform(0, 55, (cfg.batch_size, 1, 1, 1)) if sigma is None else np.full((cfg.batch_size, 1, 1, 1), sigma)
-    noise = torch.from_numpy(rng.standard_normal(clean.shape).astype(np.float32) * (levels / 255.0).astype(np.float32))
-    return clean + noise, clean
-
-
 @torch.no_grad()
 def validate(sim: QuantSimDnCNN, images: Sequence[tuple[str, np.ndarray]], sigma: float | None) -> tuple[float, float]:
     """Mean PSNR (dB) of the float model and of its int8 simulation on ``images`` (256 px centre
@@ -228,6 +220,8 @@ def fine_tune(sim: QuantSimDnCNN, patches: np.ndarray, sigma: float | None, cfg:
         {"params": list(sim.model.parameters()), "lr": cfg.lr, "base": cfg.lr},
         {"params": [sim.log_scales], "lr": cfg.scale_lr, "base": cfg.scale_lr},
     ])
+    # batches are a pure function of the seed and the step, so a resumed run draws what an uninterrupted one would
+    sampler = PatchSampler(patches, cfg.batch_size, GAUSSIAN_RANGE if sigma is None else (sigma, sigma), cfg.seed)
     state = state or {"step": 0, "history": [], "losses": []}
     if "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
@@ -235,7 +229,8 @@ def fine_tune(sim: QuantSimDnCNN, patches: np.ndarray, sigma: float | None, cfg:
         step = state["step"]
         for group in optimizer.param_groups:
             group["lr"] = group["base"] * cfg.schedule(step)
-        noisy, _ = _batch(patches, sigma, step, cfg)
+        clean, noise = sampler.batch(step)
+        noisy = clean + noise
         with torch.no_grad():
             target = teacher(noisy)
         sim.train()
