@@ -4,7 +4,7 @@ Usage::
 
     python -m training.hed.train --data ../shared/data/bsds500 --init models/onnx/hed-bsds500.onnx \\
         --out runs/hed-ft [--iterations 10000] [--batch-size 8] [--patch 320] [--lr 1e-5] \\
-        [--device cpu|cuda] [--amp] [--channels-last] [--max-minutes T] [--resume]
+        [--device cpu|cuda] [--amp] [--channels-last] [--max-minutes T] [--compact DIR] [--resume]
     python -m training.hed.train --data ../shared/data/bsds500 --out runs/hed-ft --benchmark 5 [--amp] [--channels-last]
 
 Recipe, and where it departs from the paper:
@@ -27,6 +27,16 @@ Recipe, and where it departs from the paper:
   exits: the issue gates CPU fine-tuning on a step of 8 crops of 320x320 under 4 s;
 * validation: ODS on the last ``--val-count`` BSDS500 *val* images (held out of training; the
   test split stays unseen), ``training.hed.evaluate`` matching with ``--val-thresholds`` thresholds.
+
+Checkpoints: ``--out``/``last.pt`` holds everything (float32 weights, Adam's state: 176 MB, not
+for git); ``--compact DIR`` also writes ``DIR/compact.pt`` (59 MB), the form committed between
+sessions: the weights as their bfloat16 difference from ``--init`` (whose float16-stored values
+are exact in float32, so only the fine-tune's change is rounded, to 3 significant digits) and
+Adam's second moment in bfloat16; its first moment is left out, since with ``beta1 = 0.9`` it
+forgets within ~20 steps and restarts from zero at a resume (Adam's step count is kept, so those
+steps are only shorter, never larger). ``training.common.log.compact_checkpoint``'s plain bfloat16
+copy (weights and both moments) would be 88 MB, over the 60 MB issue 18 allows. ``--resume``
+takes ``last.pt`` where it exists, else the compact file.
 
 A fine-tuned checkpoint (``model`` = ``models.hed.HED`` state dict) goes out through
 ``export.onnx_export.export_onnx(HEDForInference(model), ...)``, the path ``export.hed`` uses for
@@ -52,7 +62,8 @@ import torch.nn.functional as F
 
 from models.hed import HED, HEDForInference
 from service.edgemaps import nms
-from training.common.log import Progress, machine_description, save_checkpoint, write_csv
+from service.manifest import sha256_of
+from training.common.log import Progress, check_resumable, machine_description, save_checkpoint, write_csv
 from training.hed.evaluate import (
     MAX_DIST, GroundTruth, evaluate_image, image_ids, load_boundaries, load_image, summarize,
     thresholds_for,
@@ -60,9 +71,11 @@ from training.hed.evaluate import (
 
 __all__ = [
     "HEDTrainConfig", "EdgeSamples", "balanced_bce", "HEDTrainer", "validate", "main",
+    "compact_state", "load_compact_state",
 ]
 
 CHECKPOINT = "last.pt"
+COMPACT = "compact.pt"
 LOG = "log.csv"
 
 
@@ -166,6 +179,33 @@ class HEDTrainer:
         self.iteration = int(state["iteration"])
 
 
+def compact_state(trainer: HEDTrainer, init: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The trainer's state in the compact form committed between sessions (module docstring):
+    weights as their bfloat16 difference from ``init``, Adam's second moment in bfloat16."""
+    state = {"config": dataclasses.asdict(trainer.config), "iteration": trainer.iteration,
+             "widths": trainer.model.widths, "depths": trainer.model.depths, "delta": {}, "exp_avg_sq": {}}
+    for name, parameter in trainer.model.named_parameters():
+        state["delta"][name] = (parameter.detach().float() - init[name]).to(torch.bfloat16).contiguous()
+        moments = trainer.optimizer.state.get(parameter)
+        if moments:
+            state["exp_avg_sq"][name] = moments["exp_avg_sq"].to(torch.bfloat16).contiguous()
+    return state
+
+
+def load_compact_state(trainer: HEDTrainer, state: dict[str, Any], init: dict[str, torch.Tensor]) -> None:
+    """Resume ``trainer`` (built on the same ``init``) from ``compact_state``'s output."""
+    with torch.no_grad():
+        for name, parameter in trainer.model.named_parameters():
+            parameter.copy_(init[name] + state["delta"][name].float())
+            if name in state["exp_avg_sq"]:
+                trainer.optimizer.state[parameter] = {
+                    "step": torch.tensor(float(state["iteration"])),
+                    "exp_avg": torch.zeros_like(parameter),
+                    "exp_avg_sq": state["exp_avg_sq"][name].float().to(parameter.device),
+                }
+    trainer.iteration = int(state["iteration"])
+
+
 @torch.no_grad()
 def validate(
     model: HED, samples: Sequence[tuple[np.ndarray, list[np.ndarray]]], thresholds: np.ndarray
@@ -226,7 +266,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, required=True, help="BSDS500 folder")
     parser.add_argument("--init", type=Path, default=Path("models/onnx/hed-bsds500.onnx"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="from --out's last.pt, else from --compact's file")
+    parser.add_argument("--compact", type=Path, metavar="DIR",
+                        help="also write the compact checkpoint (59 MB, the one to commit) here at every checkpoint")
     parser.add_argument("--max-minutes", type=float)
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--val-count", type=int, default=10)
@@ -257,13 +299,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     val = list(zip(val_images, val_truths))
     thresholds = thresholds_for(args.val_thresholds)
     model = _served_hed(args.init)
+    init = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = HEDTrainer(config, model, samples)
     meta: dict[str, Any] = {"history": [], "elapsed_s": 0.0,
                             "command": shlex.join(["python", "-m", "training.hed.train", *(argv or sys.argv[1:])]),
-                            "machine": machine_description(trainer.device)}
+                            "machine": machine_description(trainer.device), "init_sha256": sha256_of(args.init)}
     if args.resume:
-        state = torch.load(args.out / CHECKPOINT, map_location=trainer.device, weights_only=False)
-        trainer.load_state_dict(state)
+        full = args.out / CHECKPOINT
+        if not full.is_file() and args.compact is None:
+            raise SystemExit(f"--resume: no {full} and no --compact folder")
+        state = torch.load(full if full.is_file() else args.compact / COMPACT, map_location="cpu", weights_only=False)
+        if state.get("init_sha256", meta["init_sha256"]) != meta["init_sha256"]:
+            raise SystemExit(f"--resume: the checkpoint fine-tunes another --init ({state['init_sha256'][:12]}...)")
+        check_resumable(HEDTrainConfig(**state["config"]), config, frozenset({"iterations", "device"}))
+        if full.is_file():
+            trainer.load_state_dict(state)
+        else:
+            load_compact_state(trainer, state, init)
         meta.update({k: state[k] for k in ("history", "elapsed_s", "command") if k in state})
     else:
         meta["history"].append({"iteration": 0, "loss": float("nan"), "val_ods": validate(model, val, thresholds),
@@ -284,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "val_ods": round(validate(trainer.model, val, thresholds), 4),
                                 "elapsed_s": meta["elapsed_s"]})
         save_checkpoint(args.out / CHECKPOINT, {**trainer.state_dict(), **meta})
+        if args.compact is not None:
+            args.compact.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(args.compact / COMPACT, {**compact_state(trainer, init), **meta})
+            write_csv(args.compact / LOG, meta["history"], ("iteration", "loss", "val_ods", "elapsed_s"))
         write_csv(args.out / LOG, meta["history"], ("iteration", "loss", "val_ods", "elapsed_s"))
         progress.message(str(meta["history"][-1]))
         losses.clear()

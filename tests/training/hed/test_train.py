@@ -91,3 +91,39 @@ def test_boolean_settings_are_flags() -> None:
     args = _parse_args(["--data", "d", "--out", "o", "--amp", "--no-channels-last", "--benchmark", "3"])
     assert args.amp is True and args.channels_last is False and args.benchmark == 3
     assert _parse_args(["--data", "d", "--out", "o"]).amp is None  # unset: the config's default
+
+
+def test_the_compact_checkpoint_resumes_the_weights_and_second_moment(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """compact_state keeps the weights as a bfloat16 change from the initial weights and Adam's
+    second moment in bfloat16 (half the bytes of each, no first moment); load_compact_state
+    restores both, so the resumed weights differ from the trained ones only by the rounding of the
+    change, far below the change itself, and training continues from the same iteration."""
+    from training.hed.train import compact_state, load_compact_state
+
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)
+    label = (np.random.default_rng(1).random((40, 40)) > 0.9).astype(np.float32)
+    samples = EdgeSamples([image], [label], 32, 0)
+    config = HEDTrainConfig(patch=32, batch_size=2, lr=1e-3)
+    model = HED(widths=(4, 8, 8, 8, 8), depths=(1, 1, 1, 1, 1))
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = HEDTrainer(config, model, samples)
+    for _ in range(3):
+        trainer.step()
+    state = compact_state(trainer, init)
+    torch.save(state, tmp_path / "compact.pt")
+    assert all(t.dtype == torch.bfloat16 for t in [*state["delta"].values(), *state["exp_avg_sq"].values()])
+    assert state["iteration"] == 3 and set(state["delta"]) == set(init)
+
+    fresh = HED(widths=(4, 8, 8, 8, 8), depths=(1, 1, 1, 1, 1))
+    fresh.load_state_dict({**fresh.state_dict(), **init})
+    resumed = HEDTrainer(config, fresh, samples)
+    load_compact_state(resumed, torch.load(tmp_path / "compact.pt", weights_only=False), init)
+    assert resumed.iteration == 3
+    for (name, p), q in zip(trainer.model.named_parameters(), resumed.model.parameters()):
+        change = (p.detach() - init[name]).abs().max()
+        assert float((p.detach() - q.detach()).abs().max()) <= float(change) / 128 + 1e-12
+        v, w = trainer.optimizer.state[p]["exp_avg_sq"], resumed.optimizer.state[q]["exp_avg_sq"]
+        torch.testing.assert_close(w, v.to(torch.bfloat16).float())
+        assert float(resumed.optimizer.state[q]["step"]) == 3
+    assert np.isfinite(resumed.step()) and resumed.iteration == 4
