@@ -20,6 +20,9 @@ Where ONNX Runtime has no CUDA provider but PyTorch sees a GPU (a GPU machine wi
 CPU-only onnxruntime), the model figures come from PyTorch on the same weights (rebuilt from each
 ONNX file's initializers, ``half()`` for float16) and the output says so; the end-to-end part then
 runs on the service's CPU path and says that too.
+
+Quality in float16 (DnCNN on BSD68/CBSD68, the issue's 0.05 dB bound) is ``bench.fp16_parity``'s:
+``python -m bench.fp16_parity --data ../shared/data/denoise --device cuda`` on the same machine.
 """
 
 from __future__ import annotations
@@ -117,20 +120,22 @@ def ort_runner(path: Path, provider: str) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.asarray(session.run(None, {"input": x})[0], dtype=np.float32)
 
 
-def torch_runner(path: Path, task: str, half: bool) -> Callable[[np.ndarray], np.ndarray]:
+def torch_runner(path: Path, task: str, half: bool, device: str = "cuda") -> Callable[[np.ndarray], np.ndarray]:
+    """The model of ``path`` in PyTorch on ``device`` (weights from the file), float32 in and out."""
     import torch
 
     from bench.model_throughput import TORCH_FROM_ONNX
 
-    module = TORCH_FROM_ONNX[task](onnx.load(str(path))).cuda().eval()
+    module = TORCH_FROM_ONNX[task](onnx.load(str(path))).to(device).eval()
     module = module.half() if half else module
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            tx = torch.from_numpy(x).cuda()
+            tx = torch.from_numpy(x).to(device)
             out = module(tx.half() if half else tx)
             out = out[0] if isinstance(out, (tuple, list)) else out
-            torch.cuda.synchronize()
+            if device == "cuda":
+                torch.cuda.synchronize()
             return out.float().cpu().numpy()
 
     return run
