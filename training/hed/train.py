@@ -86,14 +86,16 @@ class HEDTrainConfig:
     iterations: int = 10000
     lr: float = 1e-5
     eta: float = 0.5
+    side_weight: float = 1.0  # weight of the five side outputs' losses (the paper: 1; 0 trains the fused output only)
     seed: int = 0
     device: str = "cpu"
     amp: bool = False  # bfloat16 autocast of the forward pass
     channels_last: bool = False
 
 
-def balanced_bce(logits: torch.Tensor, label: torch.Tensor, eta: float) -> torch.Tensor:
-    """Class-balanced sigmoid cross-entropy of every output channel, summed over channels.
+def balanced_bce(logits: torch.Tensor, label: torch.Tensor, eta: float, side_weight: float = 1.0) -> torch.Tensor:
+    """Class-balanced sigmoid cross-entropy of every output channel, summed over channels, the
+    side outputs' (channels 1-5) times ``side_weight``.
 
     ``logits``: (N, K, H, W); ``label``: (N, 1, H, W) annotator consensus in [0, 1]. Per image,
     edges (``label >= eta``) weigh ``beta = |Y-| / |Y|`` and non-edges (``label == 0``) ``1 -
@@ -109,7 +111,8 @@ def balanced_bce(logits: torch.Tensor, label: torch.Tensor, eta: float) -> torch
     loss = F.binary_cross_entropy_with_logits(
         logits, target, weight=weight.expand_as(logits), reduction="none"
     )
-    return loss.sum(dim=1).mean()
+    per_output = loss.mean(dim=(0, 2, 3))
+    return per_output[0] + side_weight * per_output[1:].sum()
 
 
 class EdgeSamples:
@@ -161,7 +164,8 @@ class HEDTrainer:
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
             logits = self.model(x)
-        loss = balanced_bce(logits.float(), torch.from_numpy(labels).to(self.device), self.config.eta)
+        loss = balanced_bce(logits.float(), torch.from_numpy(labels).to(self.device), self.config.eta,
+                            self.config.side_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -127,3 +127,13 @@ def test_the_compact_checkpoint_resumes_the_weights_and_second_moment(tmp_path) 
         torch.testing.assert_close(w, v.to(torch.bfloat16).float())
         assert float(resumed.optimizer.state[q]["step"]) == 3
     assert np.isfinite(resumed.step()) and resumed.iteration == 4
+
+
+def test_side_weight_scales_only_the_side_outputs() -> None:
+    label = _label()
+    logits = torch.zeros(1, 6, 8, 8)
+    logits[:, 0] = torch.where(label[:, 0] >= 0.5, 20.0, -20.0)  # the fused output right, the sides undecided
+    fused_only = float(balanced_bce(logits, label, eta=0.5, side_weight=0.0))
+    assert fused_only < 1e-6
+    assert float(balanced_bce(logits, label, eta=0.5, side_weight=0.5)) == pytest.approx(
+        0.5 * float(balanced_bce(logits, label, eta=0.5)), rel=1e-6)
