@@ -20,9 +20,7 @@ float16 costs; the line printed first names the backend, and a CUDA run remains 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +28,11 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.gpu_check import CUDA, fp16_copy, ort_runner, torch_runner
-from export.measure import psnr, quantize
-from training.dncnn.evaluate import add_noise, load_set, noise_rng
+from export.manifest import read_manifest
+from training.dncnn.evaluate import Denoiser, evaluate_set, load_set
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
 BLIND_SIGMA = 25
-Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def backend(device: str) -> str:
@@ -44,7 +41,7 @@ def backend(device: str) -> str:
     return f"torch-{device}"
 
 
-def runners(path: Path, kind: str, scratch: Path) -> tuple[Runner, Runner]:
+def runners(path: Path, kind: str, scratch: Path) -> tuple[Denoiser, Denoiser]:
     """(float32, float16) runners of one model file."""
     if kind == "ort-cuda":
         return ort_runner(path, CUDA), ort_runner(fp16_copy(path, scratch), CUDA)
@@ -53,22 +50,15 @@ def runners(path: Path, kind: str, scratch: Path) -> tuple[Runner, Runner]:
 
 
 def parity(
-    run32: Runner, run16: Runner, images: list[tuple[str, np.ndarray]], test_set: str, sigma: int
+    run32: Denoiser, run16: Denoiser, images: list[tuple[str, np.ndarray]], test_set: str, sigma: int
 ) -> tuple[float, float]:
     """Mean PSNR (dB) of the two runs on ``images`` with the evaluation's noise at ``sigma``."""
-    scores: dict[str, list[float]] = {"32": [], "16": []}
-    for name, clean in images:
-        noisy = add_noise(clean, sigma, noise_rng(test_set, name, sigma))
-        x = np.ascontiguousarray(noisy[None, None] if noisy.ndim == 2 else noisy.transpose(2, 0, 1)[None])
-        for key, run in (("32", run32), ("16", run16)):
-            y = run(x)[0]
-            scores[key].append(psnr(quantize(y[0] if clean.ndim == 2 else y.transpose(1, 2, 0)), clean))
-    return float(np.mean(scores["32"])), float(np.mean(scores["16"]))
+    db32, db16 = (float(np.mean(evaluate_set(run, images, test_set, sigma))) for run in (run32, run16))
+    return db32, db16
 
 
 def denoisers(manifest: Path, names: list[str] | None) -> list[dict[str, Any]]:
-    entries = [e for e in json.loads(manifest.read_text())["models"] if e["task"] == "denoise"]
-    return [e for e in entries if not names or e["name"] in names]
+    return [e for e in read_manifest(manifest) if e["task"] == "denoise" and (not names or e["name"] in names)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -358,9 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     command = "python -m export.weather " + shlex.join(argv if argv is not None else sys.argv[1:])
     path = args.out / f"{NAME}.onnx"
+    sample = sample_image()
     if args.from_onnx is not None:
         previous = entries_by_name(read_manifest(args.from_onnx.parent / MANIFEST_NAME))[NAME]
-        before = whole_forward(_session(args.from_onnx), sample_image())  # read before --out may overwrite it
+        before = whole_forward(_session(args.from_onnx), sample)  # read before --out may overwrite it
         model = weather_from_onnx(onnx.load(str(args.from_onnx)))
         served = model if is_fused(model) else inference_network(model)
     else:
@@ -368,9 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         served = inference_network(model)
     diff = export_onnx(served, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80), symbolic_shapes=True)
     write_config(path, served, fused=is_fused(served))
-    overlap, tried = choose_overlap(_session(path), sample_image())
+    session = _session(path)
+    overlap, tried = choose_overlap(session, sample)
     if args.from_onnx is not None:
-        change = float(np.abs(whole_forward(_session(path), sample_image()) - before).max())
+        change = float(np.abs(whole_forward(session, sample) - before).max())
         entry = reexport_entry(path, previous, overlap, tried, change, command)
     else:
         stages = {f"teacher_{w}": p for w, p in zip(("rain", "haze", "snow"), args.teachers)}

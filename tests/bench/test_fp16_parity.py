@@ -10,8 +10,6 @@ from PIL import Image
 
 from bench import fp16_parity
 
-MODELS = Path(__file__).resolve().parents[2] / "models" / "onnx"
-
 
 def _image_set(folder: Path, channels: int) -> None:
     folder.mkdir(parents=True)

@@ -26,7 +26,7 @@ from PIL import Image
 from export.measure import psnr, quantize
 from service.noise_level import NoiseEstimate, estimate_noise, pick_model
 from training.dncnn.camera_noise import TestFamily
-from training.dncnn.evaluate import denoise, load_set, make_session
+from training.dncnn.evaluate import denoise, load_set, make_session, session_denoiser
 
 __all__ = ["CONDITIONS", "main"]
 
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             estimates.append(estimate_noise(noisy, 255).sigma or 0.0)
             noisy_scores.append(psnr(noisy, clean))
             for model, session in sessions.items():
-                scores[model].append(psnr(quantize(denoise(session, noisy / np.float32(255))), clean))
+                scores[model].append(psnr(quantize(denoise(session_denoiser(session), noisy / np.float32(255))), clean))
         ratio = estimate_noise(noisy, 255).chroma_ratio  # the condition's kind, from its last image
         picked = _picked(entries, NoiseEstimate(float(np.mean(estimates)), ratio))
         cells = [f"{np.mean(estimates):.1f} ({min(estimates):.1f}-{max(estimates):.1f})", f"{np.mean(noisy_scores):.2f}",

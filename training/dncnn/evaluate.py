@@ -35,7 +35,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -44,7 +44,8 @@ from PIL import Image
 from export.measure import psnr, quantize
 
 __all__ = [
-    "NOISE_SEED", "Job", "add_noise", "noise_rng", "evaluate_set", "evaluate_files", "plan_jobs", "main",
+    "NOISE_SEED", "Job", "Denoiser", "add_noise", "noise_rng", "session_denoiser", "denoise", "evaluate_set",
+    "evaluate_files", "plan_jobs", "main",
 ]
 
 NOISE_SEED = 20170201  # fixed; see the module docstring for how each image's seed is derived
@@ -52,6 +53,8 @@ BLIND_SIGMAS = (15, 25, 50)
 GRAY_SETS = ("BSD68", "Set12")
 COLOR_SETS = ("CBSD68",)
 THREADS = 2
+#: A denoiser as the evaluation runs it: (1, C, H, W) float32 noisy image -> the same shape restored.
+Denoiser = Callable[[np.ndarray], np.ndarray]
 # Paper (Zhang et al. 2017, Tables II/III and the README of cszn/DnCNN); the CBSD68 value is the
 # paper's CDnCNN-B at sigma 25 (the shared README measured 31.22 with the same model).
 METRICS_NOTE = (
@@ -114,15 +117,20 @@ def make_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def denoise(session: ort.InferenceSession, noisy: np.ndarray) -> np.ndarray:
+def session_denoiser(session: ort.InferenceSession) -> Denoiser:
+    """The exported model's ``input -> output`` run as a ``Denoiser``."""
+    return lambda x: session.run(["output"], {"input": x})[0]
+
+
+def denoise(model: Denoiser, noisy: np.ndarray) -> np.ndarray:
     """Run a HxW or HxWxC float32 image through the model; same layout back."""
     x = noisy[None, None] if noisy.ndim == 2 else noisy.transpose(2, 0, 1)[None]
-    (y,) = session.run(["output"], {"input": np.ascontiguousarray(x, dtype=np.float32)})
+    y = model(np.ascontiguousarray(x, dtype=np.float32))
     return y[0, 0] if noisy.ndim == 2 else y[0].transpose(1, 2, 0)
 
 
 def evaluate_set(
-    session: ort.InferenceSession,
+    model: Denoiser,
     images: Sequence[tuple[str, np.ndarray]],
     test_set: str,
     sigma: int,
@@ -131,15 +139,15 @@ def evaluate_set(
     scores = []
     for name, clean in images:
         noisy = add_noise(clean, sigma, noise_rng(test_set, name, sigma))
-        scores.append(psnr(quantize(denoise(session, noisy)), clean))
+        scores.append(psnr(quantize(denoise(model, noisy)), clean))
     return scores
 
 
 def evaluate_files(
-    session: ort.InferenceSession, images: Sequence[tuple[str, np.ndarray]], noisy: dict[str, np.ndarray]
+    model: Denoiser, images: Sequence[tuple[str, np.ndarray]], noisy: dict[str, np.ndarray]
 ) -> list[float]:
     """Per-image PSNR of one model on stored noisy 8-bit images (keyed by file stem)."""
-    return [psnr(quantize(denoise(session, noisy[Path(name).stem] / np.float32(255.0))), clean)
+    return [psnr(quantize(denoise(model, noisy[Path(name).stem] / np.float32(255.0))), clean)
             for name, clean in images]
 
 
@@ -285,14 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics = results.setdefault(job.model, {})
         if job.family:
             noisy = noisy_files[job.family]
-            value = float(np.mean(evaluate_files(sessions[job.path], cache[key], noisy)))
+            value = float(np.mean(evaluate_files(session_denoiser(sessions[job.path]), cache[key], noisy)))
             metrics.setdefault("CBSD68-camera", {})[job.family] = round(value, 4)
             rows.append((job, value, None))
             before = np.mean([psnr(noisy[Path(name).stem], clean) for name, clean in cache[key]])
             print(f"{job.model} CBSD68 {job.family}: {value:.4f} dB (input {before:.2f} dB, "
                   f"{time.perf_counter() - start:.0f} s)", flush=True)
             continue
-        value = float(np.mean(evaluate_set(sessions[job.path], cache[key], *cell)))
+        value = float(np.mean(evaluate_set(session_denoiser(sessions[job.path]), cache[key], *cell)))
         rows.append((job, value, _paper(job)))
         metrics.setdefault(job.test_set, {})[str(job.sigma)] = round(value, 4)
         seconds = time.perf_counter() - start
@@ -300,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({len(cache[key])} images, {seconds:.0f} s)", flush=True)
         if job.model in references:
             ref_session = make_session(Path(references[job.model]))
-            ref_value = float(np.mean(evaluate_set(ref_session, cache[key], *cell)))
+            ref_value = float(np.mean(evaluate_set(session_denoiser(ref_session), cache[key], *cell)))
             delta = value - ref_value
             deltas = metrics.setdefault("fp16_storage_delta_db", {})
             deltas.setdefault(job.test_set, {})[str(job.sigma)] = round(delta, 6)
@@ -308,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"fp16 - fp32 = {delta:+.6f} dB", flush=True)
         if job.model in variants:
             variant = variants[job.model]
-            int8_value = float(np.mean(evaluate_set(make_session(args.int8 / variant["file"]), cache[key], *cell)))
+            int8_value = float(np.mean(evaluate_set(session_denoiser(make_session(args.int8 / variant["file"])), cache[key], *cell)))
             measured = variant.setdefault("metrics", {})
             measured.setdefault(job.test_set, {})[str(job.sigma)] = round(int8_value, 4)
             measured.setdefault("delta_db", {}).setdefault(job.test_set, {})[str(job.sigma)] = round(int8_value - value, 4)
