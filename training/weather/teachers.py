@@ -68,6 +68,12 @@ class _UMRLTeacher(_Teacher):
 
     multiple = UMRL_MULTIPLE
 
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__(network)
+        for module in network.modules():  # BatchNorm on the batch's statistics, in eval mode too
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean = module.running_var = None
+
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([(self.network(image[None] * 2 - 1) + 1) / 2 for image in x])
 
@@ -92,45 +98,25 @@ class _GCANetTeacher(_Teacher):
         return (rgb + self.network(torch.cat((rgb, edge_map(rgb)), 1) - 128)) / 255
 
 
-def _state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def _loader(build: Callable[[], nn.Module], wrap: type[_Teacher] = _Teacher) -> Callable[[Path], nn.Module]:
+    """A loader: the architecture, the released state dict loaded strictly, the family's wrapper."""
 
+    def load(path: Path) -> nn.Module:
+        network = build()
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return wrap(network)
 
-def _prenet(path: Path) -> nn.Module:
-    network = PReNet()
-    network.load_state_dict(_state(path))
-    return _Teacher(network)
-
-
-def _umrl(path: Path) -> nn.Module:
-    network = UMRL()
-    network.load_state_dict(_state(path))
-    for module in network.modules():  # BatchNorm on the batch's statistics, in eval mode too
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean = module.running_var = None
-    return _UMRLTeacher(network)
-
-
-def _gcanet(path: Path) -> nn.Module:
-    network = GCANet()
-    network.load_state_dict(_state(path))
-    return _GCANetTeacher(network)
-
-
-def _aodnet(path: Path) -> nn.Module:
-    network = AODNet()
-    network.load_state_dict(_state(path))
-    return _Teacher(network)
+    return load
 
 
 #: name -> (weather, file under the teachers' root, loader)
 TEACHERS: dict[str, tuple[str, str, Callable[[Path], nn.Module]]] = {
-    "prenet-rain100h": ("rain", "prenet/PReNet6-Rain100H.pth", _prenet),
-    "prenet-rain100l": ("rain", "prenet/PReNet6-Rain100L.pth", _prenet),
-    "prenet-rain1400": ("rain", "prenet/PReNet6-Rain1400.pth", _prenet),
-    "umrl-didmdn": ("rain", "umrl/Net_DIDMDN.pth", _umrl),
-    "gcanet-its": ("haze", "gcanet/wacv_gcanet_dehaze.pth", _gcanet),
-    "aodnet": ("haze", "aodnet/dehazer.pth", _aodnet),
+    "prenet-rain100h": ("rain", "prenet/PReNet6-Rain100H.pth", _loader(PReNet)),
+    "prenet-rain100l": ("rain", "prenet/PReNet6-Rain100L.pth", _loader(PReNet)),
+    "prenet-rain1400": ("rain", "prenet/PReNet6-Rain1400.pth", _loader(PReNet)),
+    "umrl-didmdn": ("rain", "umrl/Net_DIDMDN.pth", _loader(UMRL, _UMRLTeacher)),
+    "gcanet-its": ("haze", "gcanet/wacv_gcanet_dehaze.pth", _loader(GCANet, _GCANetTeacher)),
+    "aodnet": ("haze", "aodnet/dehazer.pth", _loader(AODNet)),
 }
 
 
