@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 
 from restore.service import api, api_edges, api_jobs, api_weather, web
-from restore.service.errors import PROBLEM_JSON, BadRequest, ServiceError, problem_response
+from restore.service.errors import PROBLEM_JSON, BadRequest, ServiceError, as_service_error, problem_response
 from restore.service.jobs import JobStore
 from restore.service.metrics import Metrics
 from restore.service.middleware import RequestContext, RequestLimits
@@ -29,10 +29,12 @@ VERSION = "0.1.0"
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
-        log.warning("request failed", extra={"status": exc.status, "detail": exc.detail})
-    return problem_response(exc)
+    """Our tree, and what ``as_service_error`` translates into it (a MemoryError: 503, not 500)."""
+    error = as_service_error(exc)
+    assert error is not None
+    if error.status >= 500:
+        log.warning("request failed", extra={"status": error.status, "detail": error.detail})
+    return problem_response(error)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     app.state.runtime = runtime
     app.state.jobs = jobs
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(MemoryError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(api.ClientDisconnected, _disconnected)

@@ -1,14 +1,24 @@
 """Bytes to pixels and back, keeping what a photographer cares about: bit depth, alpha, ICC profile.
 
-Pillow does most of the work. Two gaps are filled by other maintained libraries: Pillow decodes a
+Pillow does most of the work. Three gaps are filled by other maintained libraries: Pillow decodes a
 16-bit RGB(A) PNG to 8 bits and cannot write 16-bit colour, so 16-bit PNG goes through imagecodecs,
-and 16-bit TIFF through tifffile. EXIF orientation is applied to the pixel array so every path
-returns the upright image, and the EXIF block travels on with its orientation reset to 1.
+and 16-bit TIFF through tifffile; and Pillow's JPEG decoder ignores libjpeg's warnings, so a JPEG
+whose entropy data stops early (a marker where the data should go on) decodes as grey fill: a
+631-byte file declaring 10000x10000 pixels would buy 100 MP of inference. JPEG pixels therefore
+come from simplejpeg (libjpeg-turbo) in strict mode, where every such warning is an error.
+EXIF orientation is applied to the pixel array so every path returns the upright image, and the
+EXIF block travels on with its orientation reset to 1.
+
+Short data is never filled in: ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays off, tifffile's empty
+or out-of-file segments (which it would fill with zeros) are refused, and a file that starts
+like a format we read but that no decoder can open is corrupt (422), not foreign (415).
+TIFF samples per pixel, bits per sample, sample format and planar layout are read from the
+header and checked before any pixel buffer is allocated.
 
 Every failure while decoding is the data's fault (422), whatever the decoder raised: Pillow,
 imagecodecs and tifffile fail on hostile bytes with OSError, SyntaxError, RuntimeError subclasses,
 OverflowError (a float EXIF tag), ValueError... and a list of those never keeps up, so ``decode``
-lets only our own errors and MemoryError through.
+lets only our own errors through, and a MemoryError becomes ``OutOfMemory`` (503, ``as_service_error``).
 """
 
 from __future__ import annotations
@@ -23,12 +33,13 @@ from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
+import simplejpeg
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from restore.core.types import ImageArray
 from restore.service import metadata
-from restore.service.errors import BadRequest, CorruptImage, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from restore.service.errors import BadRequest, CorruptImage, PayloadTooLarge, ServiceError, UnsupportedMediaType, as_service_error
 from restore.service.types import OutputFormat
 
 log = logging.getLogger(__name__)
@@ -40,6 +51,14 @@ Image.MAX_IMAGE_PIXELS = None
 #: Pillow format name -> our name, for the formats we read.
 READABLE = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp"}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+#: How each format we read starts: a body that starts so but that Pillow cannot open is broken (422).
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+}
+#: JPEG modes simplejpeg decodes to directly; others (CMYK, YCCK) are checked by it, converted by Pillow.
+_JPEG_COLORSPACES = {"L": "GRAY", "RGB": "RGB"}
+#: What the tifffile path decodes: 1-4 samples (gray, gray+alpha, RGB, RGBA) of 16-bit unsigned integers.
+_TIFF_16_SAMPLES = range(1, 5)
 #: Pillow modes ``decode`` returns as one colour channel (palette images become RGB).
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
 #: JPEG keeps EXIF in one APP1 marker segment (64 KiB); a larger block is left out, not an error.
@@ -104,11 +123,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image | None:
     """Pillow's view of the header (no pixel decoded), checked; None for a TIFF only tifffile reads."""
     if not data:
         raise BadRequest("the request body is empty: send an image")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a process-wide switch another library may have turned on
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError as exc:
         if data[:4] in _TIFF_MAGIC:  # e.g. 16-bit gray+alpha, which Pillow has no mode for
             return None
+        if known := _signature(data):
+            raise CorruptImage(f"the body starts as a {known} file but its header is corrupt") from exc
         raise UnsupportedMediaType("the body is not an image in a format we read (PNG, JPEG, WebP, TIFF, BMP)") from exc
     except Exception as exc:
         _reraise_ours(exc)
@@ -117,6 +139,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image | None:
         raise UnsupportedMediaType(f"{image.format} images are not supported; send PNG, JPEG, WebP, TIFF or BMP")
     _check_size(*image.size, max_pixels)
     return image
+
+
+def _signature(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
@@ -128,15 +156,31 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
 
 
 def _probe_tiff_16(data: bytes, max_pixels: int) -> ImageHeader:
-    try:
+    with _blame_the_data("the TIFF data is corrupt or truncated"):
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages.first
-            width, height, samples = int(page.imagewidth), int(page.imagelength), int(page.samplesperpixel)
-    except Exception as exc:
-        _reraise_ours(exc)
-        raise CorruptImage(f"the TIFF data is corrupt or truncated: {exc}") from exc
-    _check_size(width, height, max_pixels)
-    return ImageHeader(width, height, 1 if samples <= 2 else 3)
+            _check_tiff_16(page, len(data), max_pixels)
+            samples = int(page.samplesperpixel)
+            return ImageHeader(int(page.imagewidth), int(page.imagelength), 1 if samples <= 2 else 3)
+
+
+def _check_tiff_16(page: tifffile.TiffPage, size: int, max_pixels: int) -> None:
+    """What the header promises, checked before tifffile allocates width x height x samples: a
+    header claiming 65535 samples per pixel would otherwise cost gigabytes before any check."""
+    _check_size(int(page.imagewidth), int(page.imagelength), max_pixels)
+    samples, bits = int(page.samplesperpixel), page.bitspersample
+    if samples not in _TIFF_16_SAMPLES:
+        raise UnsupportedMediaType(f"TIFF with {samples} samples per pixel is not supported; send 1 to 4 (gray, RGB, alpha)")
+    if bits != 16 or page.sampleformat != tifffile.SAMPLEFORMAT.UINT:
+        raise UnsupportedMediaType(
+            f"{bits}-bit TIFF samples of format {int(page.sampleformat)} are not supported; send 8 or 16-bit integers"
+        )
+    if page.planarconfig not in (tifffile.PLANARCONFIG.CONTIG, tifffile.PLANARCONFIG.SEPARATE):
+        raise CorruptImage(f"the TIFF's planar configuration {int(page.planarconfig)} is not 1 or 2")
+    segments = list(zip(page.dataoffsets, page.databytecounts))
+    if not segments or any(count <= 0 or offset + count > size for offset, count in segments):
+        # tifffile fills an empty segment with zeros: a short file must not become a large image
+        raise CorruptImage("the TIFF's pixel data is missing or runs past the end of the file")
 
 
 def decode(data: bytes, max_pixels: int) -> DecodedImage:
@@ -157,9 +201,11 @@ def decode(data: bytes, max_pixels: int) -> DecodedImage:
 
 
 def _reraise_ours(exc: Exception) -> None:
-    """Our own errors (already a verdict) and MemoryError (our limit, not the data's fault) pass unchanged."""
-    if isinstance(exc, (ServiceError, MemoryError)):
+    """Our own errors (already a verdict) pass unchanged; MemoryError is our limit, not the data's fault."""
+    if isinstance(exc, ServiceError):
         raise exc
+    if isinstance(exc, MemoryError):
+        raise as_service_error(exc) from exc  # type: ignore[misc]
 
 
 @contextmanager
@@ -178,7 +224,9 @@ def _pixels(
     if fmt == "png" and data[24:25] == b"\x10":  # IHDR bit depth byte
         return (*_split(imagecodecs.png_decode(data)), icc)
     if fmt == "tiff" and _tiff_bits(image) == 16:
-        return (*_split(_tiff_16(data)), icc)
+        return (*_split(_tiff_16(data, image.size[0] * image.size[1])), icc)
+    if fmt == "jpeg":
+        return _jpeg(image, data, icc)
     mode = image.mode
     if mode in ("F", "I") or mode.startswith("I;"):
         if mode.startswith("I;16"):
@@ -197,6 +245,15 @@ def _pixels(
     return (*_split(np.asarray(image)), icc)
 
 
+def _jpeg(image: Image.Image, data: bytes, icc: bytes | None) -> tuple[ImageArray, ImageArray | None, bytes | None]:
+    """Strict libjpeg-turbo: entropy data that ends early is an error, never grey fill."""
+    colorspace = _JPEG_COLORSPACES.get(image.mode)
+    if colorspace is not None:
+        return (*_split(simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)), icc)
+    simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True)  # CMYK/YCCK: checked here, converted by Pillow
+    return (*_split(np.asarray(image.convert("RGB"))), None)
+
+
 def _tiff_bits(image: Image.Image) -> int:
     bits = getattr(image, "tag_v2", {}).get(258, (8,))
     return int(bits[0] if isinstance(bits, tuple) else bits)
@@ -206,18 +263,19 @@ def _decode_tiff_16(data: bytes, max_pixels: int) -> DecodedImage:
     with _blame_the_data("the TIFF data is corrupt or truncated"):
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages.first
-            _check_size(int(page.imagewidth), int(page.imagelength), max_pixels)
+            _check_tiff_16(page, len(data), max_pixels)
             icc = page.tags.valueof(34675)
             orientation = metadata.orientation(page.tags.valueof(metadata.ORIENTATION, 1))
-        color, alpha = _split(_tiff_16(data))
+        color, alpha = _split(_tiff_16(data, max_pixels))
     color = _orient(color, orientation)
     alpha = None if alpha is None else _orient(alpha[:, :, None], orientation)[:, :, 0]
     return DecodedImage(np.ascontiguousarray(color), alpha, bytes(icc) if icc else None, "tiff")
 
 
-def _tiff_16(data: bytes) -> np.ndarray:
+def _tiff_16(data: bytes, max_pixels: int) -> np.ndarray:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages.first
+        _check_tiff_16(page, len(data), max_pixels)
         array = page.asarray()
         if array.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
             array = array.transpose(1, 2, 0)

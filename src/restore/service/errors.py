@@ -16,11 +16,14 @@
     ├── Overloaded ............ 503  queue full, or too many requests or connections (with Retry-After)
     ├── ModelUnavailable ...... 503  the model did not load, or has not finished warming up
     ├── ShuttingDown .......... 503  SIGTERM's grace period ran out before this request finished
+    ├── OutOfMemory ........... 503  an allocation failed (MemoryError anywhere; with Retry-After)
     ├── InsufficientStorage ... 507  a job's result is larger than the whole result store
     └── InferenceFailed ....... 500  the runtime itself failed (never caused by input)
 
 Lower-level errors (Pillow, imagecodecs, ONNX Runtime) are translated where they are raised, with
-``raise ... from exc``, so the HTTP layer only ever sees this tree. Errors are rendered as RFC 9457
+``raise ... from exc``, so the HTTP layer only ever sees this tree; a MemoryError that escapes
+anyway is translated by ``as_service_error``, which every catch-all (the app's handlers, the
+outermost middleware, a job's runner) asks before it would answer 500. Errors are rendered as RFC 9457
 ``application/problem+json``. A client that leaves before the answer is logged and counted as 499
 (nginx's "client closed request"); nothing reaches it.
 """
@@ -117,6 +120,10 @@ class ShuttingDown(ServiceError):
     status, title, slug = 503, "Shutting down", "shutting-down"
 
 
+class OutOfMemory(ServiceError):
+    status, title, slug = 503, "Out of memory", "out-of-memory"
+
+
 class InsufficientStorage(ServiceError):
     status, title, slug = 507, "Insufficient storage", "insufficient-storage"
 
@@ -127,6 +134,23 @@ class InferenceFailed(ServiceError):
 
 class StartupError(RuntimeError):
     """Raised before serving when the configuration cannot be honoured (e.g. cuda without a GPU)."""
+
+
+#: Retry-After sent with OutOfMemory: the memory is usually back once the requests in flight end.
+OUT_OF_MEMORY_RETRY_S = 5
+
+
+def as_service_error(exc: BaseException) -> ServiceError | None:
+    """The tree's verdict on ``exc``: itself, OutOfMemory for a MemoryError (never the client's
+    fault, never a 500), or None for a bug (which stays a logged 500)."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return OutOfMemory(
+            "the server ran out of memory for this request; retry shortly",
+            headers={"Retry-After": str(OUT_OF_MEMORY_RETRY_S)},
+        )
+    return None
 
 
 def public_detail(exc: BaseException) -> str:

@@ -38,7 +38,9 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
 
-from restore.service.errors import Conflict, Gone, InsufficientStorage, NotFound, Overloaded, ServiceError, public_detail
+from restore.service.errors import (
+    Conflict, Gone, InsufficientStorage, NotFound, Overloaded, ServiceError, as_service_error, public_detail,
+)
 from restore.service.metrics import Metrics
 from restore.service.scheduler import Progress
 from restore.service.settings import Settings
@@ -245,11 +247,12 @@ class JobStore:
             await self._keep(job, body, media_type, headers)
         except asyncio.CancelledError:
             self._finish(job, "cancelled")
-        except ServiceError as exc:
-            self._finish(job, "failed", exc)
-        except Exception:  # a bug must still end the job, visibly, and never leave it running for ever
-            log.exception("job failed", extra={"job": job.id})
-            self._finish(job, "failed", ServiceError("an unexpected error occurred; it is logged under this job's id"))
+        except Exception as exc:  # a bug must still end the job, visibly, and never leave it running for ever
+            error = as_service_error(exc)  # ours, or a MemoryError: OutOfMemory
+            if error is None:
+                log.exception("job failed", extra={"job": job.id})
+                error = ServiceError("an unexpected error occurred; it is logged under this job's id")
+            self._finish(job, "failed", error)
 
     def _settled(self, job: Job, holds: AsyncExitStack, task: asyncio.Task[None]) -> None:
         """A task cancelled before its first step never ran ``_run``: end the job and give back its holds here."""

@@ -16,7 +16,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from restore.service.errors import Overloaded, RequestTimeout, ServiceError, ShuttingDown, problem_response
+from restore.service.errors import Overloaded, RequestTimeout, ServiceError, ShuttingDown, as_service_error, problem_response
 from restore.service.logs import request_id
 from restore.service.metrics import Metrics
 
@@ -52,12 +52,14 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled error")  # the traceback goes to the log, never to the client
-            status = 500
+        except Exception as exc:
+            known = as_service_error(exc)  # a MemoryError raised where no handler sees it: 503
+            if known is None:
+                log.exception("unhandled error")  # the traceback goes to the log, never to the client
+            status = 500 if known is None else known.status
             if responded:
                 raise  # too late for a problem body: the server closes the connection
-            error = ServiceError("an unexpected error occurred; it is logged under this request's X-Request-ID")
+            error = known or ServiceError("an unexpected error occurred; it is logged under this request's X-Request-ID")
             await problem_response(error)(scope, receive, send_with_id)
         except asyncio.CancelledError:
             # Only the server cancels a request's task, when RESTORE_SHUTDOWN_TIMEOUT_S runs out. Re-raised,

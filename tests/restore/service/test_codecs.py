@@ -229,3 +229,150 @@ def test_encode_limit_matches_the_encoders(fmt: str, width: int, height: int, bi
         else:
             with pytest.raises(Exception):  # noqa: B017 - each encoder fails in its own way
                 codecs.encode(pixels, None, None, fmt)  # type: ignore[arg-type]
+
+
+# --- Short data is refused, never filled in (issue 31) -------------------------------------------------------------
+
+def short_jpeg(width: int, height: int, *, progressive: bool = False, channels: int = 3) -> bytes:
+    """A 16x16 JPEG whose frame header claims ``width`` x ``height``: its entropy data ends (at EOI)
+    after the first blocks, which Pillow alone decodes as grey fill."""
+    data = bytearray(encode_pil(noisy_image(16, 16, channels), "JPEG", quality=50, progressive=progressive))
+    frame = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    struct.pack_into(">HH", data, frame + 5, height, width)
+    return bytes(data)
+
+
+def _chunks(png: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, position = [], 8
+    while position < len(png):
+        (length,) = struct.unpack(">I", png[position:position + 4])
+        chunks.append((png[position + 4:position + 8], png[position + 8:position + 8 + length]))
+        position += 12 + length
+    return chunks
+
+
+def png_with_short_idat(png: bytes, keep: float) -> bytes:
+    """The same PNG with its zlib stream ending (cleanly) after ``keep`` of the rows: a well-formed file, short data."""
+    chunks = _chunks(png)
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    short = zlib.compress(raw[: int(len(raw) * keep)])
+    kept = [c for c in chunks if c[0] not in (b"IDAT", b"IEND")] + [(b"IDAT", short), (b"IEND", b"")]
+    return png[:8] + b"".join(
+        struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body)) for kind, body in kept
+    )
+
+
+def cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(noisy_image(64, 64, 3)).convert("CMYK").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def cut_with_eoi(jpeg: bytes) -> bytes:
+    return jpeg[: len(jpeg) // 2] + b"\xff\xd9"
+
+
+SHORT_IMAGES = {
+    "jpeg 10000x10000 declared, 16x16 sent": lambda: short_jpeg(10000, 10000),
+    "progressive jpeg, 16x16 sent": lambda: short_jpeg(4000, 4000, progressive=True),
+    "gray jpeg, 16x16 sent": lambda: short_jpeg(4000, 4000, channels=1),
+    "jpeg cut, EOI appended": lambda: cut_with_eoi(encode_pil(noisy_image(64, 64, 3), "JPEG")),
+    "cmyk jpeg cut, EOI appended": lambda: cut_with_eoi(cmyk_jpeg()),
+    "png short zlib stream": lambda: png_with_short_idat(encode_pil(noisy_image(64, 64, 3), "PNG"), 0.3),
+    "16-bit png short zlib stream": lambda: png_with_short_idat(
+        bytes(imagecodecs.png_encode(noisy_image(64, 64, 3, dtype=np.uint16))), 0.3
+    ),
+    "bmp cut": lambda: encode_pil(noisy_image(64, 64, 3), "BMP")[:6000],
+    "webp cut": lambda: (lambda d: d[: len(d) // 2])(encode_pil(noisy_image(64, 64, 3), "WEBP")),
+    "tiff cut": lambda: encode_pil(noisy_image(64, 64, 3), "TIFF")[:6000],
+    "deflate tiff cut": lambda: (lambda d: d[: len(d) // 2])(
+        encode_pil(noisy_image(64, 64, 3), "TIFF", compression="tiff_adobe_deflate")
+    ),
+    "16-bit gray+alpha tiff cut": lambda: (lambda d: d[: len(d) // 2])(
+        _tiff(noisy_image(64, 64, 2, dtype=np.uint16), None, photometric="minisblack", extrasamples=["unassalpha"])
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SHORT_IMAGES))
+def test_short_or_truncated_image_data_is_a_corrupt_image_in_every_format(name: str) -> None:
+    """Pillow, libjpeg and tifffile each have a lenient path that fills missing pixels (grey, zeros):
+    a 631-byte JPEG would otherwise decode to 100 MP. Every one is a 422, never pixels."""
+    with pytest.raises(CorruptImage):
+        codecs.decode(SHORT_IMAGES[name](), 100_000_000)
+
+
+def test_load_truncated_images_set_by_another_library_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    png = encode_pil(noisy_image(64, 64, 3), "PNG")
+    with pytest.raises(CorruptImage):
+        codecs.decode(png[: len(png) // 2], 10**6)
+
+
+def test_strict_jpeg_decoding_gives_pillows_pixels() -> None:
+    for channels, subsampling in ((3, 0), (3, 2), (1, 0)):
+        data = encode_pil(noisy_image(40, 56, channels), "JPEG", quality=90, subsampling=subsampling)
+        expected = np.asarray(Image.open(io.BytesIO(data)))
+        decoded = codecs.decode(data, 10**6)
+        np.testing.assert_array_equal(decoded.color[..., 0] if channels == 1 else decoded.color, expected)
+
+
+def tiff_16_with_empty_strips(width: int, height: int) -> bytes:
+    """A 16-bit gray+alpha TIFF whose strip byte counts are zero: tifffile would fill the image with zeros."""
+    data = bytearray(_tiff(noisy_image(height, width, 2, dtype=np.uint16), None, photometric="minisblack",
+                           extrasamples=["unassalpha"], rowsperstrip=1))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        tag = tif.pages.first.tags["StripByteCounts"]
+        offset, count, size = tag.valueoffset, tag.count, {3: 2, 4: 4}[tag.dtype]
+    data[offset:offset + count * size] = b"\0" * (count * size)
+    return bytes(data)
+
+
+def test_a_tiff_whose_strips_are_empty_is_not_filled_with_zeros() -> None:
+    with pytest.raises(CorruptImage, match="missing"):
+        codecs.decode(tiff_16_with_empty_strips(16, 16), 10**6)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP"])
+def test_a_known_format_with_a_broken_header_is_422_not_415(fmt: str) -> None:
+    data = bytearray(encode_pil(noisy_image(32, 32, 3), fmt))
+    data[12:40] = bytes(range(28))  # the header (PNG: IHDR and its CRC) is garbage, the signature intact
+    with pytest.raises(CorruptImage):
+        codecs.decode(bytes(data), 10**6)
+
+
+def tiff_with_samples(samples: int, dtype: type = np.uint16, side: int = 32) -> bytes:
+    return _tiff(np.zeros((side, side, samples), dtype), "zlib", photometric="minisblack", planarconfig="contig")
+
+
+@pytest.mark.parametrize("samples,dtype", [(1000, np.uint16), (5, np.uint16), (1000, np.uint8), (4, np.uint32)])
+def test_tiff_samples_and_bits_are_checked_from_the_header_before_any_allocation(samples: int, dtype: type) -> None:
+    """A 788 KB TIFF with 65535 samples per pixel was a MemoryError (500); 1000 samples took RSS to
+    2.26 GB before its 415. Now both are refused from the header, with less than 1 MB allocated."""
+    import tracemalloc
+
+    data = tiff_with_samples(samples, dtype, side=256)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsupportedMediaType):
+            codecs.probe(data, 10**8)
+        with pytest.raises(UnsupportedMediaType):
+            codecs.decode(data, 10**8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20 + 2 * len(data), peak
+
+
+def test_a_memory_error_while_decoding_is_out_of_memory_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.errors import OutOfMemory
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(codecs, "_pixels", no_memory)
+    with pytest.raises(OutOfMemory) as caught:
+        codecs.decode(encode_pil(noisy_image(8, 8, 3), "PNG"), 10**6)
+    assert caught.value.status == 503 and "Retry-After" in caught.value.headers
