@@ -3,13 +3,15 @@
 Each step refuses (413, or 503 with Retry-After) before the next one spends anything:
 
 1. body bytes: the declared Content-Length, or the bytes so far, against the in-flight body
-   budget (``uploads.read_upload``);
+   budget and the client's share of it (``uploads.read_upload``);
 2. the header alone (``codecs.probe``): size and channels, so the model is chosen and its tiles
    are planned without decoding a pixel;
 3. the model's queue: the estimated seconds of work due before this request (``scheduler.admit``;
    a multi-scale /edges request takes one place per scale, priced together on their resized
    sizes, after ``multiscale.scaled_sizes`` has checked those sizes: 422);
-4. decoded pixels in flight (the runtime's pixel budget; with several scales, the resized copies too);
+4. decoded pixels in flight (the runtime's pixel budget, and the client's share of it: one client,
+   its jobs included, never holds more than ``RESTORE_CLIENT_BUDGET_SHARE`` of it; with several
+   scales, the resized copies too);
 
 and only then is the image decoded, after which its body bytes are given back. With
 ``sigma=auto`` the model is chosen once more after decoding, from the image's estimated noise
@@ -37,6 +39,7 @@ from restore.core.multiscale import ScaledSize
 from restore.core.noise_level import NoiseEstimate, estimate_noise, pick_model, pick_sigma
 from restore.core.types import Task
 from restore.service import codecs
+from restore.service.clients import client_of
 from restore.service.errors import BadRequest
 from restore.service.pipeline import plan_for
 from restore.service.runtime import ModelState, Runtime
@@ -72,7 +75,8 @@ async def admit(
     """Read, price and decode the request's image, refusing as early as possible."""
     settings = runtime.settings
     holds: AsyncExitStack = request.state.holds
-    body = holds.enter_context(runtime.bodies.hold())
+    client = client_of(request)
+    body = holds.enter_context(runtime.bodies.hold(client=client))
     data = await read_upload(request, settings.max_body_bytes, body)
     header = await asyncio.to_thread(codecs.probe, data, settings.max_pixels)  # chunks before the pixels may be large
     level = sigma
@@ -86,7 +90,7 @@ async def admit(
         raise BadRequest(str(exc)) from exc
     works = [plan_for(state.spec, settings, s.height, s.width, state.tiling).work for s in sizes]
     tickets = holds.enter_context(state.scheduler.reserve_parts(works))
-    holds.enter_context(runtime.pixels.hold(header.pixels + sum(s.pixels for s in sizes if s.scale != 1.0)))
+    holds.enter_context(runtime.pixels.hold(header.pixels + sum(s.pixels for s in sizes if s.scale != 1.0), client))
     started = time.perf_counter()
     image = await asyncio.to_thread(codecs.decode, data, settings.max_pixels)
     del data

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import hmac
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +21,8 @@ from restore.core.noise_level import AUTO_RULE
 from restore.core.types import Task
 from restore.service import codecs
 from restore.service.admission import Admitted, admit, release_holds
-from restore.service.errors import BadRequest, ServiceError, Unauthorized
+from restore.service.clients import api_key_owner
+from restore.service.errors import BadRequest, ServiceError
 from restore.service.metrics import Metrics
 from restore.service.negotiation import MEDIA_TYPES, choose_format
 from restore.service.openapi import IMAGE_BODY, IMAGE_RESPONSES
@@ -57,25 +56,8 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def require_api_key(request: Request) -> None:
-    """Compared as bytes: hmac.compare_digest refuses non-ASCII str, and a header is bytes on the wire
-    (Starlette decodes it as latin-1, so encoding back gives exactly what the client sent)."""
+    """401 unless the request carries a configured API key (when keys are configured)."""
     api_key_owner(request)
-
-
-def api_key_owner(request: Request) -> str | None:
-    """Who sent the request: a digest of its valid API key (a job is visible only to the key that
-    created it), None when no keys are configured; 401 without a valid key."""
-    keys = runtime_of(request).settings.api_keys
-    if not keys:
-        return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    sent = token.strip().encode("latin-1")
-    if scheme.lower() == "bearer":
-        for key in keys:
-            encoded = key.encode("utf-8", "surrogateescape")
-            if hmac.compare_digest(sent, encoded):
-                return hashlib.sha256(encoded).hexdigest()
-    raise Unauthorized("send Authorization: Bearer <api key>", headers={"WWW-Authenticate": "Bearer"})
 
 
 def reject_stray_query(request: Request) -> None:

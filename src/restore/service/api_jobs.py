@@ -19,7 +19,6 @@ from restore.service.api import (
     JOBS_PREFIX,
     MODEL_DEPENDENCIES,
     Operation,
-    api_key_owner,
     denoise_operation,
     encode_run,
     observe_stages,
@@ -31,6 +30,7 @@ from restore.service.api import (
 )
 from restore.service.api_edges import edges_operation
 from restore.service.api_weather import weather_operation
+from restore.service.clients import api_key_owner, client_of
 from restore.service.jobs import JobStore, chunks
 from restore.service.openapi import IMAGE_BODY, JOB_DELETE_RESPONSES, JOB_RESPONSES, JOB_RESULT_RESPONSES, JOB_SUBMIT_RESPONSES
 from restore.service.scheduler import Progress
@@ -57,8 +57,8 @@ async def submit(request: Request, name: str, operation: Operation) -> JSONRespo
     """Admit as the synchronous route does, then answer 202 and run the rest as a job."""
     store = jobs_of(request)
     runtime = runtime_of(request)
-    owner = api_key_owner(request)
-    with store.place():
+    owner, client = api_key_owner(request), client_of(request)
+    with store.place(client):
         prepared = await prepare(request, operation)
         holds: AsyncExitStack = request.state.holds.pop_all()  # now the job's: given back when it ends
 
@@ -69,7 +69,7 @@ async def submit(request: Request, name: str, operation: Operation) -> JSONRespo
             return encoded.body, encoded.media_type, encoded.headers
 
         job = store.submit(
-            operation=name, owner=owner, model=prepared.admitted.state.spec.name, tiles=prepared.tile_count(runtime.settings),
+            operation=name, owner=owner, client=client, model=prepared.admitted.state.spec.name, tiles=prepared.tile_count(runtime.settings),
             timings=prepared.timer.stages, work=work, holds=holds,
         )
     return JSONResponse(job.public(runtime.settings.jobs_ttl_s), status_code=202, headers={"Location": job.url})

@@ -19,7 +19,7 @@ from restore.service import api, api_edges, api_jobs, api_weather, web
 from restore.service.errors import PROBLEM_JSON, BadRequest, ServiceError, as_service_error, problem_response
 from restore.service.jobs import JobStore
 from restore.service.metrics import Metrics
-from restore.service.middleware import RequestContext, RequestLimits
+from restore.service.middleware import Occupancy, RequestContext, RequestLimits
 from restore.service.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth
 from restore.service.runtime import EngineFactory, Runtime
 from restore.service.settings import Settings
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     )
     app.state.runtime = runtime
     app.state.jobs = jobs
+    occupancy = app.state.occupancy = Occupancy()  # counted by the edge and RequestLimits, read by /readyz
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(MemoryError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -101,20 +102,44 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     app.add_exception_handler(api.ClientDisconnected, _disconnected)
     app.add_exception_handler(ClientDisconnect, _disconnected)
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness: 200 while the process serves")
+    @app.get(
+        "/healthz", tags=["operations"],
+        summary="Liveness: 200 while the process serves, however busy (it has its own connections past the cap)",
+    )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get(
-        "/readyz", tags=["operations"], summary="Readiness: 200 once every required model loaded, verified and warmed up",
-        responses=READYZ_RESPONSES,
+        "/readyz", tags=["operations"], responses=READYZ_RESPONSES,
+        summary="Readiness: 200 once every required model loaded, verified and warmed up; 503 `saturated` while full",
     )
     async def readyz() -> JSONResponse:
         not_ready = runtime.not_ready()
-        if runtime.ready:  # optional models (not in RESTORE_REQUIRED_MODELS) may still be loading or retried
-            serving = sorted(name for name, state in runtime.models.items() if state.status == "ready")
-            return JSONResponse({"status": "ready", "models": serving, **({"not_ready": not_ready} if not_ready else {})})
-        return JSONResponse({"status": "not ready", "not_ready": not_ready}, status_code=503)
+        if not runtime.ready:
+            return JSONResponse({"status": "not ready", "not_ready": not_ready}, status_code=503)
+        serving = sorted(name for name, state in runtime.models.items() if state.status == "ready")
+        # optional models (not in RESTORE_REQUIRED_MODELS) may still be loading or retried
+        body: dict[str, Any] = {"models": serving, **({"not_ready": not_ready} if not_ready else {})}
+        if full := saturated():
+            headers = {"Retry-After": str(settings.retry_after_s)}
+            return JSONResponse({"status": "saturated", "saturated": full, **body}, status_code=503, headers=headers)
+        return JSONResponse({"status": "ready", **body})
+
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # orchestrators probe with HEAD too
+        app.add_api_route(
+            path, probe, methods=["HEAD"], tags=["operations"], operation_id=f"{path.strip('/')}_head",
+            summary=f"GET {path} without the body",
+        )
+
+    def saturated() -> list[str]:
+        """What is full now: a load balancer should send new work elsewhere, an orchestrator must not restart."""
+        full = {
+            "connections": occupancy.connections >= settings.max_connections,
+            "requests": occupancy.requests >= settings.max_requests,
+            "pixels": runtime.pixels.used >= runtime.pixels.limit,
+            "body_bytes": runtime.bodies.used >= runtime.bodies.limit,
+        }
+        return [name for name, spent in full.items() if spent]
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response, responses=METRICS_RESPONSES)
     async def prometheus() -> Response:
@@ -163,7 +188,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     endpoints = frozenset(str(r.path) for r in routes if getattr(r, "path", None))
     app.add_middleware(
         RequestLimits, limited=frozenset(str(r.path) for router in model_routers for r in router.routes),
-        max_requests=settings.max_requests, body_timeout_s=settings.body_timeout_s, retry_after_s=settings.retry_after_s,
+        occupancy=occupancy, max_requests=settings.max_requests, max_requests_per_client=settings.max_requests_per_client,
+        body_timeout_s=settings.body_timeout_s, min_upload_rate=settings.min_upload_rate, retry_after_s=settings.retry_after_s,
     )
     app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)  # outermost: it sees every answer
     document_auth(app, settings)

@@ -9,11 +9,15 @@ the outcome:
 
     queued -> running -> succeeded (result file) | failed (problem+json) | cancelled
 
-Bounds. ``jobs_max_count`` jobs at once (a place is taken before the upload is read; the oldest
-finished job is dropped to make room, and when every job is unfinished the request gets 503);
-``jobs_max_bytes`` of results (the oldest results are dropped to make room); ``jobs_ttl_s`` after
-a job finishes it is deleted. A dropped job answers 410 (its id is remembered, up to
-``TOMBSTONES`` ids), one deleted by its owner or never seen 404.
+Bounds, per client (its API key; its address without keys) under a global cap, so one key
+cannot evict another's results or fill the store: ``jobs_max_count_per_client`` jobs of one
+client at once (a place is taken before the upload is read; its own oldest finished job is
+dropped to make room, and when all of its jobs are unfinished its request gets 503), and
+``jobs_max_count`` in all (the oldest finished job of the client holding the most jobs is dropped,
+so a light user's results go last); likewise ``jobs_max_bytes_per_client`` and ``jobs_max_bytes``
+of results; ``jobs_ttl_s`` after a job finishes it is deleted. A dropped job answers 410 saying
+which bound dropped it (its id is remembered, up to ``TOMBSTONES`` ids), one deleted by its owner
+or never seen 404.
 
 Nothing survives the process: the records are in memory, and result files left by an earlier run
 are deleted at start.
@@ -29,7 +33,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -57,6 +61,8 @@ TOMBSTONES = 10_000
 _OUR_FILE = re.compile(r"^job-[A-Za-z0-9_-]{16,64}(\.part)?$")
 #: Chunk size when a result is streamed back.
 CHUNK = 1 << 20
+#: Why a job was dropped (the 410 says it); None: deleted by its owner (404 afterwards).
+DropReason = Literal["age", "count", "client_count", "bytes", "client_bytes"]
 
 
 def _iso(when: float | None) -> str | None:
@@ -76,6 +82,7 @@ class Job:
     id: str
     operation: str
     owner: str | None  # digest of the API key that created it; None when no keys are configured
+    client: str  # whom its bounds count against (restore.service.clients.client_of)
     model: str
     progress: Progress
     timings: dict[str, float]  # stage -> seconds, filled in as the stages finish
@@ -123,8 +130,8 @@ class JobStore:
         self._settings = settings
         self._metrics = metrics
         self._jobs: dict[str, Job] = {}  # creation order
-        self._gone: OrderedDict[str, str | None] = OrderedDict()  # dropped id -> owner
-        self._reserved = 0  # places taken by requests still being admitted
+        self._gone: OrderedDict[str, tuple[str | None, DropReason]] = OrderedDict()  # dropped id -> owner, why
+        self._reserved: Counter[str] = Counter()  # places taken by requests still being admitted, per client
         self.bytes = 0  # result bytes on disk or being written
         self.folder: Path | None = None
         self._own_folder = False
@@ -160,32 +167,50 @@ class JobStore:
         return sum(1 for job in self._jobs.values() if job.status == status)
 
     @contextmanager
-    def place(self) -> Iterator[None]:
-        """A place for one more job, taken before its upload is read and held until it is submitted
-        (or refused): the count bound holds even while several uploads are admitted at once."""
+    def place(self, client: str) -> Iterator[None]:
+        """A place for one more job of ``client``, taken before its upload is read and held until it
+        is submitted (or refused): the count bounds hold even while several uploads are admitted at once."""
         self.sweep()
-        limit = self._settings.jobs_max_count
-        for job in [job for job in self._jobs.values() if job.outcome is not None]:
-            if len(self._jobs) + self._reserved < limit:
-                break
-            self._drop(job, "count")  # oldest finished first: creation order
-        if len(self._jobs) + self._reserved >= limit:
+        settings = self._settings
+        mine = [job for job in self._jobs.values() if job.client == client]
+        room = settings.jobs_max_count_per_client - self._reserved[client]
+        for job in [job for job in mine if job.outcome is not None][: max(0, len(mine) - room + 1)]:
+            self._drop(job, "client_count")  # its own oldest finished first: creation order
+            mine.remove(job)
+        if len(mine) >= room:
             raise Overloaded(
-                f"{limit} jobs are queued or running, the most this server keeps; retry later",
-                headers={"Retry-After": str(self._settings.retry_after_s)},
+                f"this client has {len(mine) + self._reserved[client]} jobs queued or running, the most one client "
+                "may keep; retry when one finishes", headers={"Retry-After": str(settings.retry_after_s)},
             )
-        self._reserved += 1
+        while len(self._jobs) + self._reserved.total() >= settings.jobs_max_count:
+            victim = self._heaviest(lambda job: job.outcome is not None, lambda job: 1)
+            if victim is None:
+                raise Overloaded(
+                    f"{settings.jobs_max_count} jobs are queued or running, the most this server keeps; retry later",
+                    headers={"Retry-After": str(settings.retry_after_s)},
+                )
+            self._drop(victim, "count")
+        self._reserved[client] += 1
         try:
             yield
         finally:
-            self._reserved -= 1
+            self._reserved[client] -= 1
+
+    def _heaviest(self, eligible: Callable[[Job], bool], weight: Callable[[Job], int]) -> Job | None:
+        """The oldest eligible job of the client whose jobs weigh most: what a global bound drops
+        first, so the client using most of the store pays for the room, not the others."""
+        weights: Counter[str] = Counter()
+        for job in self._jobs.values():
+            weights[job.client] += weight(job)
+        candidates = [job for job in self._jobs.values() if eligible(job)]  # creation order
+        return max(candidates, key=lambda job: weights[job.client], default=None)
 
     def submit(
-        self, *, operation: str, owner: str | None, model: str, tiles: int, timings: dict[str, float], work: Work,
-        holds: AsyncExitStack,
+        self, *, operation: str, owner: str | None, client: str, model: str, tiles: int, timings: dict[str, float],
+        work: Work, holds: AsyncExitStack,
     ) -> Job:
         """Start ``work`` as a job; ``holds`` (queue place, budgets) are given back when it ends, however it ends."""
-        job = Job(secrets.token_urlsafe(16), operation, owner, model, Progress(total=tiles), timings)
+        job = Job(secrets.token_urlsafe(16), operation, owner, client, model, Progress(total=tiles), timings)
         self._jobs[job.id] = job
         job.task = asyncio.get_running_loop().create_task(self._run(job, work, holds), name=f"job-{job.id}")
         job.task.add_done_callback(partial(self._settled, job, holds))
@@ -197,12 +222,24 @@ class JobStore:
         job = self._jobs.get(job_id)
         if job is not None and job.owner == owner:
             return job
-        if job_id in self._gone and self._gone[job_id] == owner:
-            raise Gone(
-                f"job {job_id} finished more than {self._settings.jobs_ttl_s:g} s ago, or was dropped to make room "
-                "for newer jobs; its result is deleted"
-            )
+        gone = self._gone.get(job_id)
+        if gone is not None and gone[0] == owner:
+            raise Gone(f"job {job_id} {self._why_gone(gone[1])}; its result is deleted")
         raise NotFound("no such job: ids are valid until the job expires, and jobs do not survive a restart")
+
+    def _why_gone(self, reason: DropReason) -> str:
+        settings = self._settings
+        return {
+            "age": f"finished more than {settings.jobs_ttl_s:g} s ago (RESTORE_JOBS_TTL_S)",
+            "count": f"was dropped to make room: the server keeps {settings.jobs_max_count} jobs (RESTORE_JOBS_MAX_COUNT) "
+            "and this was the oldest finished job of the client holding the most",
+            "client_count": f"was dropped to make room for a newer job of the same client, which may keep "
+            f"{settings.jobs_max_count_per_client} (RESTORE_JOBS_MAX_COUNT_PER_CLIENT)",
+            "bytes": f"was dropped to make room: results may take {settings.jobs_max_bytes} bytes (RESTORE_JOBS_MAX_BYTES) "
+            "and this was the oldest result of the client holding the most",
+            "client_bytes": f"was dropped to make room for a newer result of the same client, which may keep "
+            f"{settings.jobs_max_bytes_per_client} bytes (RESTORE_JOBS_MAX_BYTES_PER_CLIENT)",
+        }[reason]
 
     async def delete(self, job: Job) -> bool:
         """Cancel an unfinished job (its tiles leave the queue; it stays, cancelled, until it
@@ -265,15 +302,24 @@ class JobStore:
         job.task = None  # drops the work (and the decoded image it refers to)
 
     async def _keep(self, job: Job, body: bytes, media_type: str, headers: dict[str, str]) -> None:
-        size, limit = len(body), self._settings.jobs_max_bytes
-        if size > limit:
-            raise InsufficientStorage(f"the result is {size} bytes, more than the {limit} bytes kept for all results")
-        for old in [j for j in self._jobs.values() if j.result is not None]:
-            if self.bytes + size <= limit:
+        settings, size = self._settings, len(body)
+        if size > min(settings.jobs_max_bytes, settings.jobs_max_bytes_per_client):
+            raise InsufficientStorage(
+                f"the result is {size} bytes, more than the {min(settings.jobs_max_bytes, settings.jobs_max_bytes_per_client)} "
+                "bytes one client may keep"
+            )
+        mine = [j for j in self._jobs.values() if j.client == job.client and j.result is not None]
+        held = sum(j.result.size for j in mine if j.result is not None)
+        for old in mine:  # its own oldest results first
+            if held + size <= settings.jobs_max_bytes_per_client:
                 break
-            self._drop(old, "bytes")  # oldest first
-        if self.bytes + size > limit:
-            raise InsufficientStorage("the result store is full of results still being written; submit again later")
+            held -= old.result.size if old.result is not None else 0
+            self._drop(old, "client_bytes")
+        while self.bytes + size > settings.jobs_max_bytes:
+            victim = self._heaviest(lambda j: j.result is not None, lambda j: j.result.size if j.result is not None else 0)
+            if victim is None:
+                raise InsufficientStorage("the result store is full of results still being written; submit again later")
+            self._drop(victim, "bytes")
         assert self.folder is not None
         path = self.folder / f"job-{job.id}"
         self.bytes += size
@@ -285,7 +331,7 @@ class JobStore:
         job.result = JobResult(path, size, media_type, headers)
         self._finish(job, "succeeded")
 
-    def _drop(self, job: Job, reason: Literal["age", "count", "bytes"] | None) -> None:
+    def _drop(self, job: Job, reason: DropReason | None) -> None:
         """Forget ``job`` and delete its result; a job dropped by a bound (``reason``) answers 410 from now on."""
         self._jobs.pop(job.id, None)
         if job.result is not None:
@@ -294,7 +340,7 @@ class JobStore:
             job.result = None
         if reason is not None:
             self._metrics.jobs_expired.labels(reason).inc()
-            self._gone[job.id] = job.owner
+            self._gone[job.id] = (job.owner, reason)
             while len(self._gone) > TOMBSTONES:
                 self._gone.popitem(last=False)
 

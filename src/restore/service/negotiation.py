@@ -15,6 +15,8 @@ MEDIA_TYPES: dict[OutputFormat, str] = {
     "tiff": "image/tiff",
 }
 _ALIASES = {"jpg": "jpeg", "tif": "tiff"}
+#: Most characters of a client's Accept header a 406 repeats back (the header itself may be 64 KiB).
+ECHO_CHARS = 200
 
 
 def _no_constraint(fmt: OutputFormat) -> str | None:
@@ -57,6 +59,10 @@ def _quality(media_type: str, ranges: list[tuple[str, float]]) -> float:
     return best[1]
 
 
+def _echo(value: str) -> str:
+    return value if len(value) <= ECHO_CHARS else f"{value[:ECHO_CHARS]}... ({len(value)} characters)"
+
+
 def choose_format(
     query: str | None, accept: str | None, source_format: str, *, unfit: Callable[[OutputFormat], str | None] = _no_constraint
 ) -> OutputFormat:
@@ -83,7 +89,7 @@ def choose_format(
     if quality <= 0:
         unfit_text = "; ".join(f"{f}: {r}" for f, r in reasons.items() if r)
         raise NotAcceptable(
-            f"cannot produce any of Accept: {accept}; we serve {', '.join(MEDIA_TYPES[f] for f in fitting)}"
+            f"cannot produce any of Accept: {_echo(accept)}; we serve {', '.join(MEDIA_TYPES[f] for f in fitting)}"
             + (f" for this request ({unfit_text})" if unfit_text else "")
         )
     return chosen

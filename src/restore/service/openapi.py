@@ -150,15 +150,22 @@ READYZ_RESPONSES: dict[int | str, dict[str, Any]] = {
         "its warm-up batch; `not_ready`, when present, lists optional models still loading or being retried"
     },
     503: {
-        "description": "Not ready: `not_ready` maps each model still loading or failed to the reason",
+        "description": "`not ready`: `not_ready` maps each model still loading or failed to the reason. `saturated`: the "
+        "models are ready but the server is full (`saturated` lists which of connections, requests, pixels, body_bytes), "
+        "with Retry-After; send new work elsewhere, but do not restart it (/healthz still answers 200)",
         "content": {
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "required": ["status", "not_ready"],
+                    "required": ["status"],
                     "properties": {
-                        "status": {"type": "string", "enum": ["not ready"]},
+                        "status": {"type": "string", "enum": ["not ready", "saturated"]},
                         "not_ready": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "saturated": {
+                            "type": "array",
+                            "items": {"type": "string", "enum": ["connections", "requests", "pixels", "body_bytes"]},
+                        },
+                        "models": {"type": "array", "items": {"type": "string"}},
                     },
                 }
             }

@@ -86,10 +86,12 @@ class Runtime:
         self.models: dict[str, ModelState] = {spec.name: ModelState(spec, required=spec.name in required) for spec in specs}
         retry = settings.retry_after_s
         self.bodies = Budget(
-            "body_bytes", settings.max_body_bytes_in_flight, "body bytes", metrics, retry_after_s=retry, trim_at=memory.TRIM_BYTES
+            "body_bytes", settings.max_body_bytes_in_flight, "body bytes", metrics, retry_after_s=retry, trim_at=memory.TRIM_BYTES,
+            client_share=settings.client_budget_share,
         )
         self.pixels = Budget(
-            "pixels", settings.max_pixels_in_flight, "decoded pixels", metrics, retry_after_s=retry, trim_at=memory.TRIM_PIXELS
+            "pixels", settings.max_pixels_in_flight, "decoded pixels", metrics, retry_after_s=retry, trim_at=memory.TRIM_PIXELS,
+            client_share=settings.client_budget_share,
         )
         self._loader: asyncio.Task[None] | None = None
 

@@ -7,7 +7,13 @@ built in, plus:
 
 * a deadline for the request line and headers, from a new connection or from the first byte of the
   next request (408, then close);
-* a cap on open connections (503 with Retry-After, then close);
+* the header cap enforced on the whole head: h11 checks only a head still incomplete, so a 70 KB
+  head that arrives complete would pass a 64 KiB cap (431, then close);
+* caps on open connections: ``max_connections_per_client`` from one address (trusted proxies,
+  ``RESTORE_FORWARDED_ALLOW_IPS``, are exempt: they carry many clients), and ``max_connections``
+  in all, past which ``operations_connections`` more are let in for /healthz, /readyz and /metrics
+  only (``middleware.OPERATIONS_ONLY``), so 256 idle sockets never make a liveness probe fail
+  and get the process restarted; one more than that is answered 503 with Retry-After and closed;
 * problem+json with an X-Request-ID for the answers uvicorn writes itself (400 malformed HTTP,
   431 headers too large), logged and counted like any other request.
 
@@ -28,36 +34,59 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.middleware.proxy_headers import _TrustedHosts  # uvicorn's own parser of FORWARDED_ALLOW_IPS
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from restore.service.errors import PROBLEM_JSON, HeadersTooLarge, MalformedRequest, Overloaded, RequestTimeout, ServiceError
 from restore.service.logs import request_id
 from restore.service.metrics import Metrics
+from restore.service.middleware import OPERATIONS_ONLY, Occupancy
 from restore.service.settings import Settings
 
 log = logging.getLogger("restore.service.access")
 
 
 class EdgeProtocol(H11Protocol):
-    def __init__(self, *args: Any, settings: Settings, metrics: Metrics, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, settings: Settings, metrics: Metrics, occupancy: Occupancy, trusted: _TrustedHosts, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.settings = settings
         self.metrics = metrics
+        self.occupancy = occupancy
+        self.trusted = trusted
         self._opened = time.perf_counter()
         self._header_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.settings.max_connections:
-            self._refuse(Overloaded(
-                f"{len(self.connections) - 1} connections are open, the most this server takes; retry shortly",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            ))
+        settings, open_now = self.settings, len(self.connections)
+        self.occupancy.connections = open_now
+        retry = {"Retry-After": str(settings.retry_after_s)}
+        if open_now > settings.max_connections + settings.operations_connections:
+            self._refuse(Overloaded(f"{open_now - 1} connections are open, the most this server takes; retry shortly", headers=retry))
             return
+        host = self.client[0] if self.client else None
+        if host is not None and host not in self.trusted:
+            mine = sum(1 for other in self.connections if getattr(other, "client", None) and other.client[0] == host)
+            if mine > settings.max_connections_per_client:
+                self._refuse(Overloaded(
+                    f"{mine - 1} connections are open from this address, the most one client may; retry shortly", headers=retry,
+                ))
+                return
+        if open_now > settings.max_connections:  # the operations lane: health checks and metrics only
+            self.app = functools.partial(_operations_only, self.app)
         self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+        self.occupancy.connections = len(self.connections)
 
     def data_received(self, data: bytes) -> None:
         between_requests = self.cycle is None or self.cycle.response_complete
+        if between_requests and self._head_too_large(data):
+            return
         cycle = self.cycle
         super().data_received(data)
         if self.cycle is not cycle:  # a request line and its headers are in: the app has it now
@@ -65,9 +94,15 @@ class EdgeProtocol(H11Protocol):
         elif between_requests and self._header_deadline is None:
             self._arm_header_deadline()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_deadline()
-        super().connection_lost(exc)
+    def _head_too_large(self, data: bytes) -> bool:
+        """431 when the request line and headers (all of them, complete or not) pass the cap."""
+        buffered = self.conn.trailing_data[0] + data
+        end = buffered.find(b"\r\n\r\n")
+        size = len(buffered) if end < 0 else end + 4
+        if size <= self.settings.max_header_bytes:
+            return False
+        self._refuse(HeadersTooLarge(f"the request line and headers exceed {self.settings.max_header_bytes} bytes"))
+        return True
 
     def send_400_response(self, msg: str) -> None:
         """h11 refused the bytes; a receive buffer past the cap means the headers were too large."""
@@ -116,14 +151,31 @@ class EdgeProtocol(H11Protocol):
             request_id.reset(token)
 
 
+async def _operations_only(app: Any, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The app as a connection in the operations lane sees it: marked, so RequestLimits answers
+    anything but /healthz, /readyz and /metrics with 503 (logged and counted like any request)."""
+    scope.setdefault("extensions", {})[OPERATIONS_ONLY] = {}
+    await app(scope, receive, send)
+
+
+def trusted_proxies(settings: Settings) -> list[str]:
+    return [part.strip() for part in settings.forwarded_allow_ips.split(",") if part.strip()]
+
+
 def config(app: FastAPI, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
     """One worker (the in-process batcher owns the device), our logging, the edge limits above."""
     metrics: Metrics = app.state.runtime.metrics
+    proxies = trusted_proxies(settings)
+    protocol = functools.partial(
+        EdgeProtocol, settings=settings, metrics=metrics, occupancy=app.state.occupancy, trusted=_TrustedHosts(proxies)
+    )
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=functools.partial(EdgeProtocol, settings=settings, metrics=metrics),  # type: ignore[arg-type]
+        http=protocol,  # type: ignore[arg-type]
+        proxy_headers=True,
+        forwarded_allow_ips=proxies,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         timeout_graceful_shutdown=settings.shutdown_timeout_s,  # type: ignore[arg-type]

@@ -69,11 +69,15 @@ class Settings(BaseSettings):
     )
     max_body_bytes_in_flight: int = Field(
         256 * 1024 * 1024, ge=1024,
-        description="Most request-body bytes held by all requests together; beyond it 503 with Retry-After (one request alone may exceed it).",
+        description="Most request-body bytes held by all requests together (a declared Content-Length is held from the headers on); beyond it 503 with Retry-After.",
     )
     max_pixels_in_flight: int = Field(
-        100_000_000, ge=1,
-        description="Most decoded pixels held by all requests together, from decoding to the sent response; beyond it 503 with Retry-After (one request alone may exceed it).",
+        200_000_000, ge=1,
+        description="Most decoded pixels held by all requests and unfinished jobs together, from decoding to the sent response or the job's end; beyond it 503 with Retry-After. Bounds memory: about 35 bytes per RGB pixel at peak.",
+    )
+    client_budget_share: float = Field(
+        0.5, gt=0, le=1,
+        description="Fraction of RESTORE_MAX_BODY_BYTES_IN_FLIGHT and of RESTORE_MAX_PIXELS_IN_FLIGHT one client (API key; address without keys) may hold, its jobs included: beyond it 503, and a request that alone needs more is 413. Keep RESTORE_MAX_PIXELS within this share of the pixel budget.",
     )
     cpu_mem_arena: bool = Field(
         False,
@@ -100,16 +104,37 @@ class Settings(BaseSettings):
         description="Longest wait for a request line and headers, counted from a new connection or the first byte of the next request.",
     )
     body_timeout_s: float = Field(
-        30.0, gt=0, le=3600, description="Longest silence while a request body is read; then 408 and the connection closes."
+        30.0, gt=0, le=3600,
+        description="Longest silence while a request body is read, and the grace period before RESTORE_MIN_UPLOAD_RATE applies; then 408 and the connection closes.",
+    )
+    min_upload_rate: int = Field(
+        65536, ge=1,
+        description="Bytes per second a request body must average, counted from its headers, once RESTORE_BODY_TIMEOUT_S has passed: a body of N bytes gets RESTORE_BODY_TIMEOUT_S + N / this; slower is 408 and the connection closes.",
     )
     keep_alive_s: float = Field(5.0, gt=0, le=3600, description="Idle time after a response before a keep-alive connection is closed.")
     max_header_bytes: int = Field(65536, ge=4096, description="Largest request line plus headers; beyond it 431.")
     max_connections: int = Field(
-        256, ge=1, description="Most open connections; one more is answered 503 with Retry-After and closed."
+        256, ge=1,
+        description="Most open connections for model requests; past it, RESTORE_OPERATIONS_CONNECTIONS more are let in for /healthz, /readyz and /metrics only (anything else 503), and one beyond those is answered 503 with Retry-After and closed.",
+    )
+    operations_connections: int = Field(
+        16, ge=0, le=1024,
+        description="Connections kept, past RESTORE_MAX_CONNECTIONS, for health checks and metrics, so a saturated server still answers its orchestrator.",
+    )
+    max_connections_per_client: int = Field(
+        32, ge=1, description="Most open connections from one client address; one more is answered 503 with Retry-After and closed."
     )
     max_requests: int = Field(
         64, ge=1,
-        description="Most model requests in flight (uploading, queued or running); beyond it 503 with Retry-After. Operations endpoints do not count.",
+        description="Most model requests past their upload (decoding, queued or running); a request takes its slot once its whole body is in, so slow uploads hold none; beyond it 503 with Retry-After. Operations endpoints do not count.",
+    )
+    max_requests_per_client: int = Field(
+        16, ge=1,
+        description="Most model requests open at once from one client address, uploads included; beyond it 503 with Retry-After before the body is read.",
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma-separated proxy addresses (or *) trusted to name the client in X-Forwarded-For: per-client limits count the named client instead of the proxy. Empty trusts none.",
     )
     shutdown_timeout_s: float = Field(
         30.0, ge=0, le=3600,
@@ -121,11 +146,19 @@ class Settings(BaseSettings):
     )
     jobs_max_count: int = Field(
         100, ge=1, le=1_000_000,
-        description="Most jobs kept at once, queued, running or finished; the oldest finished are dropped (410) to make room, and when none is finished a new job gets 503 with Retry-After.",
+        description="Most jobs kept at once, queued, running or finished, all clients together; to make room the oldest finished job of the client with the most jobs is dropped (410), and when none is finished a new job gets 503 with Retry-After.",
+    )
+    jobs_max_count_per_client: int = Field(
+        16, ge=1, le=1_000_000,
+        description="Most jobs one client (API key; address without keys) keeps at once; its own oldest finished job is dropped (410) to make room, and when none is finished its new job gets 503.",
     )
     jobs_max_bytes: int = Field(
         1024**3, ge=1024,
-        description="Most bytes of job results on disk; the oldest results are dropped (410) to make room, and a result larger than this fails its job (507).",
+        description="Most bytes of job results on disk, all clients together; to make room the oldest result of the client with the most bytes is dropped (410), and a result larger than RESTORE_JOBS_MAX_BYTES_PER_CLIENT fails its job (507).",
+    )
+    jobs_max_bytes_per_client: int = Field(
+        256 * 1024**2, ge=1024,
+        description="Most bytes of job results one client keeps; its own oldest results are dropped (410) to make room.",
     )
     jobs_ttl_s: float = Field(
         3600.0, gt=0, le=7 * 86400, description="How long a finished job and its result are kept; then they are deleted (410)."

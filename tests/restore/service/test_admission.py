@@ -92,7 +92,7 @@ def assert_nothing_held(runtime: Runtime) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "limits,budget",
-    [({"max_queue_seconds": 1e-6}, "queue"), ({"max_pixels_in_flight": 2000}, "pixels")],
+    [({"max_queue_seconds": 1e-6}, "queue"), ({"max_pixels_in_flight": 2000, "client_budget_share": 1.0}, "pixels")],
 )
 async def test_a_request_that_does_not_fit_is_refused_before_decoding_while_health_answers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limits: dict[str, float], budget: str

@@ -63,9 +63,11 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def finished(client: httpx.AsyncClient, url: str, timeout: float = 30) -> dict[str, Any]:
+async def finished(
+    client: httpx.AsyncClient, url: str, timeout: float = 30, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     for _ in range(int(timeout / 0.02)):
-        job: dict[str, Any] = (await client.get(url)).json()
+        job: dict[str, Any] = (await client.get(url, headers=headers)).json()
         if job["status"] not in ("queued", "running"):
             return job
         await asyncio.sleep(0.02)
@@ -245,6 +247,82 @@ async def test_a_job_is_visible_only_with_the_key_that_created_it(tmp_path: Path
                 break
             await asyncio.sleep(0.02)
         assert (await client.get(f"{url}/result", headers=k1)).status_code == 200
+
+
+KEYS = {"Authorization": "Bearer a"}, {"Authorization": "Bearer b"}
+
+
+async def test_one_key_cannot_evict_another_keys_results_or_fill_the_store(tmp_path: Path) -> None:
+    """Issue 31: the job bounds were global, so key A's jobs turned key B's finished result into 410
+    (saying it had "finished more than N s ago") and A could fill the count so B got 503."""
+    engines = Engines()
+    settings = settings_for(tmp_path, api_keys=("a", "b"), jobs_max_count=6, jobs_max_count_per_client=3)
+    async with serve(settings, engines) as client:
+        a, b = KEYS
+        mine = (await client.post("/v1/jobs/denoise", content=PNG, headers=b)).headers["location"]
+        assert (await finished(client, mine, headers=b))["status"] == "succeeded"
+        done = []
+        for _ in range(5):  # A keeps 3; its own oldest finished ones make room, never B's
+            url = (await client.post("/v1/jobs/denoise", content=PNG, headers=a)).headers["location"]
+            assert (await finished(client, url, headers=a))["status"] == "succeeded"
+            done.append(url)
+        assert (await client.get(f"{mine}/result", headers=b)).status_code == 200
+        gone = await client.get(done[0], headers=a)
+        assert gone.status_code == 410 and "RESTORE_JOBS_MAX_COUNT_PER_CLIENT" in gone.json()["detail"], gone.text
+        permits = engines.hold()
+        held = [await client.post("/v1/jobs/denoise", content=PNG, headers=a) for _ in range(4)]
+        assert [r.status_code for r in held] == [202, 202, 202, 503]  # A's unfinished jobs fill A's places only
+        assert "one client" in held[3].json()["detail"]
+        other = await client.post("/v1/jobs/denoise", content=PNG, headers=b)
+        assert other.status_code == 202, other.text  # B still has room
+        permits.release(1000)
+        assert (await finished(client, other.headers["location"], headers=b))["status"] == "succeeded"
+
+
+async def test_the_global_job_bound_drops_from_the_client_holding_the_most(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, api_keys=("a", "b"), jobs_max_count=4, jobs_max_count_per_client=4)
+    async with serve(settings, Engines()) as client:
+        a, b = KEYS
+        mine = (await client.post("/v1/jobs/denoise", content=PNG, headers=b)).headers["location"]
+        assert (await finished(client, mine, headers=b))["status"] == "succeeded"
+        urls = []
+        for _ in range(5):
+            urls.append((await client.post("/v1/jobs/denoise", content=PNG, headers=a)).headers["location"])
+            assert (await finished(client, urls[-1], headers=a))["status"] == "succeeded"
+        gone = await client.get(urls[0], headers=a)
+        assert gone.status_code == 410 and "RESTORE_JOBS_MAX_COUNT)" in gone.json()["detail"], gone.text
+        assert (await client.get(f"{mine}/result", headers=b)).status_code == 200  # B's one result outlives A's oldest
+
+
+async def test_a_job_with_a_short_jpeg_is_refused_before_the_202_and_holds_nothing(tmp_path: Path) -> None:
+    """The 631-byte reproducer: a JPEG declaring 10000x10000 whose data ends after 16x16 pixels held
+    all of the pixel budget (every tenant got 503) until its owner cancelled it."""
+    from tests.restore.service.test_codecs import short_jpeg
+
+    async with serve(settings_for(tmp_path), Engines()) as client:
+        refused = await client.post("/v1/jobs/denoise", content=short_jpeg(10000, 10000))
+        assert refused.status_code == 422 and refused.json()["type"] == "/problems/corrupt-image", refused.text
+        runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
+        assert runtime.pixels.used == 0 and runtime.bodies.used == 0
+        assert (await client.post("/v1/jobs/denoise", content=PNG)).status_code == 202
+
+
+async def test_one_clients_jobs_hold_at_most_its_share_of_the_pixel_budget(tmp_path: Path) -> None:
+    """An all-zero PNG declaring 100 MP is 291 KB and legal: the policy is that one client (key, or
+    address) holds at most RESTORE_CLIENT_BUDGET_SHARE of the pixels in flight, jobs included."""
+    engines = Engines()
+    pixels = 100 * 130
+    settings = settings_for(tmp_path, api_keys=("a", "b"), max_pixels_in_flight=4 * pixels, client_budget_share=0.5)
+    async with serve(settings, engines) as client:
+        a, b = KEYS
+        engines.hold()
+        taken = [await client.post("/v1/jobs/denoise", content=PNG, headers=a) for _ in range(3)]
+        assert [r.status_code for r in taken] == [202, 202, 503]  # A holds 2 of the 4 images' worth
+        assert "one client may hold" in taken[2].json()["detail"]
+        assert (await client.post("/v1/jobs/denoise", content=PNG, headers=b)).status_code == 202
+        big = encode_pil(noisy_image(160, 170, 3), "PNG")  # more than a client's share on its own
+        too_big = await client.post("/v1/jobs/denoise", content=big, headers=b)
+        assert too_big.status_code == 413 and "RESTORE_CLIENT_BUDGET_SHARE" in too_big.json()["detail"]
 
 
 async def test_result_files_of_an_earlier_run_are_deleted_at_start(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from restore.service.budget import Budget
-from restore.service.errors import Overloaded
+from restore.service.errors import Overloaded, PayloadTooLarge
 from restore.service.metrics import Metrics
 
 
@@ -47,3 +47,21 @@ def test_a_growing_hold_is_refused_once_others_leave_no_room_and_keeps_what_it_h
     other.release()
     assert bodies.used == 0
     assert bodies._metrics.in_flight.labels("pixels")._value.get() == 0
+
+
+def test_one_client_holds_at_most_its_share_and_a_request_over_it_alone_is_413() -> None:
+    """Issue 31: a 291 KB all-zero PNG declaring 100 MP is legal; its client must still leave the
+    rest of the budget to everyone else."""
+    budget = Budget("pixels", 100, "pixels", Metrics(), retry_after_s=2, client_share=0.5)
+    first = budget.hold(30, "a")
+    budget.hold(20, "a")
+    with pytest.raises(Overloaded, match="one client may hold 50"):
+        budget.hold(1, "a")
+    other = budget.hold(50, "b")  # the other half is still there
+    with pytest.raises(PayloadTooLarge, match="at most 50"):
+        budget.hold(51, "c")
+    first.release()
+    assert budget.by_client == {"a": 20, "b": 50}
+    budget.hold(30, "a")
+    other.release()
+    assert budget.by_client == {"a": 50} and budget.used == 50

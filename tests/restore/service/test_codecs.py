@@ -367,7 +367,7 @@ def test_tiff_samples_and_bits_are_checked_from_the_header_before_any_allocation
 
 
 def test_a_memory_error_while_decoding_is_out_of_memory_503(monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.errors import OutOfMemory
+    from restore.service.errors import OutOfMemory
 
     def no_memory(*args: object, **kwargs: object) -> None:
         raise MemoryError

@@ -68,3 +68,19 @@ async def test_starlettes_own_errors_are_problems_with_request_id(tmp_path: Path
         for response in (await client.get("/nowhere"), await client.put("/denoise")):
             assert response.status_code in (404, 405) and response.headers["content-type"] == PROBLEM
             assert len(response.headers["x-request-id"]) == 32
+
+
+@pytest.mark.anyio
+async def test_a_memory_error_anywhere_is_a_503_problem_never_a_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 31: a MemoryError outside the decoders (tiling, blending, encoding) must not be a 500."""
+    from restore.service import api
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(api, "plan_for", no_memory)
+    async with serve(Settings(models_dir=write_fake_suite(tmp_path), tile_size=64, tile_overlap=2), fake_engine) as client:
+        png = encode_pil(noisy_image(16, 16, 1), "PNG")
+        response = await client.post("/v1/jobs/denoise", content=png)
+        assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "/problems/out-of-memory" and "retry-after" in response.headers

@@ -46,3 +46,11 @@ def test_a_format_that_cannot_hold_the_image_is_refused_or_passed_over() -> None
     assert choose_format(None, "image/webp, image/png;q=0.5", "png", unfit=_webp_too_small) == "png"
     with pytest.raises(NotAcceptable, match="webp: WEBP holds"):
         choose_format(None, "image/webp", "png", unfit=_webp_too_small)
+
+
+def test_a_406_echoes_at_most_a_few_hundred_characters_of_accept() -> None:
+    """A 64 KiB Accept header was echoed whole into the 406 body."""
+    accept = "application/x-" + "a" * 60_000
+    with pytest.raises(NotAcceptable) as caught:
+        choose_format(None, accept, "png")
+    assert len(caught.value.detail) < 500 and "60014 characters" in caught.value.detail

@@ -65,7 +65,8 @@ def test_enums_readyz_and_metrics_are_documented(tmp_path: Path) -> None:
     assert query("/edges", "depth")["enum"] == [8, 16]
     assert query("/edges", "side")["enum"] == ["fuse", "1", "2", "3", "4", "5"]
     readyz = schema["paths"]["/readyz"]["get"]["responses"]
-    assert readyz["503"]["content"]["application/json"]["schema"]["required"] == ["status", "not_ready"]
+    not_ready = readyz["503"]["content"]["application/json"]["schema"]
+    assert not_ready["required"] == ["status"] and not_ready["properties"]["status"]["enum"] == ["not ready", "saturated"]
     assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]
 
 

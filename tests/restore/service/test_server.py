@@ -111,14 +111,6 @@ def test_malformed_http_gets_a_400_problem(tmp_path: Path) -> None:
         assert_problem(*read_response(sock), 400)
 
 
-def test_connections_over_the_cap_get_503_with_retry_after(tmp_path: Path) -> None:
-    with running_server(settings_for(tmp_path, max_connections=2, retry_after_s=7)) as running:
-        with connect(running), connect(running), connect(running) as third:
-            status, headers, body = read_response(third)
-            assert_problem(status, headers, body, 503)
-            assert headers["retry-after"] == "7"
-
-
 def test_requests_over_the_cap_get_503_and_operations_still_answer(tmp_path: Path) -> None:
     engine = HeldEngine()
     settings = settings_for(tmp_path, max_requests=1, retry_after_s=3)
@@ -158,3 +150,102 @@ def test_sigterm_lets_inference_finish_and_does_not_wait_for_a_stalled_client(tm
         assert time.perf_counter() - started < 5
         if stalled == "body":  # its request was cancelled: a 503 problem, not a plain-text 500
             assert_problem(*read_response(sock), 503)
+
+
+# --- Abuse (issue 31): cheap sockets must not lock out every client or the health checks ---------------------------
+
+@contextmanager
+def connect_from(running: Running, source: str) -> Iterator[socket.socket]:
+    """A connection from another loopback address (127.0.0.0/8 is all local): another client."""
+    with socket.create_connection(running.address, timeout=10, source_address=(source, 0)) as sock:
+        yield sock
+
+
+def request(sock: socket.socket, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    return read_response(sock)
+
+
+def test_health_answers_past_the_connection_cap_and_readiness_says_saturated(tmp_path: Path) -> None:
+    """256 idle sockets made /healthz answer 503 until they timed out: an orchestrator then restarts
+    the process and every job is lost. Past the cap, a reserved lane answers health checks only."""
+    settings = settings_for(tmp_path, max_connections=2, operations_connections=3, retry_after_s=7)
+    with running_server(settings) as running:
+        with connect(running), connect(running), connect(running) as health, connect(running) as ready:
+            with connect(running) as model, connect(running) as over:
+                status, headers, body = read_response(over)  # past the lane too: refused at once
+                assert_problem(status, headers, body, 503)
+                assert headers["retry-after"] == "7"
+                assert request(health, "GET", "/healthz")[0] == 200
+                status, headers, body = request(ready, "GET", "/readyz")
+                assert status == 503 and headers["retry-after"] == "7"
+                assert json.loads(body)["status"] == "saturated" and json.loads(body)["saturated"] == ["connections"]
+                problem = assert_problem(*request(model, "POST", "/denoise"), 503)
+                assert "/healthz" in str(problem["detail"])
+        time.sleep(0.2)  # the server sees the sockets close
+        assert httpx.get(f"{running.base}/readyz").json()["status"] == "ready"
+
+
+def test_head_healthz_and_readyz_answer_200(tmp_path: Path) -> None:
+    with running_server(settings_for(tmp_path)) as running:
+        for path in ("/healthz", "/readyz"):
+            response = httpx.head(f"{running.base}{path}")
+            assert response.status_code == 200 and response.content == b""
+
+
+def test_connections_per_client_address_are_capped(tmp_path: Path) -> None:
+    with running_server(settings_for(tmp_path, max_connections_per_client=2, retry_after_s=3)) as running:
+        with connect_from(running, "127.0.0.2"), connect_from(running, "127.0.0.2"):
+            with connect_from(running, "127.0.0.2") as third:
+                status, headers, body = read_response(third)
+                assert "this address" in str(assert_problem(status, headers, body, 503)["detail"])
+            with connect_from(running, "127.0.0.3") as other:  # another client is not affected
+                assert request(other, "GET", "/healthz")[0] == 200
+
+
+def test_a_complete_head_over_the_documented_cap_is_431(tmp_path: Path) -> None:
+    """h11 checks only an incomplete head, so a 70 KB head that arrived complete passed the 64 KiB cap."""
+    with running_server(settings_for(tmp_path)) as running, connect(running) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        problem = assert_problem(*read_response(sock), 431)
+        assert "65536" in str(problem["detail"])
+
+
+def trickle(running: Running, source: str, stop: threading.Event) -> tuple[int, dict[str, str], bytes] | None:
+    """A client that sends headers for a 100 kB body, then one byte every 0.1 s until the server gives up."""
+    with connect_from(running, source) as sock:
+        sock.sendall(b"POST /denoise HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+        try:
+            while not stop.wait(0.1):
+                sock.sendall(b"x")
+        except OSError:  # the server closed the connection: its answer is in the buffer
+            pass
+        return read_response(sock)
+
+
+def test_slow_uploads_hold_no_request_slot_and_are_cut_off_by_the_rate(tmp_path: Path) -> None:
+    """64 sockets sending a byte every 20 s held every RESTORE_MAX_REQUESTS slot and everyone got 503:
+    the body timeout counted only silence. Now a slot is taken once the body is in, one address
+    has RESTORE_MAX_REQUESTS_PER_CLIENT requests open, and a body must average RESTORE_MIN_UPLOAD_RATE."""
+    settings = settings_for(
+        tmp_path, max_requests=1, max_requests_per_client=2, body_timeout_s=1.0, min_upload_rate=1000, retry_after_s=3,
+    )
+    png = encode_pil(noisy_image(16, 16, 1), "PNG")
+    stop = threading.Event()
+    with running_server(settings) as running, ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(trickle, running, "127.0.0.2", stop) for _ in range(2)]
+        time.sleep(0.5)  # both are uploading
+        with connect_from(running, "127.0.0.2") as third:
+            sock_third = third
+            third.sendall(b"POST /denoise HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 10\r\n\r\n")
+            problem = assert_problem(*read_response(sock_third), 503)
+            assert "this address" in str(problem["detail"])
+        started = time.perf_counter()
+        assert httpx.post(f"{running.base}/denoise", content=png, timeout=30).status_code == 200  # the slot is free
+        for future in slow:
+            result = future.result(timeout=30)
+            assert result is not None
+            problem = assert_problem(*result, 408)
+            assert "too slow" in str(problem["detail"]) and "1000 bytes/s" in str(problem["detail"]), problem
+        assert time.perf_counter() - started < 10
+        stop.set()
