@@ -36,6 +36,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,9 @@ def zero_png(side: int = 10000) -> bytes:
 
 def spp_tiffs() -> list[bytes]:
     small = io.BytesIO()
-    tifffile.imwrite(small, np.zeros((64, 64, 1000), np.uint16), photometric="minisblack", compression="zlib")
+    tifffile.imwrite(
+        small, np.zeros((64, 64, 1000), np.uint16), photometric="minisblack", planarconfig="contig", compression="zlib"
+    )
     big = bytearray(small.getvalue())
     with tifffile.TiffFile(io.BytesIO(bytes(big))) as tif:
         tag = tif.pages.first.tags["SamplesPerPixel"]
@@ -179,7 +182,7 @@ Attack = Callable[[str, Phase, float], Awaitable[None]]
 
 
 def attacker() -> httpx.AsyncClient:
-    return client(ATTACKER_ADDRESS, timeout=30, key="attacker")
+    return client(ATTACKER_ADDRESS, timeout=120, key="attacker")
 
 
 def note(phase: Phase, what: str) -> None:
@@ -376,11 +379,13 @@ def report(phases: list[Phase], seconds: float) -> str:
         reference = percentile(base[phase.mode].latencies, 99) if phase.mode in base else float("nan")
         failures = ", ".join(f"{k}: {v}" for k, v in sorted(phase.failures.items()))
         healthy = sum(1 for status in phase.health if status == 200)
+        other = Counter("no answer in 2 s" if status == 0 else str(status) for status in phase.health if status != 200)
+        health = f"{healthy}/{len(phase.health)}" + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(other.items()))})" if other else "")
         notes = ", ".join(f"{k}: {v}" for k, v in sorted(phase.attack_notes.items())) or "-"
         lines.append(
             f"| {phase.name} | {ok}/{phase.total} = {100 * ok / max(phase.total, 1):.1f}%"
             f"{f' ({failures})' if failures else ''} | {p50:.2f} / {p99:.2f} | {p99 / reference:.2f}x | "
-            f"{phase.peak_rss_gib:.2f} | {healthy}/{len(phase.health)} | {notes} |"
+            f"{phase.peak_rss_gib:.2f} | {health} | {notes} |"
         )
     return "\n".join(lines)
 
