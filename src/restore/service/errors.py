@@ -8,16 +8,16 @@
     ├── Unauthorized .......... 401  missing or wrong API key
     ├── NotFound .............. 404  no such job (or not one of this API key's)
     ├── Conflict .............. 409  the job has no result (yet, or it failed or was cancelled)
-    ├── Gone .................. 410  the job's result expired or was evicted
-    ├── PayloadTooLarge ....... 413  body over the byte limit, image over the pixel limit
+    ├── Gone .................. 410  the job's result expired or was evicted (the detail says by which bound)
+    ├── PayloadTooLarge ....... 413  body over the byte limit, image over the pixel limit or a client's share
     ├── UnsupportedMediaType .. 415  not an image format we read
     ├── CorruptImage .......... 422  a format we read, but the data is broken or truncated
     ├── NotAcceptable ......... 406  no output format satisfies Accept / ?format
-    ├── Overloaded ............ 503  queue full, or too many requests or connections (with Retry-After)
+    ├── Overloaded ............ 503  queue full, a budget or a client's share spent, too many requests or connections (Retry-After)
     ├── ModelUnavailable ...... 503  the model did not load, or has not finished warming up
     ├── ShuttingDown .......... 503  SIGTERM's grace period ran out before this request finished
     ├── OutOfMemory ........... 503  an allocation failed (MemoryError anywhere; with Retry-After)
-    ├── InsufficientStorage ... 507  a job's result is larger than the whole result store
+    ├── InsufficientStorage ... 507  a job's result is larger than one client may keep
     └── InferenceFailed ....... 500  the runtime itself failed (never caused by input)
 
 Lower-level errors (Pillow, imagecodecs, ONNX Runtime) are translated where they are raised, with
