@@ -66,7 +66,10 @@ RUN set -eu; \
     rm -f /tmp/requirements.txt /tmp/constraints.txt
 
 COPY models/onnx/ models/onnx/
-COPY service/ service/
+# The package as a plain folder beside the models: `python3 -m restore.service` finds it in /app.
+COPY src/restore/__init__.py restore/__init__.py
+COPY src/restore/core/ restore/core/
+COPY src/restore/service/ restore/service/
 
 # ORT_DISABLE_TELEMETRY: no usage telemetry from ONNX Runtime (1.31 would also try to write a
 # device ID under the read-only home); NVIDIA_DRIVER_CAPABILITIES: what the toolkit mounts in.
@@ -82,4 +85,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import os, sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '8000'), timeout=4).status == 200 else 1)"]
 # One process, one worker; logs (JSON lines) on stdout, stderr folded in.
-CMD ["sh", "-c", "exec python3 -m service 2>&1"]
+CMD ["sh", "-c", "exec python3 -m restore.service 2>&1"]

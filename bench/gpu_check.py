@@ -12,7 +12,7 @@ For every model in the manifest (``--models`` to choose):
 * the model's share of the GPU's dense fp16 tensor peak (``--peak-tflops``, else looked up by the
   GPU's name): FLOP per pixel are counted from the graph's convolutions.
 
-Then the service end to end (``python -m service`` with ``RESTORE_DEVICE=cuda``) on the default
+Then the service end to end (``python -m restore.service`` with ``RESTORE_DEVICE=cuda``) on the default
 colour denoiser: one 12 MP photo, and 16 concurrent clients, each as MP/s and as a ratio to the
 model's own float32 throughput at batch 8.
 

@@ -72,7 +72,7 @@ def serve_app(replicas: int, cpus: int) -> Iterator[str]:
     import ray
     from ray import serve
 
-    from service import ray_serve
+    from restore.service import ray_serve
 
     os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
     ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)

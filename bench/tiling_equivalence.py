@@ -2,7 +2,7 @@
 
     python -m bench.tiling_equivalence [--model dncnn-gray-s25] [--tile 1024]
 
-Uses the service's own tiler and blender (service.pipeline.TiledImage) with the production tile
+Uses the service's own tiler and blender (restore.service.pipeline.TiledImage) with the production tile
 size and overlap; the whole-image reference is one ORT call on the full image.
 """
 
@@ -14,10 +14,10 @@ import json
 import numpy as np
 import onnxruntime as ort
 
-from service.engine import available_cpus
-from service.manifest import load_manifest
-from service.pipeline import TiledImage, plan_for, quantize
-from service.settings import DEFAULT_MODELS_DIR, Settings
+from restore.core.manifest import load_manifest
+from restore.service.engine import available_cpus
+from restore.service.pipeline import TiledImage, plan_for, quantize
+from restore.service.settings import DEFAULT_MODELS_DIR, Settings
 
 SIZES = [(1, 1), (7, 5), (333, 517), (1023, 1025), (1536, 2048)]
 
@@ -51,7 +51,7 @@ def main() -> None:
             work.accept(index, session.run(None, {"input": work.tile(index)[None]})[0][0])
         assert work.output is not None
         tiled = quantize(work.output, np.dtype(np.uint8))
-        m = spec.multiple  # the whole image padded as service.tiling.pad_to_plan pads
+        m = spec.multiple  # the whole image padded as restore.core.tiling.pad_to_plan pads
         pad_h, pad_w = -height % m, -width % m
         mode = "reflect" if height > pad_h and width > pad_w else "symmetric"
         padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)

@@ -139,7 +139,7 @@ def trained_entry(
         "overlap": model.depth,  # receptive-field radius: one pixel per 3x3 conv
         "multiple": 1,
         "default": default,
-        "noise": "camera" if config.get("noise") == "camera" else "gaussian",  # sigma=auto's routing (service.manifest)
+        "noise": "camera" if config.get("noise") == "camera" else "gaussian",  # sigma=auto's routing (restore.core.manifest)
         "provenance": {
             "source": "trained",
             "origin": ORIGIN,

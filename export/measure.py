@@ -33,9 +33,9 @@ def tiled_forward(
     session: ort.InferenceSession, entry: dict[str, Any], tile_size: int, rgb: npt.NDArray[np.uint8]
 ) -> npt.NDArray[np.float32]:
     """``rgb`` (H, W, 3 uint8) through the service tiling with the entry's overlap and multiple."""
-    from service.manifest import ModelSpec
-    from service.pipeline import TiledImage, plan_for
-    from service.settings import Settings
+    from restore.core.manifest import ModelSpec
+    from restore.service.pipeline import TiledImage, plan_for
+    from restore.service.settings import Settings
 
     spec = ModelSpec.from_entry(entry, Path("."))
     height, width = rgb.shape[:2]

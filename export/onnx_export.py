@@ -27,7 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from service.manifest import sha256_of
+from restore.core.manifest import sha256_of
 
 __all__ = [
     "OPSET",

@@ -21,10 +21,10 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from service import server
-from service.app import create_app
-from service.manifest import ModelSpec
-from service.settings import Settings
+from restore.core.manifest import ModelSpec
+from restore.service import server
+from restore.service.app import create_app
+from restore.service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -139,7 +139,7 @@ class Running:
 
 @contextmanager
 def running_server(settings: Settings, engine_factory: Callable[[ModelSpec], Any] = fake_engine) -> Iterator[Running]:
-    """The app behind the real HTTP edge (service.server: uvicorn, EdgeProtocol) on a free local port,
+    """The app behind the real HTTP edge (restore.service.server: uvicorn, EdgeProtocol) on a free local port,
     in a thread, once /readyz answers 200; stopped (as SIGTERM would) on exit."""
     app = create_app(settings, engine_factory=engine_factory)
     sock = socket.socket()

@@ -300,7 +300,7 @@ done
 log "make run ready"
 # Every service setting should be configurable through the compose file (RESTORE_SERVE_* size Ray
 # Serve replicas and mean nothing to a container).
-unlisted=$("$REPO/.venv/bin/python" -c 'import sys; from service.settings import Settings; print(" ".join(sorted("RESTORE_" + f.upper() for f in Settings.model_fields if f != "models_dir" and not f.startswith("serve_"))))' 2>/dev/null \
+unlisted=$("$REPO/.venv/bin/python" -c 'import sys; from restore.service.settings import Settings; print(" ".join(sorted("RESTORE_" + f.upper() for f in Settings.model_fields if f != "models_dir" and not f.startswith("serve_"))))' 2>/dev/null \
     | tr ' ' '\n' | while read -r var; do [ -z "$var" ] || grep -q "^ *$var:" "$REPO/docker-compose.cpu.yml" || echo "$var"; done || true)
 [ -z "$unlisted" ] || log "WARNING: settings not passed through by docker-compose.cpu.yml: $(tr '\n' ' ' <<<"$unlisted")"
 phase_done up

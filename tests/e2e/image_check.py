@@ -32,7 +32,7 @@ def check(ok: bool, what: str) -> None:
 check(os.getuid() != 0, f"runs as uid {os.getuid()} (not root)")
 compilers = [c for c in ("gcc", "cc", "g++", "c++", "clang", "nvcc") if shutil.which(c)]
 check(not compilers, f"no compilers on PATH {compilers or ''}")
-# httpx is not on this list: it is a runtime dependency (restore_client, the `restore` command), so the
+# httpx is not on this list: it is a runtime dependency (restore.client, the `restore` command), so the
 # image installs it with the rest of [project].dependencies.
 dev = [m for m in ("torch", "pytest", "onnx", "scipy", "h5py", "skimage", "schemathesis", "playwright", "ray") if importlib.util.find_spec(m)]
 check(not dev, f"no dev-extra packages {dev or ''}")

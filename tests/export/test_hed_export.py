@@ -165,7 +165,7 @@ def test_committed_hed_matches_manifest_and_pytorch() -> None:
 @needs_committed
 def test_committed_hed_tiled_equals_whole_image() -> None:
     """The service's tiling with the manifest's overlap reproduces the padded whole image."""
-    from service.tiling import pad_to_plan, plan_tiles
+    from restore.core.tiling import pad_to_plan, plan_tiles
 
     assert ENTRY is not None
     image = noisy_image(272, 300, 3, seed=3)

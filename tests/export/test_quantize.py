@@ -31,7 +31,7 @@ from export.quantize import (
     write_variants,
 )
 from models.dncnn import DnCNN
-from service.manifest import load_manifest
+from restore.core.manifest import load_manifest
 from tests.conftest import tiny_hed
 
 

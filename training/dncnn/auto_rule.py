@@ -8,7 +8,7 @@ Usage::
 Every ``--every``-th CBSD68 image, its centre ``--crop`` square, under Gaussian noise (8-bit PNG),
 Gaussian noise then JPEG quality 90 4:2:0, and Poisson-Gaussian sensor noise with and without that
 JPEG (``training.dncnn.camera_noise.TestFamily``; seeds fixed per image and condition). For each:
-the mean ``service.noise_level`` estimate and its range, the noisy PSNR, each colour denoise model
+the mean ``restore.core.noise_level`` estimate and its range, the noisy PSNR, each colour denoise model
 of the manifest (ONNX Runtime, whole image) and the model the rule picks for the mean estimate.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from export.measure import psnr, quantize
-from service.noise_level import NoiseEstimate, estimate_noise, pick_model
+from restore.core.noise_level import NoiseEstimate, estimate_noise, pick_model
 from training.dncnn.camera_noise import TestFamily
 from training.dncnn.evaluate import denoise, load_set, make_session, session_denoiser
 
@@ -46,7 +46,7 @@ def _crop(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def _picked(entries: list[dict[str, Any]], estimate: NoiseEstimate) -> str:
-    """The model the service's rule (``service.noise_level.pick_model``) takes for ``estimate``."""
+    """The model the service's rule (``restore.core.noise_level.pick_model``) takes for ``estimate``."""
     index = pick_model(estimate, [(e["sigma"], e.get("noise", "gaussian")) for e in entries])
     return str(entries[index]["name"])
 

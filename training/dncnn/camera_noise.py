@@ -15,7 +15,7 @@ What a phone or camera JPEG carries, in the order it happens:
 2. **Gamma**: back to sRGB, which stretches the shadows: dark regions end up noisier than bright
    ones, unlike Gaussian noise.
 3. **8 bit, then JPEG** at quality ``QUALITY_RANGE`` with 4:2:0 or 4:4:4 chroma (Pillow's libjpeg,
-   as ``service.codecs`` decodes). 4:2:0 averages the chroma over 2x2 pixels, so what is left of
+   as ``restore.service.codecs`` decodes). 4:2:0 averages the chroma over 2x2 pixels, so what is left of
    the chroma noise is blotchy: the Gaussian blind model reads it as image content.
 
 Also plain Gaussian noise (CDnCNN-B's own: std uniform in [0, 55] / 255, added in float and not

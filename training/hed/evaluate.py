@@ -17,7 +17,7 @@ Protocol (Arbelaez et al. 2011 ``collect_eval_bdry`` / Dollar's ``edgesEvalDir``
 1. every image of the ``test`` split (200), with all its human annotations
    (``groundTruth{k}.Boundaries`` of ``groundTruth/test/<id>.mat``);
 2. HED: the fused probability map (float, not quantised to 8 bit), then ``edgesNms``
-   (``service.edgemaps.nms``: r=1, s=5, m=1.01). Canny: its own non-maximum suppressed gradient
+   (``restore.core.edgemaps.nms``: r=1, s=5, m=1.01). Canny: its own non-maximum suppressed gradient
    magnitude (no ``edgesNms``, the map is already thin);
 3. at each of ``n`` thresholds ``linspace(1/(n+1), n/(n+1), n)`` (``--thresholds``, default the
    benchmark's 99: 0.01, ..., 0.99; ``--thresholds 99 33`` also scores the 33 of the older
@@ -44,9 +44,9 @@ both on synthetic cases.
 
 Modes: ``torch`` (the converted float32 PyTorch model, whole image at its own size), ``ort``
 (the committed ONNX model, float16-stored weights, whole image), ``ort-tiled`` (the ONNX model
-through the service's tiling, ``service.pipeline.TiledImage`` / ``plan_for`` with the manifest's
+through the service's tiling, ``restore.service.pipeline.TiledImage`` / ``plan_for`` with the manifest's
 overlap and multiple, at the default tile size and at ``--small-tile``), ``ort-ms`` and
-``ort-tiled-ms`` (the same two at ``--scales``, through ``service.multiscale.merge``: the resizes
+``ort-tiled-ms`` (the same two at ``--scales``, through ``restore.core.multiscale.merge``: the resizes
 and the average that ``/edges?scales=`` serves), ``canny``
 (``skimage.feature.canny``'s smoothed gradient magnitude after its non-maximum suppression, scaled
 so a unit step edge gives 1 (``canny_scale``), one mode per sigma), ``ort-int8`` (``--int8 DIR``:
@@ -86,8 +86,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 
 from export.measure import tiled_forward
-from service.edgemaps import nms
-from service.multiscale import STANDARD, merge, parse_scales
+from restore.core.edgemaps import nms
+from restore.core.multiscale import STANDARD, InvalidScales, merge, parse_scales
 
 __all__ = [
     "MAX_DIST",
@@ -510,12 +510,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if any(count < 1 for count in args.thresholds):
         parser.error("--thresholds: counts must be at least 1")
     args.thresholds = list(dict.fromkeys(args.thresholds))
-    from service.errors import BadRequest
-
     try:
         args.scales = parse_scales(",".join(f"{scale:g}" for scale in args.scales))  # the service's rules
-    except BadRequest as exc:
-        parser.error(f"--scales: {exc.detail}")
+    except InvalidScales as exc:
+        parser.error(f"--scales: {exc}")
     return args
 
 
@@ -531,7 +529,7 @@ def _methods(
     args: argparse.Namespace, entry: dict[str, Any], root: Path, int8: Path | None = None
 ) -> dict[str, EdgeMethod]:
     """Method name -> function from an RGB uint8 image to its fused edge map (float, H x W)."""
-    from service.settings import Settings
+    from restore.service.settings import Settings
 
     methods: dict[str, EdgeMethod] = {}
     if "torch" in args.modes:
@@ -706,7 +704,7 @@ def _write_manifest(args: argparse.Namespace, entry: dict[str, Any], scores: dic
     the service computes by default: tiled, one scale) and ``bsds500_test_multiscale`` (tiled at
     ``--scales``) when those were measured."""
     from export.manifest import update_manifest, upsert_entries
-    from service.settings import Settings
+    from restore.service.settings import Settings
 
     headline, *others = args.thresholds
     tile = Settings().tile_size

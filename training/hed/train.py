@@ -61,13 +61,10 @@ import torch
 import torch.nn.functional as F
 
 from models.hed import HED, HEDForInference
-from service.edgemaps import nms
-from service.manifest import sha256_of
+from restore.core.edgemaps import nms
+from restore.core.manifest import sha256_of
 from training.common.log import Progress, check_resumable, machine_description, save_checkpoint, write_csv
-from training.hed.evaluate import (
-    MAX_DIST, GroundTruth, evaluate_image, image_ids, load_boundaries, load_image, summarize,
-    thresholds_for,
-)
+from training.hed.evaluate import MAX_DIST, GroundTruth, evaluate_image, image_ids, load_boundaries, load_image, summarize, thresholds_for
 
 __all__ = [
     "HEDTrainConfig", "EdgeSamples", "balanced_bce", "HEDTrainer", "validate", "main",

@@ -110,7 +110,7 @@ def evaluate(
 
 
 def _ort_restorers(model_path: Path, entry: dict) -> dict[str, Restorer]:
-    from service.settings import Settings
+    from restore.service.settings import Settings
 
     session = _session(model_path)
     production = Settings().tile_size

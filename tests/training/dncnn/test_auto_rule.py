@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from restore.core.noise_level import NoiseEstimate
 from tests.conftest import MODELS_DIR, noisy_image
-from service.noise_level import NoiseEstimate
 from training.dncnn import auto_rule
 
 

@@ -1,0 +1,167 @@
+"""The FastAPI application: wiring of settings, runtime, middleware, error mapping and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Route
+
+from restore.service import api, api_edges, api_jobs, api_weather, web
+from restore.service.errors import PROBLEM_JSON, BadRequest, ServiceError, problem_response
+from restore.service.jobs import JobStore
+from restore.service.metrics import Metrics
+from restore.service.middleware import RequestContext, RequestLimits
+from restore.service.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth
+from restore.service.runtime import EngineFactory, Runtime
+from restore.service.settings import Settings
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        log.warning("request failed", extra={"status": exc.status, "detail": exc.detail})
+    return problem_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return problem_response(BadRequest(details))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    error = ServiceError(str(exc.detail), headers=dict(exc.headers or {}))
+    if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+        error.headers["Allow"] = ", ".join(_allowed_methods(request))
+    body = {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "detail": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=error.headers, media_type=PROBLEM_JSON)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route on the most specific path that matches: GET and DELETE
+    /v1/jobs/{id} are two routes, and /v1/jobs/denoise (POST) is more specific than /v1/jobs/{id}."""
+    matching = [
+        route for route in request.app.state.routes
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE
+    ]
+    fewest = min((route.path.count("{") for route in matching), default=0)
+    return sorted({method for route in matching if route.path.count("{") == fewest for method in route.methods or ()})
+
+
+async def _disconnected(request: Request, exc: Exception) -> Response:
+    """The client left (during the upload, or while its tiles waited): 499 in the log and metrics, no traceback."""
+    log.info("client disconnected; nothing was sent and its tiles, if any, were dropped")
+    return Response(status_code=499)
+
+
+def create_app(settings: Settings | None = None, *, engine_factory: EngineFactory | None = None) -> FastAPI:
+    """Build the app; raises StartupError/ManifestError before serving when the configuration cannot work."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    runtime = Runtime(settings, metrics, engine_factory)
+    jobs = JobStore(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        await jobs.start()
+        yield
+        await jobs.stop()  # unfinished jobs are cancelled before their queues stop
+        await runtime.stop()
+
+    app = FastAPI(
+        title="restore",
+        version=VERSION,
+        description="Image restoration on ONNX Runtime: POST an image, get it back restored.",
+        lifespan=lifespan,
+        docs_url=None,  # served by restore.service.web from packaged assets, not FastAPI's CDN defaults
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    app.state.jobs = jobs
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(api.ClientDisconnected, _disconnected)
+    app.add_exception_handler(ClientDisconnect, _disconnected)
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: 200 while the process serves")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz", tags=["operations"], summary="Readiness: 200 once every required model loaded, verified and warmed up",
+        responses=READYZ_RESPONSES,
+    )
+    async def readyz() -> JSONResponse:
+        not_ready = runtime.not_ready()
+        if runtime.ready:  # optional models (not in RESTORE_REQUIRED_MODELS) may still be loading or retried
+            serving = sorted(name for name, state in runtime.models.items() if state.status == "ready")
+            return JSONResponse({"status": "ready", "models": serving, **({"not_ready": not_ready} if not_ready else {})})
+        return JSONResponse({"status": "not ready", "not_ready": not_ready}, status_code=503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response, responses=METRICS_RESPONSES)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", tags=["operations"], summary="The manifest, with the provider in use and tile settings")
+    async def models() -> dict[str, Any]:
+        return {
+            "models": [
+                {
+                    **state.spec.public(),
+                    "status": state.status,
+                    "required": state.required,
+                    "load_attempts": state.attempts,
+                    "provider": state.provider,
+                    "precision": state.precision,
+                    "speed_mp_per_s": None if state.scheduler is None else round(state.scheduler.pixels_per_s / 1e6, 4),
+                    "tile": {
+                        "size": state.tile or settings.tile_size,
+                        "granule": state.granule,
+                        "bucket": state.bucket,
+                        "overlap": 2 * state.spec.overlap + settings.tile_overlap,
+                        "margin": state.spec.overlap,
+                        "multiple": state.spec.multiple,
+                        "max_batch": settings.batch_limit(state.provider or ""),
+                    },
+                }
+                for state in runtime.models.values()
+            ],
+            "device": settings.device,
+            "precision": settings.precision,
+            "cpu_int8_flags": sorted(runtime.int8_flags),
+            "max_batch_wait_ms": settings.max_batch_wait_ms,
+            "max_queue_seconds": settings.max_queue_seconds,
+        }
+
+    app.include_router(api.router, tags=["models"])
+    app.include_router(api_edges.router, tags=["models"])
+    app.include_router(api_weather.router, tags=["models"])
+    app.include_router(api_jobs.submit_router, tags=["jobs"])
+    app.include_router(api_jobs.router, tags=["jobs"])
+    web.add_web(app)
+    model_routers = (api.router, api_edges.router, api_weather.router, api_jobs.submit_router)
+    routes = [*app.routes, *(route for router in (*model_routers, api_jobs.router) for route in router.routes)]
+    app.state.routes = routes  # flat (FastAPI nests included routers): what a 405's Allow is read from
+    endpoints = frozenset(str(r.path) for r in routes if getattr(r, "path", None))
+    app.add_middleware(
+        RequestLimits, limited=frozenset(str(r.path) for router in model_routers for r in router.routes),
+        max_requests=settings.max_requests, body_timeout_s=settings.body_timeout_s, retry_after_s=settings.retry_after_s,
+    )
+    app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)  # outermost: it sees every answer
+    document_auth(app, settings)
+    return app
