@@ -30,9 +30,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def tiled_forward(
-    session: ort.InferenceSession, entry: dict[str, Any], tile_size: int, rgb: npt.NDArray[np.uint8]
+    session: ort.InferenceSession, entry: dict[str, Any], tile_size: int, rgb: npt.NDArray[np.uint8],
+    extra: dict[str, np.ndarray] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """``rgb`` (H, W, 3 uint8) through the service tiling with the entry's overlap and multiple."""
+    """``rgb`` (H, W, 3 uint8) through the service tiling with the entry's overlap and multiple;
+    ``extra``: more inputs of one row each (a conditioned model's ``weather``)."""
     from restore.core.manifest import ModelSpec
     from restore.service.pipeline import TiledImage, plan_for
     from restore.service.settings import Settings
@@ -41,7 +43,7 @@ def tiled_forward(
     height, width = rgb.shape[:2]
     work = TiledImage(rgb, plan_for(spec, Settings(tile_size=tile_size), height, width), 255)
     for index in range(work.plan.count):
-        (out,) = session.run(["output"], {"input": work.tile(index)[None]})
+        (out,) = session.run(["output"], {"input": work.tile(index)[None], **(extra or {})})
         work.accept(index, out[0])
     assert work.output is not None
     return work.output  # (H, W, channels)

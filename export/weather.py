@@ -39,9 +39,9 @@ from PIL import Image
 
 from export.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
 from export.measure import psnr, quantize, tiled_forward
-from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
+from export.onnx_export import CONDITION_NAME, export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
-from models.weathernet import WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused
+from models.weathernet import WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused, weather_onehot
 
 __all__ = [
     "NAME", "MIN_TILED_PSNR", "ARCHITECTURES", "network_config", "build_network", "load_student", "sample_image", "tiled_psnr",
@@ -190,11 +190,19 @@ def build_network(config: Mapping[str, Any]) -> MSBDN | WeatherNet:
 
 
 def load_student(path: Path) -> tuple[MSBDN | WeatherNet, dict[str, Any]]:
-    """The network of a checkpoint (any stage) in eval mode, and the checkpoint's metadata."""
+    """The network of a checkpoint (any stage) in eval mode, and the checkpoint's metadata.
+
+    A campaign checkpoint (``training.weather.campaign``: model 3) gives its moving average of
+    the weights, which is what is scored and shipped; its ``config["network"]`` is the network."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_network(state["config"])
-    model.load_state_dict(state["model"])
-    return model.eval(), {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer")}
+    if "ema" in state:
+        model: MSBDN | WeatherNet = WeatherNet(WeatherNetConfig.from_dict(state["config"]["network"]))
+        prefix = "module."
+        model.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
+    else:
+        model = build_network(state["config"])
+        model.load_state_dict(state["model"])
+    return model.eval(), {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer", "ema")}
 
 
 def sample_image() -> np.ndarray:
@@ -213,12 +221,20 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def whole_forward(session: ort.InferenceSession, rgb: np.ndarray) -> np.ndarray:
+def condition_feed(session: ort.InferenceSession, label: str | None, batch: int = 1) -> dict[str, np.ndarray]:
+    """The ``weather`` input of a conditioned file for ``label`` (``None``: ``unknown``), or
+    nothing for a blind one (model 2)."""
+    if CONDITION_NAME not in {i.name for i in session.get_inputs()}:
+        return {}
+    return {CONDITION_NAME: np.repeat(weather_onehot([label or "unknown"]).numpy(), batch, axis=0)}
+
+
+def whole_forward(session: ort.InferenceSession, rgb: np.ndarray, label: str | None = None) -> np.ndarray:
     """uint8 (H, W, 3) -> float (H, W, 3): one run, reflect-padded to ``MULTIPLE``."""
     h, w = rgb.shape[:2]
     x = rgb.astype(np.float32).transpose(2, 0, 1)[None] / np.float32(255)
     x = np.pad(x, ((0, 0), (0, 0), (0, -h % MULTIPLE), (0, -w % MULTIPLE)), mode="reflect")
-    (y,) = session.run(["output"], {"input": x})
+    (y,) = session.run(["output"], {"input": x, **condition_feed(session, label)})
     return y[0, :, :h, :w].transpose(1, 2, 0)
 
 
@@ -230,7 +246,7 @@ def tiled_psnr(
              "sigma": None, "default": True,
              "channels": 3, "overlap": margin, "multiple": MULTIPLE}
     whole = quantize(whole_forward(session, rgb))
-    return psnr(quantize(tiled_forward(session, entry, tile, rgb)), whole)
+    return psnr(quantize(tiled_forward(session, entry, tile, rgb, condition_feed(session, None))), whole)
 
 
 def choose_overlap(

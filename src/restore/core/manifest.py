@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from restore.core.types import Task
 
 _TASKS: frozenset[str] = frozenset({"denoise", "edges", "weather"})
@@ -65,6 +68,9 @@ class ModelSpec:
     multiple: int
     default: bool
     noise: str = "gaussian"  # denoisers: the noise trained on (_NOISES); sigma=auto sends 4:2:0 JPEG noise to "camera"
+    #: A conditioned model's labels in the order of its one-hot ``weather`` input (empty: the model
+    #: takes the image only). The weather model 3 takes rain, haze, snow or unknown.
+    weather_labels: tuple[str, ...] = ()
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
     variants: dict[str, Variant] = field(default_factory=dict, compare=False)
@@ -96,6 +102,7 @@ class ModelSpec:
                 multiple=max(1, int(entry["multiple"])),
                 default=_typed(entry, "default", bool),
                 noise=noise,
+                weather_labels=_labels(entry.get("weather_labels") or []),
                 provenance=dict(entry.get("provenance") or {}),
                 metrics=dict(entry.get("metrics") or {}),
                 variants=_variants(entry.get("variants") or {}, root),
@@ -105,6 +112,14 @@ class ModelSpec:
             raise ManifestError(f"model {entry.get('name')!r}: missing field {exc}") from exc
         except (TypeError, ValueError) as exc:  # int("three"), dict("abc"), float([1])...
             raise ManifestError(f"model {entry.get('name')!r}: a field has the wrong type: {exc}") from exc
+
+    def condition(self, label: str) -> npt.NDArray[np.float32]:
+        """The one-hot ``weather`` row of ``label`` for a conditioned model."""
+        if label not in self.weather_labels:
+            raise ValueError(f"model {self.name} takes no weather {label!r}; it knows {list(self.weather_labels)}")
+        row = np.zeros(len(self.weather_labels), np.float32)
+        row[self.weather_labels.index(label)] = 1.0
+        return row
 
     def public(self) -> dict[str, Any]:
         """The entry as clients see it in /v1/models (file name only, no server paths)."""
@@ -120,6 +135,7 @@ class ModelSpec:
             "multiple": self.multiple,
             "default": self.default,
             "noise": self.noise,
+            **({"weather_labels": list(self.weather_labels)} if self.weather_labels else {}),
             "provenance": self.provenance,
             "metrics": self.metrics,
             **({"variants": {k: v.public() for k, v in self.variants.items()}} if self.variants else {}),
@@ -133,6 +149,12 @@ def _typed(entry: dict[str, Any], key: str, kind: type[T]) -> T:
     if not isinstance(value, kind):
         raise TypeError(f"{key} must be a {kind.__name__}, not {value!r}")
     return value
+
+
+def _labels(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(set(value)) != len(value):
+        raise TypeError("weather_labels must be a list of distinct names")
+    return tuple(value)
 
 
 def _variants(entries: dict[str, Any], root: Path) -> dict[str, Variant]:

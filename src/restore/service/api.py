@@ -141,6 +141,7 @@ class Operation:
     sigma: Sigma = None
     scales: tuple[float, ...] = multiscale.SINGLE  # /edges?scales=: the model at each, maps averaged
     model: str | None = None  # /denoise?model=: a loaded model by name, instead of choosing by sigma
+    weather: str | None = None  # the weather routes: the label the conditioned model is given ("unknown": blind)
 
 
 @dataclass
@@ -194,9 +195,11 @@ async def run_model(prepared: Prepared, settings: Settings, progress: Progress |
     admitted = prepared.admitted
     state = admitted.state
     assert state.scheduler is not None
+    spec = state.spec
+    condition = spec.condition(prepared.operation.weather or "unknown") if spec.weather_labels else None
     restored = await restore_scales(
-        state.scheduler, state.spec, settings, admitted.image, admitted.sizes,
-        tiling=state.tiling, tickets=admitted.tickets, progress=progress,
+        state.scheduler, spec, settings, admitted.image, admitted.sizes,
+        tiling=state.tiling, tickets=admitted.tickets, progress=progress, condition=condition,
     )
     prepared.timer.add("queue", restored.queue_seconds)
     prepared.timer.add("infer", restored.infer_seconds)
@@ -212,6 +215,7 @@ async def encode_run(run: ModelRun, operation: Operation) -> Encoded:
         "Server-Timing": run.timer.header(),
         "X-Model": run.state.spec.name,
         "X-Model-Version": run.state.spec.version,
+        **({"X-Weather": operation.weather or "unknown"} if run.state.spec.weather_labels else {}),
         **run.headers,
     }
     return Encoded(body, MEDIA_TYPES[run.fmt], headers)

@@ -30,7 +30,7 @@ from restore.service.api import (
     runtime_of,
 )
 from restore.service.api_edges import edges_operation
-from restore.service.api_weather import weather_operation
+from restore.service.api_weather import ROUTES, weather_operation_for
 from restore.service.jobs import JobStore, chunks
 from restore.service.openapi import IMAGE_BODY, JOB_DELETE_RESPONSES, JOB_RESPONSES, JOB_RESULT_RESPONSES, JOB_SUBMIT_RESPONSES
 from restore.service.scheduler import Progress
@@ -39,9 +39,7 @@ from restore.service.scheduler import Progress
 OPERATIONS: dict[str, Callable[..., Awaitable[Operation]]] = {
     "denoise": denoise_operation,
     "edges": edges_operation,
-    "derain": weather_operation,
-    "dehaze": weather_operation,
-    "desnow": weather_operation,
+    **{route: weather_operation_for(route) for route in ROUTES},
 }
 #: Submissions are model requests (API key, query check, holds, the in-flight cap); the rest are not.
 submit_router = APIRouter(dependencies=MODEL_DEPENDENCIES)

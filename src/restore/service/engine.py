@@ -30,8 +30,10 @@ class Engine(Protocol):
     @property
     def provider(self) -> str: ...
 
-    def infer(self, batch: Batch) -> Batch:
-        """NCHW float32 in, NCHW float32 out, same height and width; must be thread-safe."""
+    def infer(self, batch: Batch, condition: Batch | None = None) -> Batch:
+        """NCHW float32 in, NCHW float32 out, same height and width; must be thread-safe.
+        ``condition``: a conditioned model's ``(N, K)`` one-hot rows, one per image (the weather
+        model's label per tile); ``None`` for the others."""
         ...
 
 
@@ -89,7 +91,10 @@ class OrtEngine:
     the errors raised here, which clients read, name the model.
     """
 
-    def __init__(self, path: Path, settings: Settings, providers: list[str], *, name: str | None = None) -> None:
+    def __init__(
+        self, path: Path, settings: Settings, providers: list[str], *, name: str | None = None,
+        default_condition: Batch | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.name = name or path.stem
@@ -120,16 +125,29 @@ class OrtEngine:
         if CUDA in providers and settings.device == "cuda" and CUDA not in active:
             raise StartupError(f"RESTORE_DEVICE=cuda but ONNX Runtime could not use CUDA for model {self.name}")
         self._provider = active[0]
-        self._input = self._session.get_inputs()[0].name
+        inputs = [i.name for i in self._session.get_inputs()]
+        self._input = inputs[0]
+        # a conditioned model's second input (``weather``); its row when a caller gives none
+        # (warm-up, speed probe): the manifest's ``unknown``, the blind setting
+        self._condition = inputs[1] if len(inputs) > 1 else None
+        if self._condition is not None and default_condition is None:
+            raise StartupError(f"model {self.name} takes a {self._condition!r} input but its manifest entry lists no weather_labels")
+        self._default_condition = default_condition
         self._output = self._session.get_outputs()[0].name
 
     @property
     def provider(self) -> str:
         return self._provider
 
-    def infer(self, batch: Batch) -> Batch:
+    def infer(self, batch: Batch, condition: Batch | None = None) -> Batch:
+        feeds = {self._input: batch}
+        if self._condition is not None:
+            if condition is None:
+                assert self._default_condition is not None
+                condition = np.repeat(self._default_condition[None], batch.shape[0], axis=0)
+            feeds[self._condition] = condition
         try:
-            (result,) = self._session.run([self._output], {self._input: batch})
+            (result,) = self._session.run([self._output], feeds)
         except Exception as exc:
             log.error("onnxruntime failed on a batch", extra={"model": self.name, "shape": batch.shape, "error": str(exc)})
             raise InferenceFailed(

@@ -55,13 +55,15 @@ def plan_for(spec: ModelSpec, settings: Settings, height: int, width: int, tilin
 async def restore(
     scheduler: ModelScheduler, spec: ModelSpec, settings: Settings, image: DecodedImage,
     *, tiling: Tiling = Tiling(), ticket: Ticket | None = None, progress: Progress | None = None,
+    condition: Tile | None = None,
 ) -> Restored:
     """Run ``image`` through the model on its queue place ``ticket`` (admitted now when None);
-    ``progress``, when given, follows its tiles (the job API reports it)."""
+    ``progress``, when given, follows its tiles (the job API reports it); ``condition``, a
+    conditioned model's one-hot row (the weather route's label), goes with every tile."""
     plan = plan_for(spec, settings, image.height, image.width, tiling)
     if progress is not None:
         progress.total = plan.count
-    output, job = await _run_tiles(scheduler, spec, image.color, image.max_value, plan, ticket, progress)
+    output, job = await _run_tiles(scheduler, spec, image.color, image.max_value, plan, ticket, progress, condition)
     if image.channels == 1 and spec.channels == 3 and output.shape[2] == 3:
         output = to_gray(output)  # gray in, gray out: the colour model saw three equal channels
     return Restored(output, job.queue_seconds, job.infer_seconds)
@@ -70,6 +72,7 @@ async def restore(
 async def restore_scales(
     scheduler: ModelScheduler, spec: ModelSpec, settings: Settings, image: DecodedImage, sizes: Sequence[ScaledSize],
     *, tiling: Tiling = Tiling(), tickets: Sequence[Ticket], progress: Progress | None = None,
+    condition: Tile | None = None,
 ) -> Restored:
     """The model's outputs at each of ``sizes`` (one queue place each, from admission), resized back
     to the input's size and averaged (``restore.core.multiscale``; one size of scale 1 is ``restore``).
@@ -79,7 +82,8 @@ async def restore_scales(
     behind requests that came after. Resizes run off the event loop.
     """
     if len(sizes) == 1 and sizes[0].scale == 1.0:
-        return await restore(scheduler, spec, settings, image, tiling=tiling, ticket=tickets[0], progress=progress)
+        return await restore(scheduler, spec, settings, image, tiling=tiling, ticket=tickets[0], progress=progress,
+                             condition=condition)
     plans = [plan_for(spec, settings, size.height, size.width, tiling) for size in sizes]
     if progress is not None:
         progress.total = sum(plan.count for plan in plans)
@@ -87,7 +91,7 @@ async def restore_scales(
     queue_seconds = infer_seconds = 0.0
     for size, plan, ticket in zip(sizes, plans, tickets):
         pixels = await asyncio.to_thread(multiscale.resize_image, image.color, size.height, size.width)
-        output, job = await _run_tiles(scheduler, spec, pixels, image.max_value, plan, ticket, progress)
+        output, job = await _run_tiles(scheduler, spec, pixels, image.max_value, plan, ticket, progress, condition)
         del pixels
         total = await asyncio.to_thread(
             lambda out=output, t=total: multiscale.accumulate(t, multiscale.resize_map(out, image.height, image.width))
@@ -104,13 +108,13 @@ async def restore_scales(
 
 async def _run_tiles(
     scheduler: ModelScheduler, spec: ModelSpec, pixels: ImageArray, max_value: int, plan: TilePlan,
-    ticket: Ticket | None, progress: Progress | None,
+    ticket: Ticket | None, progress: Progress | None, condition: Tile | None = None,
 ) -> tuple[npt.NDArray[np.float32], TileJob]:
     """``pixels`` through the model's queue in ``plan``'s tiles: the blended outputs (H x W x outputs)."""
     if spec.channels == 3 and pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
     work = TiledImage(pixels, plan, max_value)
-    job = TileJob(plan.count, plan.tile_shape, work.tile, work.accept, progress=progress)
+    job = TileJob(plan.count, plan.tile_shape, work.tile, work.accept, progress=progress, condition=condition)
     await scheduler.run(job, ticket)
     assert work.output is not None  # every tile was delivered
     return work.output, job

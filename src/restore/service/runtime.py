@@ -75,7 +75,10 @@ class Runtime:
         providers = [CPU]
         if engine_factory is None:
             providers = resolve_providers(settings.device)  # raises StartupError before we serve
-            engine_factory = lambda spec: OrtEngine(spec.file, settings, providers, name=spec.name)  # noqa: E731
+            engine_factory = lambda spec: OrtEngine(  # noqa: E731
+                spec.file, settings, providers, name=spec.name,
+                default_condition=spec.condition("unknown") if spec.weather_labels else None,
+            )
         self._engine_factory = engine_factory
         self._first_provider = providers[0]
         self.int8_flags = policy.cpu_int8_flags()

@@ -75,6 +75,7 @@ class TileJob:
     tile_shape: tuple[int, int]
     make_input: Callable[[int], Tile]
     accept_output: Callable[[int, Tile], None]
+    condition: Tile | None = None  # a conditioned model's one-hot row for every tile (the route's weather)
     next_index: int = 0
     delivered: int = 0
     cancelled: bool = False
@@ -329,7 +330,10 @@ class ModelScheduler:
 
     def _infer_and_scatter(self, batch: list[tuple[TileJob, int]]) -> None:
         inputs = np.stack([job.make_input(index) for job, index in batch])
-        outputs = self.engine.infer(inputs)
+        if any(job.condition is not None for job, _ in batch):  # tiles of several routes share a batch
+            outputs = self.engine.infer(inputs, np.stack([job.condition for job, _ in batch]))
+        else:
+            outputs = self.engine.infer(inputs)
         if outputs.shape[0] != len(batch):
             raise InferenceFailed(f"model {self.name} returned {outputs.shape[0]} outputs for {len(batch)} inputs")
         for (job, index), output in zip(batch, outputs):
