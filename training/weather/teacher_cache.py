@@ -49,7 +49,7 @@ def write_teacher_outputs(
     network = load_teacher(teacher, root)
     started = time.monotonic()
     for start in range(done, count, chunk):
-        batch = np.asarray(degraded[start:start + chunk], dtype=np.float32).transpose(0, 3, 1, 2) / 255
+        batch = np.asarray(degraded[start:min(start + chunk, count)], dtype=np.float32).transpose(0, 3, 1, 2) / 255
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             restored = network(torch.from_numpy(np.ascontiguousarray(batch))).float()
         out[start:start + len(batch)] = np.round(restored.clamp(0, 1).numpy().transpose(0, 2, 3, 1) * 255)
