@@ -41,7 +41,7 @@ from export.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping
 from export.measure import psnr, quantize, tiled_forward
 from export.onnx_export import CONDITION_NAME, export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
-from models.weathernet import WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused, weather_onehot
+from models.weathernet import WEATHER_LABELS, WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused, weather_onehot
 
 __all__ = [
     "NAME", "MIN_TILED_PSNR", "ARCHITECTURES", "network_config", "build_network", "load_student", "sample_image", "tiled_psnr",
@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 NAME = "weather-unified"
+VERSION_CONDITIONED = "3.0.0"  # 3: WeatherNet told the weather (issue 28: labels, bilinear upsampling)
 VERSION = "2.0.2"  # 2.0.2: the same weights, norms and upsamplings kept in ORT's blocked layout; 2.0.1: the same weights exported fused for inference; 2: WeatherNet (issue 12); 1: MSBDN-RDFF width 0.375
 MIN_TILED_PSNR = 45.0  # dB, tiled vs whole on the sample; the issue's bound is 40
 MARGINS = (32, 48, 64, 96, 128, 160, 192)  # 16 px steps first: each tile side discards the margin, so every 16 px counts
@@ -333,10 +334,73 @@ def weather_entry(
     }
 
 
+def campaign_entry(
+    path: Path, checkpoint: Path, overlap: int, overlap_check: dict[str, float], command: str,
+    previous: Entry | None,
+) -> Entry:
+    """The manifest entry of a model-3 file exported from a campaign checkpoint
+    (``training.weather.campaign``): its labels, network, and where its weights came from: the
+    served entry it was warm-started from (``previous``: model 2's provenance kept under
+    ``warm_start``), the campaign's commands, CPU time and teachers (``training.weather.teachers``)."""
+    from training.weather.teachers import TEACHERS
+
+    model, meta = load_student(checkpoint)
+    config = meta["config"]
+    history = meta.get("history") or [{}]
+    pool = Path(str(meta.get("pool", "runs/weather-pool")))
+    teachers = {}
+    for group in ("rain", "haze", "snow"):
+        record = pool / f"{group}_teacher.json"
+        if config.get("kd") and record.exists():
+            made = json.loads(record.read_text())
+            weather, file, _ = TEACHERS[made["teacher"]]
+            teachers[group] = {"teacher": made["teacher"], "weights": f"../shared/weights/teachers/{file}",
+                               "pairs": made["count"], "use": "its outputs on the first pairs of the pool, "
+                               f"L1 at weight {config['kd']} beside L1 to the clean photo (output-level distillation)"}
+    return {
+        "name": NAME,
+        "task": "weather",
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "version": VERSION_CONDITIONED,
+        "channels": 3,
+        "sigma": None,
+        "overlap": overlap,
+        "multiple": MULTIPLE,
+        "default": True,
+        "weather_labels": list(WEATHER_LABELS),
+        "network": network_summary(model),
+        "provenance": {
+            "source": "trained",
+            "origin": "trained in this repository: model 2.0's weights (two-stage knowledge learning, Chen et al. "
+                      "CVPR 2022) extended with a weather input and trained on by training.weather.campaign "
+                      "(constant learning rate, exponential moving average of the weights: shipped)",
+            "license": "weights: ours; training photos BSDS500 (research use); teachers are used in training only",
+            "data": "a pool of varied rain/haze/snow renderers, clean pairs, camera noise and JPEG "
+                    "(training/weather/renderers.py, pool.py) on random crops of BSDS500 train+val; "
+                    f"rows per batch {config['rows']}, labels replaced by unknown at rate {config['unknown_rate']}, "
+                    "clean rows under every label",
+            "teachers": teachers,
+            "warm_start": {"from": config.get("init", ""),
+                           "model_2": (previous or {}).get("provenance", {})},
+            "machine": meta.get("machine", ""),
+            "cpu_hours": round(float(meta.get("cpu_s", 0.0)) / 3600, 2),
+            "iterations": meta.get("iteration"),
+            "command": meta.get("command", ""),
+            "last_validation": {k: v for k, v in history[-1].items() if k.startswith("psnr")},
+            "overlap_check": {"tile": CHECK_TILE, "psnr_by_margin": overlap_check, "min_psnr": MIN_TILED_PSNR},
+            "exported_by": command,
+        },
+        "metrics": {},
+    }
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export.weather", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="stage-2 student checkpoint")
+    source.add_argument("--campaign", type=Path, metavar="CHECKPOINT",
+                        help="a training.weather.campaign checkpoint (model 3: its EMA weights, a weather input)")
     source.add_argument("--from-onnx", type=Path, metavar="FILE",
                         help="an exported file (with its manifest beside it): the same weights exported again in "
                              "the current inference form; provenance carried over, the re-export recorded")
@@ -381,15 +445,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = weather_from_onnx(onnx.load(str(args.from_onnx)))
         served = model if is_fused(model) else inference_network(model)
     else:
-        model, _ = load_student(args.checkpoint)
+        model, _ = load_student(args.checkpoint or args.campaign)
         served = inference_network(model)
-    diff = export_onnx(served, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80), symbolic_shapes=True)
+        if args.campaign is not None:
+            previous = entries_by_name(read_manifest(args.out / MANIFEST_NAME)).get(NAME)
+    conditions = served.config.conditions if isinstance(served, WeatherNet) else 0
+    diff = export_onnx(served, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80), symbolic_shapes=True,
+                       conditions=conditions)
     write_config(path, served, fused=is_fused(served))
     session = _session(path)
     overlap, tried = choose_overlap(session, sample)
     if args.from_onnx is not None:
         change = float(np.abs(whole_forward(session, sample) - before).max())
         entry = reexport_entry(path, previous, overlap, tried, change, command)
+    elif args.campaign is not None:
+        entry = campaign_entry(path, args.campaign, overlap, tried, command, previous)
     else:
         stages = {f"teacher_{w}": p for w, p in zip(("rain", "haze", "snow"), args.teachers)}
         stages["stage1"] = args.stage1

@@ -342,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.benchmark:
         return benchmark(campaign, args.benchmark)
     meta: dict[str, Any] = {"command": shlex.join(["python", "-m", "training.weather.campaign", *(argv or sys.argv[1:])]),
-                            "machine": machine_description(torch.device("cpu"))}
+                            "machine": machine_description(torch.device("cpu")), "pool": str(args.pool)}
     if args.resume:
         campaign.load_state_dict(state)
         meta.update({k: state[k] for k in ("history", "elapsed_s", "cpu_s") if k in state})

@@ -9,31 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.weathernet import WEATHER_LABELS, WeatherNet, WeatherNetConfig
 from training.weather.campaign import Campaign, CampaignConfig, row_labels
-from training.weather.pool import PairPool, teacher_file, write_pool
+from training.weather.pool import PairPool, teacher_file
 from training.weather.teacher_cache import write_teacher_outputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NETWORK = dict(width=8, max_channels=16, encoder_blocks=(1, 1, 1, 1), middle_blocks=1, decoder_blocks=(1, 1, 1, 1),
                conditions=4, upsample="bilinear")
-
-
-@pytest.fixture(scope="module")
-def pool_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bsds")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        folder = root / "images" / split
-        folder.mkdir(parents=True)
-        for k in range(2):
-            Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(folder / f"{k}.jpg")
-    out = root / "pool"
-    write_pool(root, out, pairs=6, size=48, seed=1, workers=1)
-    return out
 
 
 def config(**changes: object) -> CampaignConfig:
