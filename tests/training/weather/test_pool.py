@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from training.weather.pool import GROUPS, PairPool, write_pool
+from training.weather.pool import GROUPS, PairPool
 
 
 def test_pool_holds_every_group(pool_dir: Path) -> None:
