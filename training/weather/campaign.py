@@ -86,8 +86,10 @@ class CampaignConfig:
         return WeatherNetConfig.from_dict(self.network)
 
 
-#: May differ between a checkpoint and the command that resumes it (they change no past step).
-RESUME_OVERRIDES = frozenset({"amp", "channels_last", "compile"})
+#: May differ between a checkpoint and the command that resumes it: they change no past step. A
+#: new ``lr`` is a hand-made step of the otherwise constant rate, from the resumed iteration on
+#: (the log's ``lr`` column shows where); the warm-up is not repeated.
+RESUME_OVERRIDES = frozenset({"amp", "channels_last", "compile", "lr"})
 
 
 def row_labels(config: CampaignConfig, index: int) -> list[str]:
@@ -334,8 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _config(args, init_config)
     if args.resume:
         state = torch.load(args.out / CHECKPOINT, map_location="cpu", weights_only=False)
-        saved = CampaignConfig(**state["config"])
-        config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RESUME_OVERRIDES})
+        saved = CampaignConfig(**state["config"])  # only what the command gives again may change
+        config = dataclasses.replace(saved, **{k: getattr(args, k) for k in RESUME_OVERRIDES
+                                               if getattr(args, k, None) is not None})
         init = None  # the checkpoint has the weights
     pool = PairPool(args.pool, config.patch, config.seed)
     campaign = Campaign(config, pool, init, init_config)

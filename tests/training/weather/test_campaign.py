@@ -98,7 +98,12 @@ def test_resume_reproduces_the_uninterrupted_run(pool_dir: Path, tmp_path: Path)
     for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="other settings"):
-        Campaign(config(lr=5e-4), pool).load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False))
+        Campaign(config(kd=0.25), pool).load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False))
+    # a hand-made step of the learning rate is allowed: it changes no past step
+    stepped = Campaign(config(lr=5e-4), pool)
+    stepped.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False))
+    stepped.step()
+    assert stepped.optimizer.param_groups[0]["lr"] == 5e-4
 
 
 def test_the_ema_lags_the_weights(pool_dir: Path) -> None:
