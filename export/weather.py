@@ -37,9 +37,12 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from export.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
-from export.measure import psnr, quantize, tiled_forward
-from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
+from restore.core.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
+from export.session import tiled_forward
+from export.onnx_export import export_onnx, onnx_initializers, state_dict_from_onnx
+from restore.core.hashing import sha256_file
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
 from models.weathernet import WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused
 
@@ -53,7 +56,7 @@ VERSION = "2.0.2"  # 2.0.2: the same weights, norms and upsamplings kept in ORT'
 MIN_TILED_PSNR = 45.0  # dB, tiled vs whole on the sample; the issue's bound is 40
 MARGINS = (32, 48, 64, 96, 128, 160, 192)  # 16 px steps first: each tile side discards the margin, so every 16 px counts
 CHECK_TILE = 512  # half the default 1024: six tiles on the sample, seams through the subject
-SAMPLE = Path(__file__).with_name("weather_sample.png")
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "weather_sample.png"
 
 
 def _module_path(node_name: str) -> str:

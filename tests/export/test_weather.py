@@ -112,9 +112,10 @@ def test_from_onnx_exports_the_served_file_again_with_the_same_function(tmp_path
     import onnx
     import torch
 
-    from export.manifest import MANIFEST_NAME, read_manifest, write_manifest
-    from export.onnx_export import export_onnx, run_onnx, sha256_file
+    from export.onnx_export import export_onnx, run_onnx
     from export.weather import FUSED_KEY, NAME, VERSION, inference_network, main, write_config
+    from restore.core.hashing import sha256_file
+    from restore.core.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
     torch.manual_seed(0)
     network = WeatherNet(WeatherNetConfig(width=16, max_channels=16, encoder_blocks=(0, 1, 0, 0), middle_blocks=1,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 import torch
+import argparse
 
 __all__ = [
     "CSV_NAME", "CSV_COLUMNS", "write_csv", "read_csv", "Progress", "machine_description",
@@ -150,8 +151,6 @@ def compact_checkpoint(source: Path, target: Path, weights_only: bool = False) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training.common.log compact SOURCE TARGET [--weights-only]``."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m training.common.log")
     commands = parser.add_subparsers(dest="command", required=True)
     compact = commands.add_parser("compact", help=compact_checkpoint.__doc__.split("\n")[0])

@@ -31,7 +31,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from export.measure import psnr, quantize, tiled_forward
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
+from export.session import tiled_forward
 from export.weather import _session, load_student, whole_forward
 from training.weather.dark_channel import dehaze
 from training.weather.data import WEATHERS
@@ -246,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if entry is None or "ort-tiled" not in scores or args.limit:
             raise SystemExit(f"--write-manifest needs {NAME} in the manifest, the ort-tiled method "
                              "and the whole test set (no --limit)")
-        from export.manifest import update_manifest
+        from restore.core.manifest import update_manifest
 
         command = "python -m training.weather.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
 

@@ -75,7 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.measure import psnr, quantize
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
 from export.weather import ARCHITECTURES, build_network, load_student, network_config
 from models.msbdn import MSBDNConfig
 from models.weathernet import WeatherNetConfig

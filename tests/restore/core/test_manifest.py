@@ -34,6 +34,13 @@ WRONG_SHAPES: list[Any] = [
     {"models": [{**GOOD, "provenance": "abc"}]},
     {"models": [{**GOOD, "metrics": 5}]},
     {"models": [{**GOOD, "noise": "poisson"}]},
+    {"models": [{**GOOD, "sigma": -25}]},
+    {"models": [{**GOOD, "multiple": 0}]},
+    {"models": [{**GOOD, "overlap": 2.5}]},
+    {"models": [{**GOOD, "channels": True}]},
+    {"models": [{**GOOD, "file": "../outside.onnx"}]},
+    {"models": [{**GOOD, "file": "/etc/passwd"}]},
+    {"models": [GOOD, GOOD]},
 ]
 
 

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from restore.core.multiscale import MAX_SCALES, STANDARD, InvalidScales, ScaledSize, merge, parse_scales, resize_image, resize_map, scaled_sizes
-from restore.service import codecs
+from restore.service.images import codecs
 from restore.service.settings import Settings
 from tests.conftest import box_filter, encode_pil, fake_engine, noisy_image, serve, write_fake_suite
+from restore.service.app import create_app
 
 PROBLEM = "application/problem+json"
 
@@ -177,8 +178,6 @@ async def test_a_multiscale_job_counts_the_tiles_of_every_scale_and_returns_the_
 
 
 def test_openapi_documents_scales_with_its_cost() -> None:
-    from restore.service.app import create_app
-
     operation = create_app(Settings()).openapi()["paths"]["/edges"]["post"]
     scales = next(p for p in operation["parameters"] if p["name"] == "scales")
     assert "3.5x" in scales["description"] and scales["schema"]["anyOf"][0]["type"] == "string"
