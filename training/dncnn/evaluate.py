@@ -41,6 +41,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.quantize import read_variants, record_metrics
+from export.session import cpu_session
 from restore.core.hashing import sha256_file
 from restore.core.manifest import read_manifest, update_metrics
 from restore.core.metrics import psnr
@@ -106,10 +107,7 @@ def noise_rng(test_set: str, filename: str, sigma: int) -> np.random.Generator:
 
 def make_session(path: Path) -> ort.InferenceSession:
     """CPU session with the thread count this evaluation was timed with."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return cpu_session(path, THREADS)
 
 
 def session_denoiser(session: ort.InferenceSession) -> Denoiser:

@@ -70,7 +70,7 @@ from models.dncnn import DnCNN
 from restore.core.manifest import read_manifest
 from restore.core.metrics import psnr
 from restore.core.pixels import to_pixels
-from training.common.log import save_checkpoint
+from training.common.checkpoints import save_checkpoint
 from training.dncnn.camera_noise import GAUSSIAN_RANGE
 from training.dncnn.data import PatchSampler, build_patch_set, load_training_images
 

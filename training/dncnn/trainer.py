@@ -55,7 +55,7 @@ from export.dncnn import dncnn_from_onnx
 from models.dncnn import DnCNN, DnCNNConfig, dncnn_config
 from restore.core.metrics import psnr
 from restore.core.pixels import to_pixels
-from training.common.log import check_resumable, save_checkpoint
+from training.common.checkpoints import check_resumable, save_checkpoint
 from training.dncnn.camera_noise import TEST_FAMILIES
 from training.dncnn.camera_testset import render
 from training.dncnn.data import PatchSampler

@@ -34,7 +34,7 @@ sessions: the weights as their bfloat16 difference from ``--init`` (whose float1
 are exact in float32, so only the fine-tune's change is rounded, to 3 significant digits) and
 Adam's second moment in bfloat16; its first moment is left out, since with ``beta1 = 0.9`` it
 forgets within ~20 steps and restarts from zero at a resume (Adam's step count is kept, so those
-steps are only shorter, never larger). ``training.common.log.compact_checkpoint``'s plain bfloat16
+steps are only shorter, never larger). ``training.common.checkpoints.compact_checkpoint``'s plain bfloat16
 copy (weights and both moments) would be 88 MB, over the 60 MB issue 18 allows. ``--resume``
 takes ``last.pt`` where it exists, else the compact file.
 
@@ -65,7 +65,8 @@ from export.hed import hed_from_onnx
 from models.hed import HED, HEDForInference
 from restore.core.edgemaps import nms
 from restore.core.hashing import sha256_file
-from training.common.log import Progress, check_resumable, machine_description, save_checkpoint, write_csv
+from training.common.checkpoints import check_resumable, save_checkpoint
+from training.common.log import Progress, machine_description, write_csv
 from training.hed.bsds import MAX_DIST, GroundTruth, evaluate_image, image_ids, load_boundaries, load_image, summarize, thresholds_for
 
 __all__ = [

@@ -81,8 +81,9 @@ from export.weather import ARCHITECTURES, build_network, load_student, network_c
 from models.msbdn import MSBDNConfig
 from models.weathernet import WeatherNetConfig
 from training.common.log import (
-    Progress, check_resumable, machine_description, save_checkpoint, write_csv,
+    Progress, machine_description, write_csv,
 )
+from training.common.checkpoints import check_resumable, save_checkpoint
 from training.weather.data import WEATHERS, WeatherPatches, degrade, load_images
 from training.weather.pool import PairPool
 from training.weather.renderers import CLEAN

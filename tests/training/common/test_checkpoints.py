@@ -1,4 +1,4 @@
-"""training/common/log.py compact_checkpoint: a smaller copy that resumes the same network."""
+"""training/common/checkpoints.py compact_checkpoint: a smaller copy that resumes the same network."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from training.common.log import compact_checkpoint, save_checkpoint
+from training.common.checkpoints import compact_checkpoint, save_checkpoint
 
 
 def _checkpoint(path: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
