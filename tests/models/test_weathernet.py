@@ -11,17 +11,8 @@ import torch
 
 from export.onnx_export import export_onnx
 from models.weathernet import (
-    MULTIPLE,
-    GatedBlock,
-    LocalChannelStatistics,
-    PhysicalHead,
-    WeatherNet,
-    WeatherNetConfig,
-    build_weathernet,
-    dct_basis,
-    dct_frequencies,
-    feature_channels,
-    fuse_for_inference,
+    MULTIPLE, GatedBlock, LocalChannelStatistics, PhysicalHead, WeatherNet, WeatherNetConfig,
+    build_weathernet, dct_basis, dct_frequencies, feature_channels, fuse_for_inference,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")

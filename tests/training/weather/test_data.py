@@ -13,7 +13,18 @@ from PIL import Image
 
 import training.weather.data as wd
 import training.weather.testset as wt
-from training.weather.data import STATS, WEATHERS, WeatherPatches, add_haze, add_rain, add_snow, degrade, load_images, psnr, random_depth
+from training.weather.data import (
+    STATS,
+    WEATHERS,
+    WeatherPatches,
+    add_haze,
+    add_rain,
+    add_snow,
+    degrade,
+    load_images,
+    psnr,
+    random_depth,
+)
 from training.weather.testset import load_test_set, write_grid, write_test_set
 
 

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from models.hed import HED, HEDForInference
-from training.weather.losses import CR_WEIGHTS, EPS, CKTLoss, HCRLoss, SCRLoss, VGGFeatures, contrastive_ratio
+from training.weather.losses import (
+    CR_WEIGHTS,
+    EPS,
+    CKTLoss,
+    HCRLoss,
+    SCRLoss,
+    VGGFeatures,
+    contrastive_ratio,
+)
 
 WIDTHS = (4, 8, 8, 8, 8)
 DEPTHS = (2, 2, 3, 3, 3)

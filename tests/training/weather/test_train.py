@@ -16,7 +16,17 @@ from models.hed import HED
 from models.msbdn import MSBDN, MSBDNConfig
 from training.weather.data import WEATHERS, WeatherPatches, degrade
 from training.weather.losses import VGGFeatures
-from training.weather.train import CHECKPOINT, LOG, WeatherTrainConfig, WeatherTrainer, learning_rate, restore, run, save, validate
+from training.weather.train import (
+    CHECKPOINT,
+    LOG,
+    WeatherTrainConfig,
+    WeatherTrainer,
+    learning_rate,
+    restore,
+    run,
+    save,
+    validate,
+)
 
 TINY = WeatherTrainConfig(
     width=0.125, res_blocks=1, patch=32, per_weather=1, iterations=4, lr=1e-3, lr_min=1e-3,
