@@ -1,4 +1,4 @@
-# Two entry points: `make run` serves, `make test` runs the whole suite.
+# Entry points: `make run` serves, `make test` runs the whole suite, `make lint` checks the imports.
 # Both create .venv on first use; a stamp file re-installs only when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 0.0.0.0
 
-.PHONY: run test clean
+.PHONY: run test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ run: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest
+
+# Arrows you can see: no function-local imports of our modules (ruff PLC0415), and the layers,
+# floors and no-circle contracts of pyproject.toml's [tool.importlinter] (docs/architecture.md).
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -27,7 +27,7 @@ import torch
 from export.dncnn import dncnn_from_onnx
 from export.hed import hed_from_onnx
 from export.weather import condition_feed, weather_from_onnx
-from restore.service.engine import available_cpus
+from restore.service.inference.engine import available_cpus
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
 #: How to rebuild the PyTorch model of each task from an ONNX file's own initializers.

@@ -28,8 +28,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from restore.core.manifest import sha256_of
-
 __all__ = [
     "OPSET",
     "FP16_SUFFIX",
@@ -42,7 +40,6 @@ __all__ = [
     "state_dict_from_onnx",
     "run_onnx",
     "max_abs_diff",
-    "sha256_file",
     "CONDITION_NAME",
 ]
 
@@ -57,11 +54,6 @@ _DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 
 class ExportCheckError(RuntimeError):
     """The exported ONNX graph does not reproduce the PyTorch model."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file: the service's own function, so export and load agree by construction."""
-    return sha256_of(Path(path))
 
 
 def store_initializers_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -111,7 +103,7 @@ def with_symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     in the file, a 3x3 convolution's output cannot be shown equal to its input's, so each such op
     is sent back to plain NCHW and forth again. The computation is unchanged.
     """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # noqa: PLC0415 (pulls in sympy; only dynamic shapes need it)
 
     inferred = SymbolicShapeInference.infer_shapes(copy.deepcopy(model), auto_merge=True)
     if inferred is None:

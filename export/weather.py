@@ -37,9 +37,12 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from export.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
-from export.measure import psnr, quantize, tiled_forward
-from export.onnx_export import CONDITION_NAME, export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
+from restore.core.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
+from export.session import tiled_forward
+from export.onnx_export import CONDITION_NAME, export_onnx, onnx_initializers, state_dict_from_onnx
+from restore.core.hashing import sha256_file
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
 from models.weathernet import WEATHER_LABELS, WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused, weather_onehot
 
@@ -54,7 +57,7 @@ VERSION = "2.0.2"  # 2.0.2: the same weights, norms and upsamplings kept in ORT'
 MIN_TILED_PSNR = 45.0  # dB, tiled vs whole on the sample; the issue's bound is 40
 MARGINS = (32, 48, 64, 96, 128, 160, 192)  # 16 px steps first: each tile side discards the margin, so every 16 px counts
 CHECK_TILE = 512  # half the default 1024: six tiles on the sample, seams through the subject
-SAMPLE = Path(__file__).with_name("weather_sample.png")
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "weather_sample.png"
 
 
 def _module_path(node_name: str) -> str:
@@ -342,21 +345,10 @@ def campaign_entry(
     (``training.weather.campaign``): its labels, network, and where its weights came from: the
     served entry it was warm-started from (``previous``: model 2's provenance kept under
     ``warm_start``), the campaign's commands, CPU time and teachers (``training.weather.teachers``)."""
-    from training.weather.teachers import TEACHERS
-
     model, meta = load_student(checkpoint)
     config = meta["config"]
     history = meta.get("history") or [{}]
-    pool = Path(str(meta.get("pool", "runs/weather-pool")))
-    teachers = {}
-    for group in ("rain", "haze", "snow"):
-        record = pool / f"{group}_teacher.json"
-        if config.get("kd") and record.exists():
-            made = json.loads(record.read_text())
-            weather, file, _ = TEACHERS[made["teacher"]]
-            teachers[group] = {"teacher": made["teacher"], "weights": f"../shared/weights/teachers/{file}",
-                               "pairs": made["count"], "use": "its outputs on the first pairs of the pool, "
-                               f"L1 at weight {config['kd']} beside L1 to the clean photo (output-level distillation)"}
+    teachers = meta.get("teachers", {})  # recorded by the campaign (training.weather.campaign.teacher_provenance)
     return {
         "name": NAME,
         "task": "weather",

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from restore.service import web
+from restore.service.api import web
 from restore.service.settings import Settings
 from tests.conftest import BoxEngine, Running, encode_pil, noisy_image, running_server, write_fake_manifest, write_fake_suite
 from tests.e2e.browser import block_outside, chromium, require_browser
@@ -26,7 +26,7 @@ TIMEOUT_MS = 180_000  # a busy 2-core machine (training, other suites): the mode
 #: Chromium logs every non-2xx fetch as a console error without its URL; responses are checked by URL
 #: instead (the test's deliberate request without a key is a 401).
 LOAD_FAILED = re.compile(r"Failed to load resource: ")
-#: ReDoc 2 always requests its attribution logo from cdn.redoc.ly; /redoc's CSP refuses it (src/restore/service/web.py).
+#: ReDoc 2 always requests its attribution logo from cdn.redoc.ly; /redoc's CSP refuses it (src/restore/service/api/web.py).
 #: Chromium reports it as a console error and a failed request ("csp"), never as a request that left.
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"  # a busy 2-core machine: fake models are quick, the first page load is not
 

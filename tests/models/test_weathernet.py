@@ -6,15 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from export.onnx_export import export_onnx
-from models.weathernet import (
-    MULTIPLE, WEATHER_LABELS, GatedBlock, LocalChannelStatistics, PhysicalHead, WeatherNet, WeatherNetConfig,
-    adapt_state_dict, build_weathernet, dct_basis, dct_frequencies, feature_channels, fuse_for_inference,
-    weather_onehot,
-)
+from models.weathernet import GatedBlock, LocalChannelStatistics, MULTIPLE, PhysicalHead, WEATHER_LABELS, WeatherNet, WeatherNetConfig, adapt_state_dict, build_weathernet, dct_basis, dct_frequencies, feature_channels, fuse_for_inference, weather_onehot
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -146,7 +145,6 @@ def test_the_fused_network_computes_the_trained_one_with_fewer_onnx_nodes(tmp_pa
     """fuse_for_inference folds the norms' affine and the gates' scales into convolutions and splits
     the gates: same outputs (to float32 rounding), no ReduceMean and no gate's Slice left, and it exports
     with dynamic sides like the trained network; the trained network is left as it was."""
-    import onnx
 
     model = _randomised(WeatherNet(WeatherNetConfig(**TINY, attention=attention)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -171,8 +169,6 @@ def _blocked_layout_leaks(path: Path, tmp_path: Path) -> list[str] | None:
     """The ops ONNX Runtime's optimized CPU graph of ``path`` sends from its blocked (NCHWc)
     layout back to plain NCHW (the consumers of each ``ReorderOutput``); None where this CPU's
     ONNX Runtime has no blocked layout at all (nothing to keep)."""
-    import onnx
-    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import signal
 import sys
@@ -42,16 +43,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from export.measure import psnr, quantize
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
 from export.weather import load_student
 from models.weathernet import (
     MULTIPLE, WEATHER_LABELS, WeatherNet, WeatherNetConfig, adapt_state_dict, weather_onehot,
 )
-from training.common.log import (
-    Progress, check_resumable, machine_description, save_checkpoint, write_csv,
-)
+from training.common.checkpoints import check_resumable, save_checkpoint
+from training.common.log import Progress, machine_description, write_csv
 from training.weather.data import WEATHERS
-from training.weather.pool import PairPool
+from training.weather.pool import PairPool, teacher_file
+from training.weather.teachers import TEACHERS
 from training.weather.renderers import CLEAN
 from training.weather.testset import write_test_set
 from training.weather.train import held_out_names, validation_set
@@ -304,6 +306,22 @@ def _config(args: argparse.Namespace, init_config: WeatherNetConfig | None) -> C
     return CampaignConfig(network=network, init=str(args.init or ""), **values)
 
 
+def teacher_provenance(pool: Path, config: CampaignConfig) -> dict[str, dict[str, Any]]:
+    """Which teacher's stored outputs each pool group was distilled from (``teacher_cache``'s
+    record and ``training.weather.teachers``' registry), for the model card and the manifest."""
+    out: dict[str, dict[str, Any]] = {}
+    for group in WEATHERS:
+        record = teacher_file(pool, group).with_suffix(".json")
+        if not config.kd or not record.exists():
+            continue
+        made = json.loads(record.read_text())
+        _, file, _ = TEACHERS[made["teacher"]]
+        out[group] = {"teacher": made["teacher"], "weights": f"../shared/weights/teachers/{file}", "pairs": made["count"],
+                      "use": f"its outputs on the first {made['count']} pairs of the pool, L1 at weight {config.kd} "
+                             "beside L1 to the clean photo (output-level distillation)"}
+    return out
+
+
 def benchmark(campaign: Campaign, steps: int) -> int:
     """Time ``steps`` training steps (after 3 untimed ones: warm-up, compilation) and print the
     median and fastest step and the share spent making batches; leaves no checkpoint."""
@@ -345,7 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.benchmark:
         return benchmark(campaign, args.benchmark)
     meta: dict[str, Any] = {"command": shlex.join(["python", "-m", "training.weather.campaign", *(argv or sys.argv[1:])]),
-                            "machine": machine_description(torch.device("cpu")), "pool": str(args.pool)}
+                            "machine": machine_description(torch.device("cpu")), "pool": str(args.pool),
+                            "teachers": teacher_provenance(args.pool, config)}
     if args.resume:
         campaign.load_state_dict(state)
         meta.update({k: state[k] for k in ("history", "elapsed_s", "cpu_s") if k in state})

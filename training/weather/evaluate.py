@@ -30,8 +30,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy.ndimage import uniform_filter
 
-from export.measure import psnr, quantize, tiled_forward
+from restore.core.manifest import update_manifest
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
+from restore.core.tiling import DEFAULT_TILE
+from export.session import tiled_forward
 from export.weather import _session, condition_feed, load_student, whole_forward
 from training.weather.dark_channel import dehaze
 from training.weather.data import WEATHERS
@@ -52,8 +57,6 @@ Restorer = Callable[[np.ndarray], np.ndarray]  # float (H, W, 3) in -> float (H,
 def flat_mask(clean: np.ndarray, size: int = 9) -> np.ndarray:
     """Pixels whose ``size`` x ``size`` neighbourhood (luminance) varies by less than FLAT_STD: sky,
     walls, the places where any printed pattern is visible."""
-    from scipy.ndimage import uniform_filter
-
     y = clean.mean(axis=2, dtype=np.float64)
     mean = uniform_filter(y, size)
     var = uniform_filter(y * y, size) - mean * mean
@@ -119,10 +122,8 @@ def _ort_restorers(model_path: Path, entry: dict, method: str) -> dict[str, Rest
     and ``clean``. A conditioned one (model 3) is scored as each route calls it: a weather under
     its own route's label (``-auto`` methods: under ``unknown``), and clean photos through every
     route (``clean:rain`` .. ``clean:auto``: what each route does to a photo without that weather)."""
-    from restore.service.settings import Settings
-
     session = _session(model_path)
-    tile = {"ort": None, "ort-tiled": Settings().tile_size, "ort-tiled-256": 256}[method.removesuffix("-auto")]
+    tile = {"ort": None, "ort-tiled": DEFAULT_TILE, "ort-tiled-256": 256}[method.removesuffix("-auto")]
 
     def run(label: str | None) -> Restorer:
         if tile is None:
@@ -261,8 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if entry is None or "ort-tiled" not in scores or args.limit:
             raise SystemExit(f"--write-manifest needs {NAME} in the manifest, the ort-tiled method "
                              "and the whole test set (no --limit)")
-        from export.manifest import update_manifest
-
         command = "python -m training.weather.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
 
         def merge(current: list[dict]) -> list[dict]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from restore.client._base import DEFAULT_URL, OPERATIONS, Job
+from restore.client._base import DEFAULT_URL, Job
 from restore.client._client import Client
 from restore.client._errors import ConnectionFailed, RestoreError
 

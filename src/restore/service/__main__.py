@@ -13,6 +13,7 @@ from restore.core.manifest import ManifestError
 from restore.service import logs, server
 from restore.service.errors import StartupError
 from restore.service.settings import Settings
+from restore.service.app import create_app
 
 
 def main() -> int:
@@ -26,7 +27,6 @@ def main() -> int:
         print(f"restore: cannot start: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
     logs.configure(settings.log_level)
-    from restore.service.app import create_app
 
     try:
         app = create_app(settings)

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from restore.core.tiling import DEFAULT_FEATHER, DEFAULT_TILE
 from restore.service.types import Device
 
 #: The checkout's models/onnx (this file is src/restore/service/settings.py); an installed copy sets RESTORE_MODELS_DIR.
@@ -25,11 +26,11 @@ class Settings(BaseSettings):
         (), description="Comma-separated model names to load; empty loads every manifest entry marked default."
     )
     tile_size: int = Field(
-        1024, ge=32, le=4096,
+        DEFAULT_TILE, ge=32, le=4096,
         description="Tile side in pixels (rounded down to the model's multiple); bounds per-batch memory.",
     )
     tile_overlap: int = Field(
-        16, ge=1, le=512,
+        DEFAULT_FEATHER, ge=1, le=512,
         description="Cross-fade width between neighbouring tiles, added to twice the model's receptive-field margin.",
     )
     max_batch: int = Field(

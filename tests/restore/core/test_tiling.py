@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
+from restore.core.metrics import psnr
 from restore.core.tiling import FINE_GRANULE, MIN_TILE_OVERLAPS, TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles, tile_side_for
 from tests.conftest import MODELS_DIR, box_filter, noisy_image
 
@@ -80,17 +82,12 @@ def test_a_margin_smaller_than_the_receptive_field_is_detectable() -> None:
     assert np.abs(tiled - whole).max() > 1e-3
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
 
 onnx_models = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
 def dncnn_session():  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
 
     path = MODELS_DIR / "dncnn-gray-s25.onnx"
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from restore.service import codecs
 from restore.service.app import create_app
+from restore.service.images import codecs
 from restore.service.settings import Settings
 from tests.conftest import asgi_scope, encode_pil, fake_engine, noisy_image, serve, write_fake_suite
 

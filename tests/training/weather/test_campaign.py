@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+import training.weather.teacher_cache as cache
 from models.weathernet import WEATHER_LABELS, WeatherNet, WeatherNetConfig
 from training.weather.campaign import Campaign, CampaignConfig, row_labels
 from training.weather.pool import PairPool, teacher_file
 from training.weather.teacher_cache import write_teacher_outputs
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,7 +41,6 @@ def test_labels_follow_the_rows_with_unknown_and_every_label_on_clean_rows() -> 
 def test_the_teacher_cache_is_cropped_with_its_pairs(pool_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stored teacher output travels with its pair through crops, flips and rotations: with
     the identity as the teacher, the teacher crop equals the degraded crop."""
-    import training.weather.teacher_cache as cache
 
     monkeypatch.setattr(cache, "load_teacher", lambda name, root: torch.nn.Identity())
     copy = tmp_path / "pool"

@@ -14,11 +14,12 @@ from PIL import Image
 from export.weather import build_network, load_student
 from models.hed import HED
 from models.weathernet import WeatherNet
-from training.weather.data import WEATHERS
+from training.weather.data import WEATHERS, WeatherPatches
 from training.weather.losses import VGGFeatures
 from training.weather.pool import PairPool, write_pool
 from training.weather.renderers import CLEAN
 from training.weather.train import CHECKPOINT, WeatherTrainConfig, WeatherTrainer, save
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,8 +91,6 @@ def test_steps_on_one_batch_lower_the_loss(
 
 
 def test_pool_data_needs_no_images_but_clean_rows_need_the_pool(pool: PairPool) -> None:
-    from training.weather.data import WeatherPatches
-
     patches = WeatherPatches([np.zeros((40, 40, 3), np.float32)], patch=32, seed=0)
     with pytest.raises(ValueError, match="pool"):
         WeatherTrainer(dataclasses.replace(TEACHER, data="synthetic"), patches)
