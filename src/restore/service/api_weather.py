@@ -17,9 +17,11 @@ from restore.service.openapi import IMAGE_BODY, IMAGE_RESPONSES
 router = APIRouter(dependencies=MODEL_DEPENDENCIES)
 
 _DESCRIPTION = (
-    "Removes rain streaks, haze and snow with one model; no weather label is needed, so /derain, "
-    "/dehaze and /desnow are the same model. Output: the input's size, bit depth, alpha and ICC "
-    "profile; gray input gives gray output."
+    "**Experimental**: one model trained here on synthetic weather, which removes part of the rain, haze "
+    "and snow and also changes photos without weather; it stays experimental until it meets its quality "
+    "targets (documentation: models, weather). No weather label is needed, so /derain, /dehaze and "
+    "/desnow are the same model. Output: the input's size, bit depth, alpha and ICC profile; gray input "
+    "gives gray output."
 )
 
 
@@ -33,9 +35,9 @@ async def _weather(request: Request, operation: Annotated[Operation, Depends(wea
 
 
 for _path, _summary in (
-    ("/derain", "Remove rain (unified adverse-weather model)"),
-    ("/dehaze", "Remove haze (alias of /derain: the same model)"),
-    ("/desnow", "Remove snow (alias of /derain: the same model)"),
+    ("/derain", "Remove rain (experimental; unified adverse-weather model)"),
+    ("/dehaze", "Remove haze (experimental; alias of /derain: the same model)"),
+    ("/desnow", "Remove snow (experimental; alias of /derain: the same model)"),
 ):
     router.add_api_route(
         _path, _weather, methods=["POST"], summary=_summary, description=_DESCRIPTION,

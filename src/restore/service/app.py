@@ -20,7 +20,7 @@ from restore.service.errors import PROBLEM_JSON, BadRequest, ServiceError, probl
 from restore.service.jobs import JobStore
 from restore.service.metrics import Metrics
 from restore.service.middleware import RequestContext, RequestLimits
-from restore.service.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth
+from restore.service.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth, document_gains
 from restore.service.runtime import EngineFactory, Runtime
 from restore.service.settings import Settings
 
@@ -164,4 +164,5 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     )
     app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)  # outermost: it sees every answer
     document_auth(app, settings)
+    document_gains(app, [state.spec for state in runtime.models.values()])
     return app

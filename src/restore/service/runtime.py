@@ -198,7 +198,7 @@ class Runtime:
             offered = sorted({s.spec.sigma for s in exact if s.spec.sigma is not None})
             kind = "gray" if channels == 1 else "colour"
             raise BadRequest(
-                f"sigma={sigma:g} has no {kind} model; use one of {[int(v) for v in offered]} or omit sigma for the blind model"
+                f"sigma={sigma:g} has no {kind} model; use one of {[int(v) for v in offered]} or sigma=blind for the blind model"
                 if sigma is not None else f"no blind {task} model is loaded for {kind} images; pass sigma in {offered}"
             )
         return _ready(sorted(matching, key=lambda s: not s.spec.default)[0])  # stable: manifest order breaks ties

@@ -474,8 +474,11 @@ async def test_sigma_auto_on_an_image_too_small_to_tell_uses_the_blind_model(lev
     assert (response.headers["x-noise-sigma"], response.headers["x-model"]) == ("unknown", "colour")
 
 
-async def test_without_auto_there_is_no_estimate(levels_client: httpx.AsyncClient) -> None:
-    for query, model in (("", "colour"), ("?sigma=25", "colour-s25")):
+async def test_estimating_is_the_default_and_blind_or_a_level_skip_it(levels_client: httpx.AsyncClient) -> None:
+    default = await levels_client.post("/denoise", content=_photo(25, fmt="JPEG"))
+    assert default.headers["x-model"] == "colour-s25" and "estimate;dur=" in default.headers["server-timing"]
+    assert abs(float(default.headers["x-noise-sigma"]) - 25) <= 3
+    for query, model in (("?sigma=blind", "colour"), ("?sigma=25", "colour-s25")):
         response = await levels_client.post(f"/denoise{query}", content=_photo(25, fmt="JPEG"))
         assert response.status_code == 200 and "x-noise-sigma" not in response.headers
         assert response.headers["x-model"] == model and "estimate" not in response.headers["server-timing"]
@@ -499,6 +502,7 @@ async def test_model_names_the_model(levels_client: httpx.AsyncClient, query: st
         ("model=gray-s25", 3, "'gray-s25' takes 1-channel images, this one has 3"),
         ("model=colour&sigma=25", 3, "give sigma or model, not both"),
         ("model=colour&sigma=auto", 3, "give sigma or model, not both"),
+        ("model=colour&sigma=blind", 3, "give sigma or model, not both"),
         ("model=", 3, "at least 1 character"),
     ],
 )
@@ -510,11 +514,11 @@ async def test_a_model_that_cannot_serve_the_image_is_a_422(
     assert detail in response.text
 
 
-async def test_of_two_blind_models_the_first_in_the_manifest_serves_without_sigma(tmp_path: Path) -> None:
+async def test_of_two_blind_models_the_first_in_the_manifest_serves_sigma_blind(tmp_path: Path) -> None:
     """Two default blind colour models (camera noise, Gaussian): the manifest's order decides, ?model= picks the other."""
     root = write_fake_manifest(tmp_path / "models", [{"name": "colour-camera", "channels": 3}, {"name": "colour", "channels": 3}])
     async with serve(Settings(models_dir=root, tile_size=64, tile_overlap=2), fake_engine) as client:
-        for query, model in (("", "colour-camera"), ("?model=colour", "colour"), ("?model=colour-camera", "colour-camera")):
+        for query, model in (("?sigma=blind", "colour-camera"), ("?model=colour", "colour"), ("?model=colour-camera", "colour-camera")):
             response = await client.post(f"/denoise{query}", content=_photo(25))
             assert response.headers["x-model"] == model
 
@@ -524,12 +528,13 @@ async def test_of_two_blind_models_the_first_in_the_manifest_serves_without_sigm
     [
         ("?sigma=auto", 25, "JPEG", "colour-camera"), ("?sigma=auto", 50, "JPEG", "colour-camera"),
         ("?sigma=auto", 25, "PNG", "colour"), ("?sigma=auto", 0, "JPEG", "colour"),
-        ("", 25, "JPEG", "colour-camera"), ("?sigma=25", 25, "JPEG", "colour-s25"),
+        ("", 25, "JPEG", "colour-camera"), ("", 25, "PNG", "colour"), ("?sigma=blind", 25, "JPEG", "colour-camera"),
+        ("?sigma=25", 25, "JPEG", "colour-s25"),
     ],
 )
 async def test_sigma_auto_sends_420_noise_to_a_camera_model(tmp_path: Path, query: str, sigma: float, fmt: str, model: str) -> None:
-    """Listed first, the camera model serves requests without sigma; sigma=auto gives it only noise
-    under 4:2:0 chroma (white noise and clean JPEGs keep the Gaussian blind model)."""
+    """Listed first, the camera model serves sigma=blind; sigma=auto (also the default) gives it only
+    noise under 4:2:0 chroma (white noise and clean JPEGs keep the Gaussian blind model)."""
     root = write_fake_manifest(tmp_path / "models", [
         {"name": "colour-camera", "channels": 3, "noise": "camera"}, {"name": "colour", "channels": 3},
         {"name": "colour-s25", "channels": 3, "sigma": 25},
@@ -558,7 +563,7 @@ async def test_sigma_auto_gives_back_its_place_on_both_queues(tmp_path: Path) ->
 async def test_openapi_documents_sigma_auto(levels_client: httpx.AsyncClient) -> None:
     operation = (await levels_client.get("/openapi.json")).json()["paths"]["/denoise"]["post"]
     sigma = next(p for p in operation["parameters"] if p["name"] == "sigma")
-    assert {"auto", 25} <= {example["value"] for example in sigma["examples"].values()}
+    assert {"auto", 25, "blind"} <= {example["value"] for example in sigma["examples"].values()}
     assert "auto" in str(sigma["schema"]) and "X-Noise-Sigma" in sigma["description"]
     assert "X-Noise-Sigma" in operation["responses"]["200"]["headers"]
 
@@ -573,6 +578,6 @@ async def test_sigma_auto_removes_the_noise_the_blind_model_leaves_in_a_420_jpeg
         out = decode(response).color.astype(float)
         return float(10 * np.log10(255**2 / np.mean((out - clean) ** 2)))
 
-    default, auto = [await client.post(f"/denoise{query}", content=data) for query in ("", "?sigma=auto")]
-    assert default.headers["x-model"] == "dncnn-color-blind" and auto.headers["x-model"] == "dncnn-color-real"
-    assert psnr(auto) > psnr(default) + 6  # measured: 32.2 against 23.7 dB (input 23.0; dncnn-color-s25, the pick before the camera model: 37.2 on this smooth generated scene)
+    blind, auto = [await client.post(f"/denoise{query}", content=data) for query in ("?sigma=blind", "")]
+    assert blind.headers["x-model"] == "dncnn-color-blind" and auto.headers["x-model"] == "dncnn-color-real"
+    assert psnr(auto) > psnr(blind) + 6  # measured: 32.2 against 23.7 dB (input 23.0; dncnn-color-s25, the pick before the camera model: 37.2 on this smooth generated scene)
