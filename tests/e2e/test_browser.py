@@ -21,6 +21,7 @@ from tests.e2e.browser import block_outside, chromium, require_browser
 if TYPE_CHECKING:  # names only: this module imports without the dev extra, and then skips
     from playwright.sync_api import Browser, Page, Request
 
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 KEY = "browser-key"
 TIMEOUT_MS = 180_000  # a busy 2-core machine (training, other suites): the models are fake, the rest is not
 #: Chromium logs every non-2xx fetch as a console error without its URL; responses are checked by URL

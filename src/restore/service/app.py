@@ -67,11 +67,14 @@ async def _disconnected(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)
 
 
-def create_app(settings: Settings | None = None, *, engine_factory: EngineFactory | None = None) -> FastAPI:
-    """Build the app; raises StartupError/ManifestError before serving when the configuration cannot work."""
+def create_app(
+    settings: Settings | None = None, *, engine_factory: EngineFactory | None = None, ready_message: str = "ready"
+) -> FastAPI:
+    """Build the app; raises StartupError/ManifestError before serving when the configuration cannot work.
+    ``ready_message`` is logged once every required model is ready (``python -m restore.service`` puts the URL in it)."""
     settings = settings or Settings()
     metrics = Metrics()
-    runtime = Runtime(settings, metrics, engine_factory)
+    runtime = Runtime(settings, metrics, engine_factory, ready_message)
     jobs = JobStore(settings, metrics)
 
     @asynccontextmanager
