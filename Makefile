@@ -57,10 +57,10 @@ test: $(VENV)/.dev-$(DEVICE)
 
 test-all: $(VENV)/.dev-$(DEVICE)
 	$(BIN)/python -m pytest
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 docs: $(VENV)/.dev-$(DEVICE)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache site

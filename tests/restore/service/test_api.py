@@ -19,7 +19,7 @@ from restore.service import codecs
 from restore.service.engine import OrtEngine
 from restore.service.errors import InferenceFailed, public_detail
 from restore.service.settings import Settings
-from tests.conftest import MODELS_DIR, BoxEngine, asgi_scope, encode_pil, fake_engine, noisy_image, serve, write_fake_manifest, write_fake_suite
+from tests.conftest import MODELS_DIR, SHARED, BoxEngine, asgi_scope, encode_pil, fake_engine, noisy_image, serve, write_fake_manifest, write_fake_suite
 from tests.restore.service.test_codecs import decompression_bomb
 
 pytestmark = pytest.mark.anyio
@@ -176,7 +176,7 @@ async def test_request_id_is_echoed_and_server_timing_sent(client: httpx.AsyncCl
     response = await client.post("/denoise", content=png, headers={"X-Request-ID": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
     stages = [part.split(";")[0].strip() for part in response.headers["server-timing"].split(",")]
-    assert stages == ["decode", "queue", "infer", "encode"]
+    assert stages == ["decode", "estimate", "queue", "infer", "encode"]  # the noise is estimated by default
     generated = await client.get("/healthz")
     assert len(generated.headers["x-request-id"]) == 32
 
@@ -581,3 +581,26 @@ async def test_sigma_auto_removes_the_noise_the_blind_model_leaves_in_a_420_jpeg
     blind, auto = [await client.post(f"/denoise{query}", content=data) for query in ("?sigma=blind", "")]
     assert blind.headers["x-model"] == "dncnn-color-blind" and auto.headers["x-model"] == "dncnn-color-real"
     assert psnr(auto) > psnr(blind) + 6  # measured: 32.2 against 23.7 dB (input 23.0; dncnn-color-s25, the pick before the camera model: 37.2 on this smooth generated scene)
+
+
+CBSD68 = SHARED / "data" / "denoise" / "CBSD68"
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not (CBSD68 / "208001.png").is_file(), reason="../shared/data/denoise/CBSD68 is not present")
+async def test_the_defaults_clean_a_phone_style_photo(client: httpx.AsyncClient) -> None:
+    """Issue 30's newcomer: Gaussian noise of sigma 15, then JPEG quality 75 with 4:2:0 chroma, sent
+    with no parameter. 208001 is the median image of CBSD68 under this recipe with the defaults
+    (docs/dncnn.md: mean +2.97 dB, the blind model +0.09 dB); it must gain at least 2.5 dB."""
+    clean = np.asarray(Image.open(CBSD68 / "208001.png").convert("RGB")).astype(float)
+    noisy = np.clip(np.round(clean + np.random.default_rng(0).normal(0, 15, clean.shape)), 0, 255).astype(np.uint8)
+    data = encode_pil(noisy, "JPEG", quality=75, subsampling=2)
+
+    def psnr(pixels: np.ndarray) -> float:
+        return float(10 * np.log10(255**2 / np.mean((pixels.astype(float) - clean) ** 2)))
+
+    before = psnr(codecs.decode(data, 10**8).color)
+    response = await client.post("/denoise", content=data)
+    assert response.status_code == 200, response.text
+    gain = psnr(decode(response).color) - before
+    assert gain >= 2.5, (gain, response.headers["x-model"], response.headers["x-noise-sigma"])

@@ -90,6 +90,7 @@ def test_enums_readyz_and_metrics_are_documented(tmp_path: Path) -> None:
     assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_schemathesis_finds_nothing_against_the_running_app(tmp_path: Path) -> None:
     """All checks, seed and example count from tests/restore/service/schemathesis.toml; about 20 s on 2 busy cores."""
     settings = Settings(models_dir=write_fake_suite(tmp_path / "models"), tile_size=64, tile_overlap=2, api_keys=(KEY,))
