@@ -121,7 +121,7 @@ async def test_ready_is_logged_once_when_the_last_required_model_is_ready(
         return BoxEngine()
 
     settings = Settings(models_dir=root, required_models=("first", "second"), load_retry_s=60)
-    with caplog.at_level(logging.INFO, logger="service.runtime"):
+    with caplog.at_level(logging.INFO, logger="restore.service.runtime"):
         async with serve(settings, factory, wait_ready=False) as client:
             await until_ready(client, 503, "second")
             assert not [r for r in caplog.records if r.getMessage().startswith("ready")]
