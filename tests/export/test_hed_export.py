@@ -164,6 +164,7 @@ def test_committed_hed_matches_manifest_and_pytorch() -> None:
     assert max_abs_diff(run_onnx(HED_ONNX, x), expected) <= 1e-4
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @needs_committed
 def test_committed_hed_tiled_equals_whole_image() -> None:
     """The service's tiling with the manifest's overlap reproduces the padded whole image."""

@@ -69,6 +69,7 @@ def test_a_weathernet_onnx_file_rebuilds_the_same_network(tmp_path) -> None:  # 
         np.testing.assert_allclose(rebuilt(torch.from_numpy(x)).numpy(), before, atol=1e-4)
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_the_served_weathernet_is_fused_and_its_file_rebuilds_the_fused_network(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """export.weather exports fuse_for_inference's network (checked against the trained one) and
     marks the file, so weather_from_onnx rebuilds the same (fused) network from it; MSBDN is left alone."""
@@ -95,6 +96,7 @@ def test_the_served_weathernet_is_fused_and_its_file_rebuilds_the_fused_network(
     assert inference_network(msbdn) is msbdn
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_from_onnx_exports_the_served_file_again_with_the_same_function(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``--from-onnx`` rebuilds the network from a served file and exports it in the current
     inference form: same outputs, the provenance carried over with the re-export recorded, a new

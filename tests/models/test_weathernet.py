@@ -140,6 +140,7 @@ def test_network_exports_to_onnx_with_dynamic_sides(tmp_path: Path, head: str) -
     assert diff <= 1e-4
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("attention", ["pool", "dct"])
 def test_the_fused_network_computes_the_trained_one_with_fewer_onnx_nodes(tmp_path: Path, attention: str) -> None:
     """fuse_for_inference folds the norms' affine and the gates' scales into convolutions and splits

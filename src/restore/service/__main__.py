@@ -28,8 +28,10 @@ def main() -> int:
         return 1
     logs.configure(settings.log_level)
 
+    shown = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{args.port}/"
     try:
-        app = create_app(settings)
+        app = create_app(settings, ready_message=f"ready: open {url} (the page) or {url}docs (the API)")
     except (StartupError, ManifestError) as exc:
         print(f"restore: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from starlette.routing import Match, Route
 
 from restore.service.api import denoise, edges, weather, web
 from restore.service.api import jobs as job_routes
-from restore.service.api.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth
+from restore.service.api.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth, document_gains
 from restore.service.api.operation import ClientDisconnected
 from restore.service.errors import PROBLEM_JSON, BadRequest, ServiceError, problem_response
 from restore.service.inference.runtime import EngineFactory, Runtime
@@ -70,11 +70,14 @@ async def _disconnected(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)
 
 
-def create_app(settings: Settings | None = None, *, engine_factory: EngineFactory | None = None) -> FastAPI:
-    """Build the app; raises StartupError/ManifestError before serving when the configuration cannot work."""
+def create_app(
+    settings: Settings | None = None, *, engine_factory: EngineFactory | None = None, ready_message: str = "ready"
+) -> FastAPI:
+    """Build the app; raises StartupError/ManifestError before serving when the configuration cannot work.
+    ``ready_message`` is logged once every required model is ready (``python -m restore.service`` puts the URL in it)."""
     settings = settings or Settings()
     metrics = Metrics()
-    runtime = Runtime(settings, metrics, engine_factory)
+    runtime = Runtime(settings, metrics, engine_factory, ready_message)
     jobs = JobStore(settings, metrics)
 
     @asynccontextmanager
@@ -168,4 +171,5 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     )
     app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)  # outermost: it sees every answer
     document_auth(app, settings)
+    document_gains(app, [state.spec for state in runtime.models.values()])
     return app

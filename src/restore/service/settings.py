@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated bearer tokens; when set, model endpoints require one."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log level written (JSON lines on stderr): debug, info, warning or error."
+    )
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = the CPUs this process may use.")
     cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
         "HEURISTIC", description="EXHAUSTIVE benchmarks every new tile shape; HEURISTIC avoids first-request stalls."

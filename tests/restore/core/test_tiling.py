@@ -93,6 +93,7 @@ def dncnn_session():  # type: ignore[no-untyped-def]
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("size", [(1, 1), (5, 3), (97, 131), (301, 257)])
 def test_dncnn_tiled_matches_whole_image_on_8bit_output(dncnn_session, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     """Small tiles (96 px) force many tile borders even on small images."""
@@ -125,6 +126,7 @@ def flat_noisy(height: int, width: int, seed: int) -> np.ndarray:
     return np.clip(128 + rng.normal(0, 25, (height, width, 1)), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_dncnn_tiled_output_has_no_seams(dncnn_session) -> None:  # type: ignore[no-untyped-def]
     image = flat_noisy(256, 600, seed=4)
     infer = lambda b: dncnn_session.run(None, {"input": b})[0]  # noqa: E731
@@ -133,6 +135,7 @@ def test_dncnn_tiled_output_has_no_seams(dncnn_session) -> None:  # type: ignore
     assert abs(ratio - 1) <= 0.05
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_seam_measure_sees_seams_of_naive_tiling(dncnn_session) -> None:  # type: ignore[no-untyped-def]
     """The measure above is able to fail: tiles without a receptive-field margin show their borders."""
     image = flat_noisy(256, 600, seed=4)

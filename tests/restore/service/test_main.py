@@ -22,6 +22,7 @@ def _write(root: Path, document: Any) -> Path:
     return root
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("document", [[], {"models": "abc"}, {"models": [{**GOOD, "channels": "three"}]}], ids=["list", "str", "three"])
 def test_the_service_refuses_to_start_with_one_line(tmp_path: Path, document: Any) -> None:
     env = {**os.environ, "RESTORE_MODELS_DIR": str(_write(tmp_path, document)), "RESTORE_DEVICE": "cpu"}

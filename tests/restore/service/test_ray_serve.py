@@ -17,6 +17,8 @@ import pytest
 from restore.service.settings import Settings
 from tests.conftest import REPO, write_fake_suite
 
+pytestmark = pytest.mark.ray  # make test leaves it out (a Ray import alone takes seconds); make test-all runs it
+
 if not os.environ.get("REQUIRE_RAY"):
     pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install -e '.[ray]')")
 yaml = pytest.importorskip("yaml")  # a dependency of ray

@@ -37,6 +37,7 @@ def _mini_bsds(root: Path) -> None:
         scipy.io.savemat(str(root / "groundTruth/test" / f"{image_id}.mat"), {"groundTruth": cells})
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_cli_on_a_miniature_bsds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _mini_bsds(tmp_path / "bsds")
     onnx_dir = tmp_path / "onnx"

@@ -74,6 +74,7 @@ def test_batches_end_with_clean_rows(pool: PairPool) -> None:
     assert float((clean[0] - degraded[0]).abs().mean()) > 0.0
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("config", [TEACHER, STAGE1, STAGE2], ids=lambda c: c.stage)
 def test_steps_on_one_batch_lower_the_loss(
     config: WeatherTrainConfig, pool: PairPool, features: VGGFeatures
@@ -96,6 +97,7 @@ def test_pool_data_needs_no_images_but_clean_rows_need_the_pool(pool: PairPool) 
         WeatherTrainer(dataclasses.replace(TEACHER, data="synthetic"), patches)
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_checkpoint_rebuilds_the_weathernet(
     tmp_path: Path, pool: PairPool, features: VGGFeatures
 ) -> None:
@@ -110,6 +112,7 @@ def test_checkpoint_rebuilds_the_weathernet(
         assert torch.equal(model(x), trainer.model(x))
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_resume_reproduces_the_uninterrupted_run(
     tmp_path: Path, pool: PairPool, features: VGGFeatures
 ) -> None:

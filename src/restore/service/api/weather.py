@@ -54,16 +54,17 @@ def weather_operation_for(route: str) -> Callable[..., Awaitable[Operation]]:
 
 
 _DESCRIPTION = (
-    "Removes {weather} with the unified adverse-weather model, told that the photo shows {weather} (`weather=auto`: "
-    "the model decides). Experimental: see the model card for measured gains and limits. Output: the input's size, "
-    "bit depth, alpha and ICC profile; gray input gives gray output."
+    "**Experimental**: removes {weather} with the unified adverse-weather model trained here on synthetic weather, "
+    "told that the photo shows {weather} (`weather=auto`: the model decides); it removes part of the weather and "
+    "also changes photos without it, and stays experimental until it meets its quality targets (documentation: "
+    "models, weather). Output: the input's size, bit depth, alpha and ICC profile; gray input gives gray output."
 )
 _NOUNS = {"rain": "rain streaks", "haze": "haze", "snow": "snow"}
 
 for _route, _summary in (
-    ("derain", "Remove rain (unified adverse-weather model)"),
-    ("dehaze", "Remove haze (unified adverse-weather model)"),
-    ("desnow", "Remove snow (unified adverse-weather model)"),
+    ("derain", "Remove rain (experimental; unified adverse-weather model)"),
+    ("dehaze", "Remove haze (experimental; unified adverse-weather model)"),
+    ("desnow", "Remove snow (experimental; unified adverse-weather model)"),
 ):
     def _make(route: str) -> Callable[..., Awaitable[Response]]:
         # a default, not an Annotated[...]: string annotations (PEP 563) cannot see ``route``

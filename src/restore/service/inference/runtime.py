@@ -68,8 +68,12 @@ class ModelState:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, metrics: Metrics, engine_factory: EngineFactory | None = None) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, engine_factory: EngineFactory | None = None,
+        ready_message: str = "ready",
+    ) -> None:
         self.settings = settings
+        self._ready_message: str | None = ready_message  # logged once, when the required models first are all ready
         self.metrics = metrics
         specs = select_specs(load_manifest(settings.models_dir), settings.models)
         providers = [CPU]
@@ -153,6 +157,11 @@ class Runtime:
         self.metrics.provider.labels(name, engine.provider).set(1)
         self.metrics.precision.labels(name, state.precision).set(1)
         log.info("model ready", extra={"model": name, "provider": engine.provider, "precision": state.precision, "tile": state.tile, "mp_per_s": round(speed / 1e6, 3)})
+        if self.ready and self._ready_message is not None:
+            # uvicorn's "running on" comes seconds before this: requests fail (503) until the models load
+            serving = sorted(n for n, s in self.models.items() if s.status == "ready")
+            log.info(self._ready_message, extra={"models": serving})
+            self._ready_message = None
 
     def _load(self, spec: ModelSpec) -> tuple[Engine, float]:
         """The verified, warmed-up engine and its speed in pixels per second."""
@@ -194,7 +203,7 @@ class Runtime:
             offered = sorted({s.spec.sigma for s in exact if s.spec.sigma is not None})
             kind = "gray" if channels == 1 else "colour"
             raise BadRequest(
-                f"sigma={sigma:g} has no {kind} model; use one of {[int(v) for v in offered]} or omit sigma for the blind model"
+                f"sigma={sigma:g} has no {kind} model; use one of {[int(v) for v in offered]} or sigma=blind for the blind model"
                 if sigma is not None else f"no blind {task} model is loaded for {kind} images; pass sigma in {offered}"
             )
         return _ready(sorted(matching, key=lambda s: not s.spec.default)[0])  # stable: manifest order breaks ties

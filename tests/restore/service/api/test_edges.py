@@ -91,6 +91,7 @@ async def test_openapi_documents_the_options(client: httpx.AsyncClient) -> None:
     assert {p["name"] for p in operation["parameters"]} >= {"thin", "threshold", "side", "depth", "format"}
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 async def test_tiled_service_output_matches_whole_image_inference(client: httpx.AsyncClient) -> None:
     """The fixture's 256 px tiles cut this image into several; the result must equal one whole run."""
     image = np.asarray(Image.fromarray(shapes(300, 400)).resize((400, 300)))

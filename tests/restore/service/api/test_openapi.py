@@ -12,8 +12,10 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from restore.service.app import create_app
+from restore.core.manifest import load_manifest
+from restore.service.api.openapi import heldout_gains
 from restore.service.settings import Settings
-from tests.conftest import fake_engine, running_server, write_fake_suite
+from tests.conftest import MODELS_DIR, REPO, fake_engine, running_server, write_fake_suite
 
 MODEL_PATHS = ("/denoise", "/edges", "/derain", "/dehaze", "/desnow")
 KEY = "schemathesis-key"  # the key tests/restore/service/api/schemathesis.toml sends
@@ -22,6 +24,25 @@ KEY = "schemathesis-key"  # the key tests/restore/service/api/schemathesis.toml 
 def schema_of(settings: Settings) -> dict[str, Any]:
     schema: dict[str, Any] = create_app(settings, engine_factory=fake_engine).openapi()
     return schema
+
+
+def test_the_weather_routes_say_they_are_experimental_with_the_manifests_gains() -> None:
+    schema = schema_of(Settings(models=("weather-unified",)))
+    metrics = next(spec for spec in load_manifest(MODELS_DIR) if spec.name == "weather-unified").metrics
+    haze = metrics["heldout"]["haze"]["psnr"] - metrics["by_method"]["input"]["haze"]["psnr"]
+    for path in ("/derain", "/dehaze", "/desnow"):
+        operation = schema["paths"][path]["post"]
+        assert "experimental" in operation["summary"] and operation["description"].startswith("**Experimental**")
+        assert f"haze +{haze:.2f} dB" in operation["description"] and "clean photos" in operation["description"]
+
+
+def test_heldout_gains_reads_what_was_measured() -> None:
+    metrics = {
+        "heldout": {"rain": {"psnr": 22.0}, "snow": {"psnr": 18.0}, "clean": {"psnr": 30.04}},
+        "by_method": {"input": {"rain": {"psnr": 21.5}, "snow": {"psnr": 18.25}, "haze": {"psnr": 13.0}}},
+    }
+    assert heldout_gains(metrics) == "rain +0.50 dB, snow -0.25 dB; clean photos 30.0 dB"  # haze: no output measured
+    assert heldout_gains({}) == ""
 
 
 def test_every_status_a_model_route_returns_is_documented(tmp_path: Path) -> None:
@@ -69,6 +90,7 @@ def test_enums_readyz_and_metrics_are_documented(tmp_path: Path) -> None:
     assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_schemathesis_finds_nothing_against_the_running_app(tmp_path: Path) -> None:
     """All checks, seed and example count from tests/restore/service/api/schemathesis.toml; about 20 s on 2 busy cores."""
     settings = Settings(models_dir=write_fake_suite(tmp_path / "models"), tile_size=64, tile_overlap=2, api_keys=(KEY,))

@@ -87,6 +87,7 @@ async def test_sizes_that_are_not_multiples_of_16(client: httpx.AsyncClient, hei
     assert codecs.decode(response.content, 10**6).color.shape == (height, width, 3)
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 async def test_tiled_service_output_matches_whole_image_inference(client: httpx.AsyncClient) -> None:
     """tile_size=256 cuts this 400x520 image into several tiles; blended, they match one run."""
     from skimage.transform import resize  # noqa: PLC0415 (scikit-image, dev extra: this reference alone needs it)

@@ -22,7 +22,7 @@ from restore.core.hashing import sha256_file
 from restore.core.manifest import write_manifest
 from export.onnx_export import export_onnx
 from models.weathernet import WEATHER_LABELS, WeatherNet, WeatherNetConfig, fuse_for_inference
-from restore.service import codecs
+from restore.service.images import codecs
 from restore.service.settings import Settings
 from tests.conftest import encode_pil, serve
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import httpx
@@ -102,3 +103,30 @@ async def test_tiles_are_sized_by_the_time_budget_at_load(tmp_path: Path, batch_
 def round_up_64(value: int) -> int:
     return -(-value // 64) * 64
 
+
+
+async def test_ready_is_logged_once_when_the_last_required_model_is_ready(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn says "running" before any model is loaded; the line to wait for is this one."""
+    root = write_fake_manifest(tmp_path, [{"name": "first"}, {"name": "second"}, {"name": "optional"}])
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def factory(spec: ModelSpec) -> BoxEngine:
+        if spec.name == "second":  # held until the test has seen that "first" alone logs no "ready"
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(timeout=30)
+        if spec.name == "optional":
+            raise RuntimeError("not required: its failure does not hold readiness back")
+        return BoxEngine()
+
+    settings = Settings(models_dir=root, required_models=("first", "second"), load_retry_s=60)
+    with caplog.at_level(logging.INFO, logger="restore.service.inference.runtime"):
+        async with serve(settings, factory, wait_ready=False) as client:
+            await until_ready(client, 503, "second")
+            assert not [r for r in caplog.records if r.getMessage().startswith("ready")]
+            gate.set()
+            await until_ready(client)
+            await asyncio.sleep(0.1)
+    ready = [r for r in caplog.records if r.getMessage() == "ready"]
+    assert len(ready) == 1 and ready[0].models == ["first", "second"]  # type: ignore[attr-defined]

@@ -176,6 +176,20 @@ function addDetail(term, value) {
   details.append(dt, dd);
 }
 
+// Server-Timing ("decode;dur=206.7, queue;dur=0.0, infer;dur=3100.2") in words: "decode 0.2 s, ...".
+const STAGE_NAMES = { estimate: 'noise estimate', infer: 'inference' };
+
+function timingsInWords(header) {
+  if (!header) return '';
+  return header.split(',').map((entry) => {
+    const [name, ...params] = entry.trim().split(';');
+    const dur = params.map((p) => p.trim()).find((p) => p.startsWith('dur='));
+    if (!name || !dur) return null;
+    const seconds = Number(dur.slice(4)) / 1000;
+    return Number.isFinite(seconds) ? `${STAGE_NAMES[name] || name} ${seconds.toFixed(1)} s` : null;
+  }).filter(Boolean).join(', ');
+}
+
 function showResult(op, blob, headers) {
   if (state.afterUrl) URL.revokeObjectURL(state.afterUrl);
   state.afterUrl = URL.createObjectURL(blob);
@@ -187,7 +201,7 @@ function showResult(op, blob, headers) {
   details.replaceChildren();
   addDetail('Model', headers.get('X-Model'));
   addDetail('Estimated noise level', headers.get('X-Noise-Sigma'));
-  addDetail('Server timings', headers.get('Server-Timing'));
+  addDetail('Time on the server', timingsInWords(headers.get('Server-Timing')));
   addDetail('Size', `${(blob.size / 1024).toFixed(1)} KiB, ${blob.type || 'unknown type'}`);
   result.hidden = false;
   setSplit(slider.value);
@@ -269,9 +283,22 @@ async function choose(file) {
   }
 }
 
+// The weather model's measured gains, from its manifest entry (held-out photos, input vs output PSNR).
+function weatherGains(metrics) {
+  const heldout = metrics.heldout || {};
+  const input = (metrics.by_method || {}).input || {};
+  const gains = ['rain', 'haze', 'snow'].filter((w) => heldout[w] && input[w])
+    .map((w) => `${w} ${heldout[w].psnr >= input[w].psnr ? '+' : ''}${(heldout[w].psnr - input[w].psnr).toFixed(2)} dB`);
+  const clean = heldout.clean ? `; photos without weather come back at ${heldout.clean.psnr.toFixed(1)} dB` : '';
+  return gains.length ? ` Measured on held-out photos: ${gains.join(', ')}${clean}.` : '';
+}
+
 function showOptions() {
   for (const fieldset of document.querySelectorAll('fieldset[data-operation]')) {
     fieldset.hidden = fieldset.dataset.operation !== operation.value;
+  }
+  for (const note of document.querySelectorAll('[data-operations]')) {
+    note.hidden = !note.dataset.operations.split(' ').includes(operation.value);
   }
 }
 
@@ -293,10 +320,12 @@ async function discover() {
       const task = option.value === 'denoise' || option.value === 'edges' ? option.value : 'weather';
       option.disabled = !tasks.has(task);
     }
+    const weather = listing.models.find((m) => m.task === 'weather');
+    if (weather) $('weather-gains').textContent = weatherGains(weather.metrics || {});
     const levels = [...new Set(listing.models.filter((m) => m.task === 'denoise' && m.sigma !== null).map((m) => m.sigma))];
     const sigma = $('sigma');
     for (const option of [...sigma.options]) {
-      if (option.value !== '' && option.value !== 'auto' && !levels.includes(Number(option.value))) option.remove();
+      if (option.value !== '' && option.value !== 'blind' && !levels.includes(Number(option.value))) option.remove();
     }
     if (operation.selectedOptions[0]?.disabled) {
       const first = [...operation.options].find((option) => !option.disabled);
