@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from bench.service_bench import COLOR, png, post, scene, server
+from restore.service.images import codecs
 
 HEADERS = {"Content-Type": "image/png"}
 GIB = 2**30
@@ -190,8 +191,6 @@ def burst(count: int, window_s: float) -> None:
 
 
 def _decode_ms(body: bytes) -> float:
-    from restore.service import codecs
-
     start = time.perf_counter()
     codecs.decode(body, 10**9)
     return 1000 * (time.perf_counter() - start)

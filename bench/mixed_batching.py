@@ -25,7 +25,7 @@ import httpx
 from bench.service_bench import png, scene, server
 from restore.core.manifest import load_manifest
 from restore.core.tiling import TILE_GRANULE, Tiling
-from restore.service.pipeline import plan_for
+from restore.service.inference.pipeline import plan_for
 from restore.service.settings import DEFAULT_MODELS_DIR, Settings
 
 SIZES = [(72 + 10 * i, 88 + 10 * i) for i in range(16)]  # 72x88 ... 222x238: 16 sizes, all under 256

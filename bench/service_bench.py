@@ -31,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from restore.service.engine import available_cpus
+from restore.service.inference.engine import available_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 COLOR = "dncnn-color-blind"

@@ -21,9 +21,9 @@ import onnxruntime as ort
 
 from restore.core.manifest import load_manifest
 from restore.core.tiling import FINE_GRANULE, Tiling, round_up, tile_side_for
-from restore.service.engine import available_cpus
-from restore.service.pipeline import plan_for
-from restore.service.runtime import SPEED_PROBE_SIDE
+from restore.service.inference.engine import available_cpus
+from restore.service.inference.pipeline import plan_for
+from restore.service.inference.runtime import SPEED_PROBE_SIDE
 from restore.service.settings import DEFAULT_MODELS_DIR, Settings
 
 

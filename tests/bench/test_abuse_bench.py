@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.abuse_bench import short_jpeg, spp_tiffs, zero_png
-from restore.service import codecs
+from restore.service.images import codecs
 from restore.service.errors import CorruptImage, UnsupportedMediaType
 
 

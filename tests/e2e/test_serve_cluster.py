@@ -36,13 +36,13 @@ from restore.service import ray_serve  # noqa: E402
 
 # Ray's driver keeps its daemons' Popen objects, sockets and threads in this process: what they warn
 # about at exit is Ray's, not the service's (which runs in the replicas, not here).
-pytestmark = pytest.mark.filterwarnings(
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow, pytest.mark.filterwarnings(
     "ignore::ResourceWarning",
     "ignore::pytest.PytestUnraisableExceptionWarning",
     "ignore::pytest.PytestUnhandledThreadExceptionWarning",
     "ignore::UserWarning:ray\\.",
     "ignore::FutureWarning:ray\\.",
-)
+)]
 
 #: Both servers: one small real model, one ORT thread, tiles independent of measured speed, and
 #: limits small enough that a burst of 16 requests overloads a replica.

@@ -23,10 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from export.measure import psnr, quantize
+from restore.core.manifest import read_manifest
+from restore.core.metrics import psnr
 from restore.core.noise_level import NoiseEstimate, estimate_noise, pick_model
+from restore.core.pixels import to_pixels
 from training.dncnn.camera_noise import TestFamily
-from training.dncnn.evaluate import denoise, load_set, make_session, session_denoiser
+from training.dncnn.evaluate import denoise, make_session, session_denoiser
+from training.dncnn.images import load_set
 
 __all__ = ["CONDITIONS", "main"]
 
@@ -52,9 +55,6 @@ def _picked(entries: list[dict[str, Any]], estimate: NoiseEstimate) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Imported here: export.manifest is the one reader of the manifest file.
-    from export.manifest import read_manifest
-
     parser = argparse.ArgumentParser(prog="python -m training.dncnn.auto_rule", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder holding CBSD68/")
     parser.add_argument("--manifest", type=Path, required=True)
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             estimates.append(estimate_noise(noisy, 255).sigma or 0.0)
             noisy_scores.append(psnr(noisy, clean))
             for model, session in sessions.items():
-                scores[model].append(psnr(quantize(denoise(session_denoiser(session), noisy / np.float32(255))), clean))
+                scores[model].append(psnr(to_pixels(denoise(session_denoiser(session), noisy / np.float32(255))), clean))
         ratio = estimate_noise(noisy, 255).chroma_ratio  # the condition's kind, from its last image
         picked = _picked(entries, NoiseEstimate(float(np.mean(estimates)), ratio))
         cells = [f"{np.mean(estimates):.1f} ({min(estimates):.1f}-{max(estimates):.1f})", f"{np.mean(noisy_scores):.2f}",

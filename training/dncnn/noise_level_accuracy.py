@@ -29,11 +29,12 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from export.measure import quantize
 from restore.core.noise_level import estimate_noise
+from restore.core.pixels import to_pixels
 from training.dncnn.camera_noise import TEST_FAMILIES, encode_jpeg
 from training.dncnn.camera_testset import load_family
-from training.dncnn.evaluate import add_noise, load_set, noise_rng
+from training.dncnn.evaluate import add_noise, noise_rng
+from training.dncnn.images import load_set
 
 __all__ = ["Row", "per_channel_sigma", "measure", "markdown", "main"]
 
@@ -80,7 +81,7 @@ def measure(test_set: str, condition: str, sigma: float | None, images: Sequence
 
 
 def _gaussian(test_set: str, sigma: int) -> Callable[[str, np.ndarray], np.ndarray]:
-    return lambda name, clean: quantize(add_noise(clean, sigma, noise_rng(test_set, name, sigma)))
+    return lambda name, clean: to_pixels(add_noise(clean, sigma, noise_rng(test_set, name, sigma)))
 
 
 def _gaussian_jpeg(test_set: str, sigma: int) -> Callable[[str, np.ndarray], np.ndarray]:

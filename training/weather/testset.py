@@ -9,7 +9,7 @@ draw from ``default_rng([seed, k, j])``.
 
     python -m training.weather.testset testset --bsds ../shared/data/bsds500 --out runs/weather-test
     python -m training.weather.testset grid --bsds ../shared/data/bsds500 --out docs/weather_examples.jpg
-    python -m training.weather.testset sample --out export/weather_sample.png
+    python -m training.weather.testset sample --out samples/weather_sample.png
 
 ``export_sample`` is that photo: scikit-image's astronaut resized to 768x1024 under ``add_rain``
 (seed 2022), rounded to 8 bit. ``export.weather`` reads the committed PNG rather than calling this
@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
+from skimage import data
+from skimage.transform import resize
 
-from export.measure import quantize
+from restore.core.pixels import to_pixels as quantize
 from training.weather.data import WEATHERS, FloatImage, add_rain, degrade, psnr, read_rgb
 
 __all__ = [
@@ -166,9 +168,6 @@ def write_grid(
 
 def export_sample() -> npt.NDArray[np.uint8]:
     """The export's tile-margin photo: the astronaut, 768x1024, with synthetic rain (seed 2022)."""
-    from skimage import data
-    from skimage.transform import resize
-
     clean = resize(data.astronaut(), (768, 1024), anti_aliasing=True).astype(np.float32)
     return quantize(add_rain(clean, np.random.default_rng(2022)))
 
@@ -193,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--count", type=int, default=50, help="test-set size (grid: its first)")
         p.add_argument("--seed", type=int, default=2022)
     sample = sub.add_parser("sample", help="write the photo the weather export checks tiling on")
-    sample.add_argument("--out", type=Path, required=True, help="export/weather_sample.png")
+    sample.add_argument("--out", type=Path, required=True, help="samples/weather_sample.png")
     args = parser.parse_args(argv)
     if args.command == "testset":
         meta = write_test_set(args.bsds, args.out, args.count, args.seed)

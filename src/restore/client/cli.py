@@ -3,24 +3,27 @@
 Each input file gets one output; an output that exists is skipped unless --overwrite, and outputs
 are written under a temporary name and renamed, so a run that is interrupted resumes where it
 stopped. Files of at least --big megabytes go through the job API, which reports their tiles.
-Exit status: 0 when every file was done or skipped, 1 when any failed, 2 for bad usage.
+Exit status: 0 when every file was done or skipped, 1 when any failed, 2 for bad usage, 130
+after Ctrl-C (which stops at once: restore.client._runner). A user's mistake (a file that is not
+an image or cannot be read, a wrong --url) is a message, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from restore.client._base import DEFAULT_URL, OPERATIONS, Job
+import httpx
+
+from restore.client._base import DEFAULT_URL
 from restore.client._client import Client
-from restore.client._errors import ConnectionFailed, RestoreError
+from restore.client._runner import Fatal, Progress, Runner, Task
 
 #: Files read as images (the service reads these formats).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
@@ -30,25 +33,33 @@ FORMAT_OF = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".
 
 EXAMPLES = """examples:
   restore denoise photo.jpg -o clean.jpg
-  restore denoise photos/ -o clean/ --sigma auto -j 2
+  restore denoise photos/ -o clean/ -j 2
+  restore denoise scan.png -o clean.png --sigma blind
   restore edges in/ -o out/ --thin
   restore derain in/ -o out/ -j 4 --format png
   RESTORE_URL=http://gpu-box:8000 RESTORE_API_KEY=secret restore dehaze foggy.tif -o clear.tif
 
 Folders are walked recursively and the tree is kept under -o; outputs that exist are skipped
-(an interrupted run resumes) unless --overwrite. Exit status: 0 all done or skipped, 1 some
-failed, 2 bad usage.
+(an interrupted run resumes) unless --overwrite. Ctrl-C stops at once. Exit status: 0 all
+done or skipped, 1 some failed, 2 bad usage, 130 interrupted.
 """
 
 
-@dataclass(frozen=True)
-class Task:
-    source: Path
-    target: Path
-    label: str  # the source as the user named it, for messages
+class Parser(argparse.ArgumentParser):
+    """Reports an unknown option with the usage of the operation it was given to, not the top level's
+    (argparse leaves unknown options to the top-level parser)."""
+
+    operations: dict[str, argparse.ArgumentParser]
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self.operations.get(getattr(parsed, "operation", None) or "", self)
+            command.error("unrecognized arguments: " + " ".join(extra))
+        return parsed
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> Parser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files and/or folders (walked recursively)")
     common.add_argument("-o", "--output", type=Path, required=True,
@@ -59,12 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--big", type=float, default=4.0, metavar="MB",
                         help="files of at least this size use the job API and report their tiles (default 4; 0 = all)")
     common.add_argument("--url", default=os.environ.get("RESTORE_URL", DEFAULT_URL),
-                        help=f"service address (env RESTORE_URL; default {DEFAULT_URL})")
+                        help=f"the service's root address (env RESTORE_URL; default {DEFAULT_URL})")
     common.add_argument("--api-key", default=os.environ.get("RESTORE_API_KEY"), help="bearer key (env RESTORE_API_KEY)")
     common.add_argument("--retries", type=int, default=5, help="retries of a 503 with Retry-After (default 5)")
     common.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="restore", description="Restore images with the restore service: files or whole folders.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -72,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     denoise = commands.add_parser("denoise", parents=[common], help="remove noise (DnCNN)", epilog=EXAMPLES,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     chooser = denoise.add_mutually_exclusive_group()
-    chooser.add_argument("--sigma", help="noise level 15, 25 or 50, or auto (estimate per image); default: the blind model")
+    chooser.add_argument("--sigma", help="auto (the default: estimate each image's noise and pick the model), 15, 25 "
+                         "or 50 (the model for that level), or blind (the blind model, for white noise)")
     chooser.add_argument("--model", help="a loaded denoise model by name (GET /v1/models), instead of --sigma")
     edges = commands.add_parser("edges", parents=[common], help="edge map (HED)", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     edges.add_argument("--side", choices=["fuse", "1", "2", "3", "4", "5"], help="fused map (default) or a side output")
     edges.add_argument("--depth", type=int, choices=[8, 16], help="bits per pixel (16: PNG or TIFF)")
     for name, what in (("derain", "rain"), ("dehaze", "haze"), ("desnow", "snow")):
-        commands.add_parser(name, parents=[common], help=f"remove {what} (one weather model)", epilog=EXAMPLES,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        commands.add_parser(name, parents=[common], help=f"remove {what} (one weather model; experimental)",
+                            epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.operations = dict(commands.choices)
     return parser
 
 
@@ -101,113 +114,92 @@ def _target_suffix(source: Path, operation: str, fmt: str | None) -> tuple[str, 
     return chosen, suffix
 
 
-def plan(inputs: Sequence[Path], output: Path, operation: str, fmt: str | None) -> list[tuple[Task, str]]:
-    """Every (source -> target, format). One file into a non-folder -o is that file; folders keep their tree."""
-    tasks: list[tuple[Task, str]] = []
+def _task(source: Path, target: Path | None, output: Path, operation: str, fmt: str | None) -> Task:
+    """One named file. One that is not an image is planned too, to be reported as failed while the others run."""
+    if source.suffix.lower() not in IMAGE_SUFFIXES:
+        refused = f"not an image file (the service reads {', '.join(sorted(IMAGE_SUFFIXES))})"
+        return Task(source, target or output / source.name, str(source), "", refused)
+    chosen, suffix = _target_suffix(source, operation, fmt)
+    return Task(source, target or output / (source.stem + suffix), str(source), chosen)
+
+
+def plan(inputs: Sequence[Path], output: Path, operation: str, fmt: str | None) -> list[Task]:
+    """Every source -> target. One file into a non-folder -o is that file; folders keep their tree."""
+    tasks: list[Task] = []
     single = len(inputs) == 1 and inputs[0].is_file() and not (output.is_dir() or str(output).endswith(os.sep))
     for given in inputs:
         if not given.exists():
             raise FileNotFoundError(f"{given}: no such file or folder")
         if given.is_file():
-            chosen, suffix = _target_suffix(given, operation, fmt)
-            target = output if single else output / (given.stem + suffix)
-            tasks.append((Task(given, target, str(given)), chosen))
+            tasks.append(_task(given, output if single else None, output, operation, fmt))
             continue
         for source in sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
             chosen, suffix = _target_suffix(source, operation, fmt)
-            relative = source.relative_to(given)
-            tasks.append((Task(source, output / relative.with_suffix(suffix), str(source)), chosen))
+            tasks.append(Task(source, output / source.relative_to(given).with_suffix(suffix), str(source), chosen))
     return tasks
 
 
-class Progress:
-    """Files done/skipped/failed and the tiles of big files, on stderr: one updating line on a
-    terminal, plain lines otherwise (logs, CI)."""
-
-    def __init__(self, total: int, stream: IO[str], quiet: bool) -> None:
-        self.total, self.stream, self.quiet = total, stream, quiet
-        self.done = self.skipped = self.failed = 0
-        self.tty = stream.isatty()
-        self._lock = threading.Lock()
-
-    def _line(self, text: str, final: bool = True) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-        elif final:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def _counts(self) -> str:
-        finished = self.done + self.skipped + self.failed
-        return f"[{finished}/{self.total}] {self.done} done, {self.skipped} skipped, {self.failed} failed"
-
-    def file(self, outcome: str, task: Task, message: str = "") -> None:
-        with self._lock:
-            setattr(self, outcome, getattr(self, outcome) + 1)
-            if outcome == "failed":
-                self._line(f"failed: {task.label}: {message}")
-            elif not self.quiet:
-                self._line(f"{outcome}: {task.label} -> {task.target}" + (f" ({message})" if message else ""))
-            if self.tty and not self.quiet:
-                self._line(self._counts(), final=False)
-
-    def tiles(self, task: Task, job: Job) -> None:
-        if self.quiet:
-            return
-        with self._lock:
-            text = f"{task.label}: {job.status}, tiles {job.done}/{job.total} ({job.fraction:.0%})"
-            self._line(f"{self._counts()} | {text}" if self.tty else text, final=not self.tty)
-
-    def summary(self) -> str:
-        return f"restore: {self.done} done, {self.skipped} skipped (output exists), {self.failed} failed"
-
-
-def _run_one(client: Client, args: argparse.Namespace, task: Task, fmt: str, progress: Progress, big: int) -> None:
-    if task.target.exists() and not args.overwrite:
-        progress.file("skipped", task, "exists")
-        return
-    params = {**_params(args), "format": fmt}
+def service_url(given: str, command: argparse.ArgumentParser) -> str:
+    """The service's address from --url / RESTORE_URL: ``localhost:8000`` means http://localhost:8000;
+    anything that is not an http(s) address with a host is a usage error."""
+    text = given.strip()
+    if "://" not in text:
+        text = "http://" + text
     try:
-        if task.source.stat().st_size >= big:
-            data = client.process(args.operation, task.source, progress=lambda job: progress.tiles(task, job), **params)
-        else:
-            data = client.run(args.operation, task.source, **params)
-        task.target.parent.mkdir(parents=True, exist_ok=True)
-        partial = task.target.with_name(task.target.name + ".part")
-        partial.write_bytes(data)
-        os.replace(partial, task.target)  # never a half-written output that a resumed run would skip
-    except ConnectionFailed:
-        raise
-    except (RestoreError, OSError) as exc:
-        progress.file("failed", task, str(exc))
-        return
-    progress.file("done", task)
+        url = httpx.URL(text)
+        port = url.port
+    except (httpx.InvalidURL, ValueError) as exc:
+        command.error(f"--url {given!r} is not a URL: {exc}")
+    if url.scheme not in ("http", "https") or not url.host or "%" in url.host or not 0 < (port or 80) < 65536:
+        command.error(f"--url {given!r} is not an http:// or https:// address with a host, such as {DEFAULT_URL}")
+    return text.rstrip("/")
+
+
+def _interrupted(runner: Runner | None, progress: Progress | None, stderr: IO[str]) -> int:
+    """After Ctrl-C: stop (nothing more is started or written), say what is done, exit 130."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up takes a second at most: no second Ctrl-C needed
+    if runner is not None:
+        runner.stop()
+    stderr.write("\n" + (progress.summary(interrupted=True) if progress else "restore: interrupted") + "\n")
+    stderr.flush()
+    return 130
 
 
 def main(argv: Sequence[str] | None = None, stderr: IO[str] | None = None) -> int:
     stderr = stderr or sys.stderr
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error("-j must be at least 1")
+    runner: Runner | None = None
+    progress: Progress | None = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
     try:
-        tasks = plan(args.inputs, args.output, args.operation, args.format)
-    except FileNotFoundError as exc:
-        parser.error(str(exc))
-    if not tasks:
-        parser.error("no images found in the inputs (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
-    progress = Progress(len(tasks), stderr, args.quiet)
-    big = int(args.big * 1024 * 1024)
-    try:
-        with Client(args.url, api_key=args.api_key, retries=args.retries) as client, ThreadPoolExecutor(args.jobs) as pool:
-            for future in [pool.submit(_run_one, client, args, task, fmt, progress, big) for task, fmt in tasks]:
-                future.result()
-    except ConnectionFailed as exc:
-        stderr.write(f"restore: {exc}\n{progress.summary()}\n")
-        return 1
+        parser = _parser()
+        args = parser.parse_args(argv)
+        command = parser.operations[args.operation]
+        if args.jobs < 1:
+            command.error("-j must be at least 1")
+        url = service_url(args.url, command)
+        try:
+            tasks = plan(args.inputs, args.output, args.operation, args.format)
+        except FileNotFoundError as exc:
+            command.error(str(exc))
+        if not tasks:
+            command.error("no images found in the inputs (" + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+        progress = Progress(len(tasks), stderr, args.quiet)
+        with Client(url, api_key=args.api_key, retries=args.retries) as client:
+            runner = Runner(client, args, _params(args), progress, int(args.big * 1024 * 1024))
+            try:
+                runner.run(tasks, args.jobs)
+            except KeyboardInterrupt:  # stop before the client closes under the uploads in flight
+                return _interrupted(runner, progress, stderr)
     except KeyboardInterrupt:
-        stderr.write(f"\nrestore: interrupted; run the same command again to resume\n{progress.summary()}\n")
-        return 130
+        return _interrupted(runner, progress, stderr)
+    except Fatal as exc:
+        stderr.write(f"restore: {exc}\n" + (progress.summary() + "\n" if progress else ""))
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     stderr.write(progress.summary() + "\n")
     return 1 if progress.failed else 0
 

@@ -16,6 +16,7 @@ full-size weight buffer is needed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,11 @@ import numpy.typing as npt
 
 from restore.core.types import ImageArray, Tile, Weights1D, Weights2D
 
+#: The tile side when nothing else is asked for (the service's RESTORE_TILE_SIZE default): it bounds
+#: one batch's memory, and at 1024 px the overlap a DnCNN or HED tile recomputes stays under 10%.
+DEFAULT_TILE = 1024
+#: The cross-fade width between neighbouring tiles, on top of twice the model's margin (RESTORE_TILE_OVERLAP).
+DEFAULT_FEATHER = 16
 #: Tile sides are rounded up to a multiple of this, so the shapes in use stay few and requests of
 #: similar sizes can share a batch (``max_batch > 1``, on a GPU).
 TILE_GRANULE = 64
@@ -74,7 +80,7 @@ class TilePlan:
 
 @dataclass(frozen=True)
 class Tiling:
-    """How one model's images are cut, chosen once per model at load (``restore.service.runtime``) and
+    """How one model's images are cut, chosen once per model at load (``restore.service.inference.runtime``) and
     used by every plan of its images: the tile side (0: RESTORE_TILE_SIZE), the grid tiles shrink
     on, and the grid small images are padded up to when batches mix requests (0: none)."""
 
@@ -206,3 +212,36 @@ def blend_tile(accumulator: npt.NDArray[np.float32], output: Tile, plan: TilePla
         return
     weight = plan.weight(index)[:h, :w, None]
     accumulator[top : top + h, left : left + w, :] += output[:, :h, :w].transpose(1, 2, 0) * weight
+
+
+class TiledImage:
+    """One image's tiling state: the padded source and the output accumulator. It belongs to one
+    request (or one evaluation image) and is never shared.
+
+    ``tile(i)`` is the model input of tile ``i`` and ``accept(i, out)`` blends its output in; when
+    every tile has been accepted, ``output`` is the whole-image result (H x W x output channels).
+    """
+
+    def __init__(self, pixels: ImageArray, plan: TilePlan, max_value: int) -> None:
+        self.plan = plan
+        self._source = pad_to_plan(pixels, plan)
+        self._scale = 1.0 / max_value
+        self.output: npt.NDArray[np.float32] | None = None
+
+    def tile(self, index: int) -> Tile:
+        return extract_tile(self._source, self.plan, index, self._scale)
+
+    def accept(self, index: int, output: Tile) -> None:
+        if self.output is None:
+            self.output = np.zeros((self.plan.height, self.plan.width, output.shape[0]), dtype=np.float32)
+        blend_tile(self.output, output, self.plan, index)
+
+
+def run_tiled(forward: Callable[[Tile], Tile], pixels: ImageArray, plan: TilePlan, max_value: int = 255) -> npt.NDArray[np.float32]:
+    """``pixels`` through ``forward`` (one CHW tile in, its CHW output out) tile by tile in ``plan``,
+    blended back: what the service computes for one image, without its queue (evaluations, export checks)."""
+    work = TiledImage(pixels, plan, max_value)
+    for index in range(plan.count):
+        work.accept(index, forward(work.tile(index)))
+    assert work.output is not None  # a plan has at least one tile
+    return work.output

@@ -13,6 +13,7 @@ from restore.core.manifest import ManifestError
 from restore.service import logs, server
 from restore.service.errors import StartupError
 from restore.service.settings import Settings
+from restore.service.app import create_app
 
 
 def main() -> int:
@@ -26,10 +27,11 @@ def main() -> int:
         print(f"restore: cannot start: invalid configuration:\n{exc}", file=sys.stderr)
         return 1
     logs.configure(settings.log_level)
-    from restore.service.app import create_app
 
+    shown = "localhost" if args.host in ("0.0.0.0", "::", "") else args.host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{args.port}/"
     try:
-        app = create_app(settings)
+        app = create_app(settings, ready_message=f"ready: open {url} (the page) or {url}docs (the API)")
     except (StartupError, ManifestError) as exc:
         print(f"restore: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -15,13 +15,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 
-from restore.service import api, api_edges, api_jobs, api_weather, web
+from restore.service.api import denoise, edges, weather, web
+from restore.service.api import jobs as job_routes
+from restore.service.api.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth, document_gains
+from restore.service.api.operation import ClientDisconnected
 from restore.service.errors import PROBLEM_JSON, BadRequest, ServiceError, as_service_error, problem_response
+from restore.service.inference.runtime import EngineFactory, Runtime
 from restore.service.jobs import JobStore
+from restore.service.limits.budget import InFlight
 from restore.service.metrics import Metrics
 from restore.service.middleware import Occupancy, RequestContext, RequestLimits
-from restore.service.openapi import METRICS_RESPONSES, READYZ_RESPONSES, document_auth
-from restore.service.runtime import EngineFactory, Runtime
 from restore.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,11 +72,14 @@ async def _disconnected(request: Request, exc: Exception) -> Response:
     return Response(status_code=499)
 
 
-def create_app(settings: Settings | None = None, *, engine_factory: EngineFactory | None = None) -> FastAPI:
-    """Build the app; raises StartupError/ManifestError before serving when the configuration cannot work."""
+def create_app(
+    settings: Settings | None = None, *, engine_factory: EngineFactory | None = None, ready_message: str = "ready"
+) -> FastAPI:
+    """Build the app; raises StartupError/ManifestError before serving when the configuration cannot work.
+    ``ready_message`` is logged once every required model is ready (``python -m restore.service`` puts the URL in it)."""
     settings = settings or Settings()
     metrics = Metrics()
-    runtime = Runtime(settings, metrics, engine_factory)
+    runtime = Runtime(settings, metrics, engine_factory, ready_message)
     jobs = JobStore(settings, metrics)
 
     @asynccontextmanager
@@ -89,17 +95,18 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
         version=VERSION,
         description="Image restoration on ONNX Runtime: POST an image, get it back restored.",
         lifespan=lifespan,
-        docs_url=None,  # served by restore.service.web from packaged assets, not FastAPI's CDN defaults
+        docs_url=None,  # served by restore.service.api.web from packaged assets, not FastAPI's CDN defaults
         redoc_url=None,
     )
     app.state.runtime = runtime
+    in_flight = app.state.in_flight = InFlight.from_settings(settings, metrics)
     app.state.jobs = jobs
     occupancy = app.state.occupancy = Occupancy()  # counted by the edge and RequestLimits, read by /readyz
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(MemoryError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(api.ClientDisconnected, _disconnected)
+    app.add_exception_handler(ClientDisconnected, _disconnected)
     app.add_exception_handler(ClientDisconnect, _disconnected)
 
     @app.get(
@@ -136,8 +143,8 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
         full = {
             "connections": occupancy.connections >= settings.max_connections,
             "requests": occupancy.requests >= settings.max_requests,
-            "pixels": runtime.pixels.used >= runtime.pixels.limit,
-            "body_bytes": runtime.bodies.used >= runtime.bodies.limit,
+            "pixels": in_flight.pixels.used >= in_flight.pixels.limit,
+            "body_bytes": in_flight.bodies.used >= in_flight.bodies.limit,
         }
         return [name for name, spent in full.items() if spent]
 
@@ -176,14 +183,14 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
             "max_queue_seconds": settings.max_queue_seconds,
         }
 
-    app.include_router(api.router, tags=["models"])
-    app.include_router(api_edges.router, tags=["models"])
-    app.include_router(api_weather.router, tags=["models"])
-    app.include_router(api_jobs.submit_router, tags=["jobs"])
-    app.include_router(api_jobs.router, tags=["jobs"])
+    app.include_router(denoise.router, tags=["models"])
+    app.include_router(edges.router, tags=["models"])
+    app.include_router(weather.router, tags=["models"])
+    app.include_router(job_routes.submit_router, tags=["jobs"])
+    app.include_router(job_routes.router, tags=["jobs"])
     web.add_web(app)
-    model_routers = (api.router, api_edges.router, api_weather.router, api_jobs.submit_router)
-    routes = [*app.routes, *(route for router in (*model_routers, api_jobs.router) for route in router.routes)]
+    model_routers = (denoise.router, edges.router, weather.router, job_routes.submit_router)
+    routes = [*app.routes, *(route for router in (*model_routers, job_routes.router) for route in router.routes)]
     app.state.routes = routes  # flat (FastAPI nests included routers): what a 405's Allow is read from
     endpoints = frozenset(str(r.path) for r in routes if getattr(r, "path", None))
     app.add_middleware(
@@ -193,4 +200,5 @@ def create_app(settings: Settings | None = None, *, engine_factory: EngineFactor
     )
     app.add_middleware(RequestContext, metrics=metrics, endpoints=endpoints)  # outermost: it sees every answer
     document_auth(app, settings)
+    document_gains(app, [state.spec for state in runtime.models.values()])
     return app

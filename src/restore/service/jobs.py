@@ -1,7 +1,7 @@
 """Asynchronous jobs: records of submitted model requests and their results on disk, bounded by
 count, bytes and age.
 
-A job is a model request whose HTTP exchange ends at admission (202): ``restore.service.api_jobs``
+A job is a model request whose HTTP exchange ends at admission (202): ``restore.service.api.jobs``
 admits it exactly as the synchronous route does, then hands the store the work (``run_model`` ->
 ``encode_run``, the same functions) and what the request holds (queue place, pixel budget). The
 store runs the work as a task, so its tiles go through the same fair per-model queues, and keeps
@@ -45,8 +45,8 @@ from typing import IO, Any, Literal, get_args
 from restore.service.errors import (
     Conflict, Gone, InsufficientStorage, NotFound, Overloaded, ServiceError, as_service_error, public_detail,
 )
+from restore.service.inference.scheduler import Progress
 from restore.service.metrics import Metrics
-from restore.service.scheduler import Progress
 from restore.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Job:
     id: str
     operation: str
     owner: str | None  # digest of the API key that created it; None when no keys are configured
-    client: str  # whom its bounds count against (restore.service.clients.client_of)
+    client: str  # whom its bounds count against (restore.service.limits.clients.client_of)
     model: str
     progress: Progress
     timings: dict[str, float]  # stage -> seconds, filled in as the stages finish
@@ -104,7 +104,7 @@ class Job:
         return "running" if self.progress.started_at is not None else "queued"
 
     def public(self, ttl_s: float) -> dict[str, Any]:
-        """The JSON the job routes answer (documented as JOB_SCHEMA in src/restore/service/openapi.py)."""
+        """The JSON the job routes answer (documented as JOB_SCHEMA in src/restore/service/api/openapi.py)."""
         total = self.progress.total
         done = total if self.outcome == "succeeded" else self.progress.done
         result = self.result

@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from restore.service import logs
 from restore.service.app import create_app
-from restore.service.runtime import Runtime
+from restore.service.inference.runtime import Runtime
 from restore.service.settings import Settings
 
 DEPLOYMENT = "restore"

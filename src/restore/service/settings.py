@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from restore.core.tiling import DEFAULT_FEATHER, DEFAULT_TILE
 from restore.service.types import Device
 
 #: The checkout's models/onnx (this file is src/restore/service/settings.py); an installed copy sets RESTORE_MODELS_DIR.
@@ -25,11 +26,11 @@ class Settings(BaseSettings):
         (), description="Comma-separated model names to load; empty loads every manifest entry marked default."
     )
     tile_size: int = Field(
-        1024, ge=32, le=4096,
+        DEFAULT_TILE, ge=32, le=4096,
         description="Tile side in pixels (rounded down to the model's multiple); bounds per-batch memory.",
     )
     tile_overlap: int = Field(
-        16, ge=1, le=512,
+        DEFAULT_FEATHER, ge=1, le=512,
         description="Cross-fade width between neighbouring tiles, added to twice the model's receptive-field margin.",
     )
     max_batch: int = Field(
@@ -58,7 +59,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated bearer tokens; when set, model endpoints require one."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe log level written (JSON lines on stderr): debug, info, warning or error."
+    )
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads; 0 = the CPUs this process may use.")
     cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
         "HEURISTIC", description="EXHAUSTIVE benchmarks every new tile shape; HEURISTIC avoids first-request stalls."

@@ -3,9 +3,14 @@ codes, progress (files, and tiles through the job API), environment variables an
 
 from __future__ import annotations
 
+import http.server
 import io
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import restore.client._client as client_module
 from restore.client.cli import main
 from restore.service.settings import Settings
 from tests.conftest import REPO, Running, encode_pil, noisy_image, running_server, write_fake_suite
@@ -124,6 +130,116 @@ def test_an_unreachable_service_and_bad_usage_say_so(tree: Path, tmp_path: Path,
     with pytest.raises(SystemExit) as usage:
         main(["denoise", str(tree), "-o", str(tmp_path / "o"), "--sigma", "25", "--model", "colour"])
     assert usage.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_wrong_option_prints_the_operations_usage(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["denoise", str(tree), "-o", str(tmp_path / "o"), "--thin"])  # an edges option
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and err.startswith("usage: restore denoise") and "unrecognized arguments: --thin" in err
+
+
+@pytest.mark.parametrize("url", ["ftp://example", "http://", "http://exa mple:80", "localhost:99999"])
+def test_a_url_that_cannot_be_a_service_address_is_a_usage_error(
+    url: str, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["derain", str(tree), "-o", str(tmp_path / "o"), "--url", url])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and err.startswith("usage: restore derain") and "--url" in err and "Traceback" not in err
+
+
+def test_a_url_without_a_scheme_is_http(server: Running, tree: Path, tmp_path: Path) -> None:
+    stderr = io.StringIO()
+    host_port = server.base.removeprefix("http://")
+    code = main(["derain", str(tree / "a.png"), "-o", str(tmp_path / "a.png"), "--url", host_port, "--api-key", "secret"], stderr=stderr)
+    assert code == 0, stderr.getvalue()
+
+
+def test_a_url_that_is_not_the_service_root_says_so_once(server: Running, tree: Path, tmp_path: Path) -> None:
+    stderr = io.StringIO()
+    code = main(["denoise", str(tree), "-o", str(tmp_path / "o"), "--url", server.base + "/api", "--api-key", "secret"], stderr=stderr)
+    log = stderr.getvalue()
+    assert code == 1 and log.count("is --url the service root?") == 1, log
+    assert "404" in log and "Traceback" not in log and not (tmp_path / "o").exists()
+
+
+def test_a_file_that_is_not_an_image_or_cannot_be_read_fails_alone(
+    server: Running, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, log = restore(server, "derain", str(tree / "notes.txt"), str(tree / "a.png"), "-o", str(tmp_path / "out"))
+    assert code == 1 and "failed: " + str(tree / "notes.txt") + ": not an image file" in log and "Traceback" not in log
+    assert "1 done, 0 skipped (output exists), 1 failed" in log and (tmp_path / "out" / "a.png").is_file()
+    def unreadable(path: object, mode: str = "r") -> object:  # as root, chmod 000 would not stop the read
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(client_module, "open", unreadable, raising=False)
+    code, log = restore(server, "derain", str(tree / "a.png"), "-o", str(tmp_path / "b.png"))
+    assert code == 1 and f"failed: {tree / 'a.png'}: cannot read it: Permission denied" in log and "Traceback" not in log
+
+
+class SlowEcho(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with its own body after ``delay`` seconds: a slow service for Ctrl-C."""
+
+    delay = 1.0
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.delay)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_server() -> Iterator[tuple[str, type[SlowEcho]]]:
+    handler = type("Handler", (SlowEcho,), {})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]  # the client left: expected
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{httpd.server_address[1]}", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_ctrl_c_stops_within_seconds_leaves_no_temporary_file_and_a_rerun_resumes(
+    slow_server: tuple[str, type[SlowEcho]], tmp_path: Path
+) -> None:
+    url, handler = slow_server
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for i in range(12):
+        (source / f"{i:02d}.png").write_bytes(encode_pil(noisy_image(16, 16, 3, seed=i), "PNG"))
+    command = [sys.executable, "-m", "restore.client", "denoise", str(source), "-o", str(out), "-j", "2", "--url", url]
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])})
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.png"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the next two uploads are in flight
+    run.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    _, log = run.communicate(timeout=30)
+    took = time.monotonic() - interrupted
+    assert run.returncode == 130 and took < 3, (took, log)
+    assert "interrupted: " in log and "not done; run the same command again to resume" in log and "Traceback" not in log
+    done = sorted(p.name for p in out.glob("*.png"))
+    assert 2 <= len(done) < 12 and not [p for p in out.iterdir() if p.suffix == ".part"], list(out.iterdir())
+    time.sleep(handler.delay + 0.5)  # the abandoned uploads' answers would have come by now: still nothing written
+    assert sorted(p.name for p in out.iterdir()) == done
+    handler.delay = 0.0
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{12 - len(done)} done, {len(done)} skipped (output exists), 0 failed" in rerun.stderr
+    assert all((out / p.name).read_bytes() == p.read_bytes() for p in source.iterdir())
 
 
 def test_the_command_is_installed_and_its_help_has_examples() -> None:

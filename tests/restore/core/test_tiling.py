@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
+from restore.core.metrics import psnr
 from restore.core.tiling import FINE_GRANULE, MIN_TILE_OVERLAPS, TilePlan, blend_tile, extract_tile, pad_to_plan, plan_tiles, tile_side_for
 from tests.conftest import MODELS_DIR, box_filter, noisy_image
 
@@ -80,22 +82,18 @@ def test_a_margin_smaller_than_the_receptive_field_is_detectable() -> None:
     assert np.abs(tiled - whole).max() > 1e-3
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
 
 onnx_models = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
 def dncnn_session():  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
 
     path = MODELS_DIR / "dncnn-gray-s25.onnx"
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("size", [(1, 1), (5, 3), (97, 131), (301, 257)])
 def test_dncnn_tiled_matches_whole_image_on_8bit_output(dncnn_session, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     """Small tiles (96 px) force many tile borders even on small images."""
@@ -128,6 +126,7 @@ def flat_noisy(height: int, width: int, seed: int) -> np.ndarray:
     return np.clip(128 + rng.normal(0, 25, (height, width, 1)), 0, 255).astype(np.uint8)
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_dncnn_tiled_output_has_no_seams(dncnn_session) -> None:  # type: ignore[no-untyped-def]
     image = flat_noisy(256, 600, seed=4)
     infer = lambda b: dncnn_session.run(None, {"input": b})[0]  # noqa: E731
@@ -136,6 +135,7 @@ def test_dncnn_tiled_output_has_no_seams(dncnn_session) -> None:  # type: ignore
     assert abs(ratio - 1) <= 0.05
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_seam_measure_sees_seams_of_naive_tiling(dncnn_session) -> None:  # type: ignore[no-untyped-def]
     """The measure above is able to fail: tiles without a receptive-field margin show their borders."""
     image = flat_noisy(256, 600, seed=4)

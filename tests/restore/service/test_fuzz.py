@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import tifffile
 
-from restore.service import codecs
+from restore.service.images import codecs
 from restore.service.settings import Settings
 from tests.conftest import encode_pil, fake_engine, noisy_image, serve, write_fake_suite
 

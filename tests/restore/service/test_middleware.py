@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from restore.service import codecs
+from restore.service.api import operation
 from restore.service.app import create_app
+from restore.service.images import codecs
 from restore.service.settings import Settings
 from tests.conftest import asgi_scope, encode_pil, fake_engine, noisy_image, serve, write_fake_suite
 
@@ -73,12 +74,11 @@ async def test_starlettes_own_errors_are_problems_with_request_id(tmp_path: Path
 @pytest.mark.anyio
 async def test_a_memory_error_anywhere_is_a_503_problem_never_a_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 31: a MemoryError outside the decoders (tiling, blending, encoding) must not be a 500."""
-    from restore.service import api
 
     def no_memory(*args: object, **kwargs: object) -> None:
         raise MemoryError
 
-    monkeypatch.setattr(api, "plan_for", no_memory)
+    monkeypatch.setattr(operation, "plan_for", no_memory)
     async with serve(Settings(models_dir=write_fake_suite(tmp_path), tile_size=64, tile_overlap=2), fake_engine) as client:
         png = encode_pil(noisy_image(16, 16, 1), "PNG")
         response = await client.post("/v1/jobs/denoise", content=png)

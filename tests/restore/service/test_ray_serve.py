@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,13 +17,20 @@ import pytest
 from restore.service.settings import Settings
 from tests.conftest import REPO, write_fake_suite
 
+pytestmark = pytest.mark.ray  # make test leaves it out (a Ray import alone takes seconds); make test-all runs it
+
 if not os.environ.get("REQUIRE_RAY"):
     pytest.importorskip("ray.serve", reason="the ray extra is not installed (pip install -e '.[ray]')")
 yaml = pytest.importorskip("yaml")  # a dependency of ray
 
+import ray  # noqa: E402
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary  # noqa: E402
+from ray.serve._private.utils import import_attr  # noqa: E402
 from ray.serve.schema import ServeDeploySchema  # noqa: E402
 
 from restore.service import ray_serve  # noqa: E402
+from restore.service.app import create_app  # noqa: E402
+from tests.conftest import fake_engine  # noqa: E402
 
 
 def bound(**args: Any) -> tuple[Any, Settings]:
@@ -83,9 +92,6 @@ def test_serve_config_file_is_valid_and_builds_the_app() -> None:
     assert application.import_path == "restore.service.ray_serve:build" and application.route_prefix == "/"
     assert not application.deployments, "deployment options come from Settings, not the config file"
     env = {k: str(v) for k, v in application.runtime_env["env_vars"].items()}
-    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
-    from ray.serve._private.utils import import_attr
-
     with pytest.MonkeyPatch.context() as patch:  # what `serve run` does with the file: import, then build with args
         for key, value in env.items():
             patch.setenv(key, value)
@@ -98,8 +104,6 @@ def test_serve_config_file_is_valid_and_builds_the_app() -> None:
 def test_kuberay_manifest_carries_the_same_application() -> None:
     manifest = yaml.safe_load((REPO / "deploy" / "kuberay" / "rayservice.yaml").read_text())
     assert manifest["kind"] == "RayService"
-    import ray
-
     assert manifest["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__, "the image's Ray must match the cluster's"
     serve_config = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
     local = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "deploy" / "serve.yaml").read_text()))
@@ -146,9 +150,6 @@ async def test_a_replica_whose_models_never_load_fails_its_start() -> None:
 
 @pytest.mark.anyio
 async def test_every_answer_names_the_replica(tmp_path: Path) -> None:
-    from restore.service.app import create_app
-    from tests.conftest import fake_engine
-
     app = create_app(Settings(models_dir=write_fake_suite(tmp_path)), engine_factory=fake_engine)
     app.add_middleware(ray_serve.ReplicaHeader, replica="replica-7")
     async with app.router.lifespan_context(app):
@@ -174,9 +175,6 @@ def test_serve_runs_the_replica_lifespan_and_health_check_in_process() -> None:
     ``__serve_build_asgi_app__``, the app's lifespan and the health check. The check returns only
     once the model is ready, which happens only if Serve ran the lifespan that starts the runtime.
     In a child process: the replica's event loop and threads must not outlive the test."""
-    import subprocess
-    import sys
-
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     done = subprocess.run([sys.executable, "-c", LOCAL_REPLICA], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0 and "replica ready" in done.stdout, done.stderr[-3000:]

@@ -12,6 +12,7 @@ from tests.conftest import MODELS_DIR, noisy_image
 from training.dncnn import auto_rule
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_table_has_every_condition_and_the_rule_s_picks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "CBSD68").mkdir()
     Image.fromarray(noisy_image(48, 48, 3, seed=1, noise=0.0)).save(tmp_path / "CBSD68" / "1.png")
