@@ -57,7 +57,9 @@ def test_a_gpu_host_gets_onnxruntime_gpu_instead_with_the_same_pin() -> None:
 def test_make_run_picks_the_wheel_by_nvidia_smi(tmp_path: Path) -> None:
     def plan(*args: str, path: str = "/usr/bin:/bin") -> str:
         env = {**os.environ, "PATH": path}
-        return subprocess.run(["make", "-n", "run", *args], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+        # a fresh VENV: the plan must not depend on what this checkout's .venv already holds
+        return subprocess.run(["make", "-n", "run", f"VENV={tmp_path / 'venv'}", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                              check=True).stdout
 
     assert "requirements.py --gpu" not in plan() and ".runtime-cpu" in plan()  # no nvidia-smi on this PATH
     fake = tmp_path / "nvidia-smi"

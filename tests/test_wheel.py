@@ -97,7 +97,7 @@ def test_the_wheel_runs_without_pytorch_in_a_fresh_venv(tmp_path: Path) -> None:
     assert "restore/service/api/static/index.html" in names
 
     runtime = runtime_closure([r for r in requires if _applies(Requirement(r), set())])
-    assert "torch" not in runtime and "fastapi" in runtime and "onnxruntime-gpu" in runtime
+    assert "torch" not in runtime and "fastapi" in runtime and "onnxruntime" in runtime  # the CPU wheel; GPU hosts swap it
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"

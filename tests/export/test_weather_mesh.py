@@ -7,6 +7,10 @@ label, and measures the 9x9 high-pass of the luminance of (output - input), RMS 
 over the image's interior: an identity model that only rounds to 8 bit scores about 0.2; the
 served 2.0 scored 2.25. The bound, 0.6, is three times rounding: a faint smooth colour shift
 passes, a printed texture does not.
+
+While the served file is model 2 (no ``weather`` input) the route test is a strict expected
+failure: the defect is known and measured (issue 28), and the mark turns into a failure the day a
+file without the mesh is served without removing it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ ONNX_DIR = Path(__file__).resolve().parents[2] / "models" / "onnx"
 ENTRY = next(e for e in json.loads((ONNX_DIR / "manifest.json").read_text())["models"] if e["task"] == "weather")
 ROUTES = ("rain", "haze", "snow", None)  # None: ?weather=auto
 BOUND = 0.6
+HAS_MESH = not ENTRY.get("weather_labels")  # model 2: PixelShuffle upsampling, blind
 SIDE = 320
 
 
@@ -59,6 +64,7 @@ def test_rounding_alone_scores_near_the_floor() -> None:
     assert mesh_rms(np.clip(image.astype(int) + pattern, 0, 255), image) > BOUND
 
 
+@pytest.mark.xfail(HAS_MESH, strict=True, reason="the served model 2 prints a 4 px mesh (issue 28)")
 @pytest.mark.parametrize("sky", ["gradient", "textured"])
 @pytest.mark.parametrize("label", ROUTES, ids=[str(r) for r in ROUTES])
 def test_flat_skies_stay_flat_through_every_route(session: ort.InferenceSession, sky: str, label: str | None) -> None:

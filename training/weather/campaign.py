@@ -90,8 +90,9 @@ class CampaignConfig:
 
 #: May differ between a checkpoint and the command that resumes it: they change no past step. A
 #: new ``lr`` is a hand-made step of the otherwise constant rate, from the resumed iteration on
-#: (the log's ``lr`` column shows where); the warm-up is not repeated.
-RESUME_OVERRIDES = frozenset({"amp", "channels_last", "compile", "lr"})
+#: (the log's ``lr`` column shows where); the warm-up is not repeated. New ``rows`` change the
+#: mix of later batches (the checkpoint's ``phases`` record each change and where it began).
+RESUME_OVERRIDES = frozenset({"amp", "channels_last", "compile", "lr", "rows"})
 
 
 def row_labels(config: CampaignConfig, index: int) -> list[str]:
@@ -315,11 +316,33 @@ def teacher_provenance(pool: Path, config: CampaignConfig) -> dict[str, dict[str
         if not config.kd or not record.exists():
             continue
         made = json.loads(record.read_text())
-        _, file, _ = TEACHERS[made["teacher"]]
-        out[group] = {"teacher": made["teacher"], "weights": f"../shared/weights/teachers/{file}", "pairs": made["count"],
+        teacher = TEACHERS[made["teacher"]]
+        weights = teacher.file if teacher.ours else f"../shared/weights/teachers/{teacher.file}"
+        out[group] = {"teacher": made["teacher"], "weights": weights, "pairs": made["count"],
                       "use": f"its outputs on the first {made['count']} pairs of the pool, L1 at weight {config.kd} "
                              "beside L1 to the clean photo (output-level distillation)"}
     return out
+
+
+def resumed_phases(state: dict[str, Any], config: CampaignConfig,
+                   teachers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The checkpoint's record of hand-made changes, plus this resume's if it makes one: from
+    which iteration a new rate, a new batch mix or a new teacher (a teacher file added to the
+    pool) applies. The first phase is the run as started."""
+    saved = CampaignConfig(**state["config"])
+    phases = list(state.get("phases") or [])
+    if not phases:  # a checkpoint from before phases were recorded: its rate steps are in the log
+        previous = 0  # a log row closes a stretch: a new rate began after the row before it
+        for row in state.get("history", []):
+            if not phases or row["lr"] != phases[-1]["lr"]:
+                phases.append({"iteration": previous, "lr": row["lr"], "rows": saved.rows,
+                               "teachers": sorted(state.get("teachers", {}))})
+            previous = int(row["iteration"])
+    last = phases[-1] if phases else {}
+    now = {"lr": config.lr, "rows": config.rows, "teachers": sorted(teachers)}
+    if any(last.get(k) != v for k, v in now.items()):
+        phases.append({"iteration": int(state["iteration"]), **now})
+    return phases
 
 
 def benchmark(campaign: Campaign, steps: int) -> int:
@@ -369,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         campaign.load_state_dict(state)
         meta.update({k: state[k] for k in ("history", "elapsed_s", "cpu_s") if k in state})
         meta["command"] = f"{state.get('command', '')} && {meta['command']}"
+        meta["phases"] = resumed_phases(state, config, meta["teachers"])
     write_test_set(args.bsds, args.testset)
     val_sets = validation_set(args.bsds, held_out_names(args.testset), args.val_count, crop=None)
     parameters = sum(p.numel() for p in campaign.model.parameters())

@@ -31,7 +31,8 @@ from skimage import data
 from skimage.transform import resize
 
 from restore.core.pixels import to_pixels as quantize
-from training.weather.data import WEATHERS, FloatImage, add_rain, degrade, psnr, read_rgb
+from restore.core.metrics import psnr
+from training.weather.data import WEATHERS, FloatImage, add_rain, degrade, read_rgb
 
 __all__ = [
     "TESTSET_VERSION", "write_test_set", "load_test_set", "write_grid", "export_sample",
@@ -96,7 +97,7 @@ def write_test_set(bsds_root: Path, out: Path, count: int = 50, seed: int = 2022
         entry = {}
         for weather, (degraded8, params) in made.items():
             Image.fromarray(degraded8).save(out / weather / f"{name}.png")
-            score = round(psnr(degraded8 / 255, clean8 / 255), 4)
+            score = round(psnr(degraded8, clean8), 4)
             entry[weather] = {"psnr": score, "params": params}
         images[name] = entry
     for folder in ("clean", *WEATHERS):  # images of an earlier, different set
@@ -143,7 +144,7 @@ def write_grid(
         row = [(clean8, f"clean {name}")]
         for weather in WEATHERS:
             degraded8 = made[weather][0]
-            row.append((degraded8, f"{weather} {psnr(degraded8 / 255, clean8 / 255):.1f} dB"))
+            row.append((degraded8, f"{weather} {psnr(degraded8, clean8):.1f} dB"))
         tiles.append(row)
         if len(tiles) == rows:
             break

@@ -12,9 +12,10 @@ import torch
 
 import training.weather.teacher_cache as cache
 from models.weathernet import WEATHER_LABELS, WeatherNet, WeatherNetConfig
-from training.weather.campaign import Campaign, CampaignConfig, row_labels
+from training.weather.campaign import Campaign, CampaignConfig, resumed_phases, row_labels
 from training.weather.pool import PairPool, teacher_file
 from training.weather.teacher_cache import write_teacher_outputs
+from training.weather.teachers import TEACHERS, load_teacher, teacher_path
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,6 +106,37 @@ def test_resume_reproduces_the_uninterrupted_run(pool_dir: Path, tmp_path: Path)
     stepped.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False))
     stepped.step()
     assert stepped.optimizer.param_groups[0]["lr"] == 5e-4
+    # so is a new batch mix: later batches only
+    remixed = Campaign(config(rows={"rain": 1, "haze": 3, "snow": 1, "clean": 1}), pool)
+    remixed.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False))
+    assert remixed.batch(remixed.iteration)[0].shape[0] == 6
+
+
+def test_phases_record_each_hand_made_change_and_where_it_began() -> None:
+    """Rate steps of a checkpoint without phases are read from its log; a resume that changes
+    the rows or adds a teacher opens a phase at the resumed iteration; one that changes nothing
+    adds none."""
+    saved = config()
+    state = {"config": dataclasses.asdict(saved), "iteration": 1200, "teachers": {"rain": {}},
+             "history": [{"iteration": 500, "lr": 1e-3}, {"iteration": 912, "lr": 1e-3},
+                         {"iteration": 1000, "lr": 2e-4}, {"iteration": 1200, "lr": 2e-4}]}
+    unchanged = resumed_phases(state, dataclasses.replace(saved, lr=2e-4), {"rain": {}})
+    assert [(p["iteration"], p["lr"]) for p in unchanged] == [(0, 1e-3), (912, 2e-4)]
+    more_haze = dataclasses.replace(saved, lr=2e-4, rows={"rain": 2, "haze": 3, "snow": 1, "clean": 2})
+    phases = resumed_phases(state, more_haze, {"rain": {}, "haze": {}})
+    assert phases[-1] == {"iteration": 1200, "lr": 2e-4, "rows": more_haze.rows, "teachers": ["haze", "rain"]}
+    assert resumed_phases({**state, "phases": phases}, more_haze, {"rain": {}, "haze": {}}) == phases
+
+
+@pytest.mark.skipif(not teacher_path("student-2.0").exists(), reason="the 2.0 student checkpoint is not in this checkout")
+def test_our_own_haze_teacher_is_the_blind_student_2_0() -> None:
+    """``student-2.0`` lives in the repository (not under the public teachers' root) and maps an
+    image in [0, 1] to one of the same shape in [0, 1], without a weather input."""
+    assert TEACHERS["student-2.0"].weather == "haze"
+    assert teacher_path("student-2.0", Path("/nowhere")).is_relative_to(Path(__file__).resolve().parents[3])
+    image = torch.rand(1, 3, 48, 64)
+    out = load_teacher("student-2.0", Path("/nowhere"))(image)
+    assert out.shape == image.shape and 0 <= float(out.min()) and float(out.max()) <= 1
 
 
 def test_the_ema_lags_the_weights(pool_dir: Path) -> None:
