@@ -3,7 +3,7 @@
     python -m bench.abuse_bench                     # 30 s per phase: baselines, then every attack
     python -m bench.abuse_bench --seconds 20 --attacks slow-uploads idle-sockets
 
-One ``python -m service`` on loopback (bench.service_bench.server) with default limits, the
+One ``python -m restore.service`` on loopback (bench.service_bench.server) with default limits, the
 gray and colour blind DnCNN and 33 API keys. Every client has its own loopback address
 (127.0.1.N; the attacker 127.0.2.1, the health checker 127.0.3.1) and its own key, as separate
 machines would. The honest clients post 48x48 gray PNGs in a loop to /denoise (or, for the

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.abuse_bench import short_jpeg, spp_tiffs, zero_png
-from restore.service.images import codecs
 from restore.service.errors import CorruptImage, UnsupportedMediaType
+from restore.service.images import codecs
 
 
 def test_the_attack_payloads_are_what_the_benchmark_reports() -> None:

@@ -42,9 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
 
-from restore.service.errors import (
-    Conflict, Gone, InsufficientStorage, NotFound, Overloaded, ServiceError, as_service_error, public_detail,
-)
+from restore.service.errors import Conflict, Gone, InsufficientStorage, NotFound, Overloaded, ServiceError, as_service_error, public_detail
 from restore.service.inference.scheduler import Progress
 from restore.service.metrics import Metrics
 from restore.service.settings import Settings

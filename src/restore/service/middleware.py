@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from restore.service.limits.clients import address_of
 from restore.service.errors import Overloaded, RequestTimeout, ServiceError, ShuttingDown, as_service_error, problem_response
+from restore.service.limits.clients import address_of
 from restore.service.logs import request_id
 from restore.service.metrics import Metrics
 

@@ -301,8 +301,7 @@ async def test_a_job_with_a_short_jpeg_is_refused_before_the_202_and_holds_nothi
     async with serve(settings_for(tmp_path), Engines()) as client:
         refused = await client.post("/v1/jobs/denoise", content=short_jpeg(10000, 10000))
         assert refused.status_code == 422 and refused.json()["type"] == "/problems/corrupt-image", refused.text
-        runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
-        assert runtime.pixels.used == 0 and runtime.bodies.used == 0
+        assert client._transport.app.state.in_flight.empty  # type: ignore[attr-defined]
         assert (await client.post("/v1/jobs/denoise", content=PNG)).status_code == 202
 
 
