@@ -24,7 +24,7 @@ from restore.service.settings import Settings  # noqa: E402
 
 SETTINGS_MARK = "<!-- settings-table -->"
 OPENAPI_MARK = "<!-- openapi-reference -->"
-METHODS = ("get", "post", "put", "delete")
+METHODS = ("get", "head", "post", "put", "delete")
 
 
 def _cell(text: object) -> str:
