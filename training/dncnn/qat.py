@@ -64,12 +64,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.dncnn import dncnn_from_onnx
-from export.manifest import read_manifest
-from export.measure import psnr, quantize
 from export.onnx_export import export_onnx
 from export.quantize import COMMAND_KEY, SCALES_KEY, calibration_crops
 from models.dncnn import DnCNN
-from training.common.log import save_checkpoint
+from restore.core.manifest import read_manifest
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels
+from training.common.checkpoints import save_checkpoint
 from training.dncnn.camera_noise import GAUSSIAN_RANGE
 from training.dncnn.data import PatchSampler, build_patch_set, load_training_images
 
@@ -204,7 +205,7 @@ def validate(sim: QuantSimDnCNN, images: Sequence[tuple[str, np.ndarray]], sigma
         x = torch.from_numpy(noisy.transpose(2, 0, 1)[None].astype(np.float32))
         for key, net in (("float", sim.model), ("int8", sim)):
             out = net(x)[0].numpy().transpose(1, 2, 0)
-            scores[key].append(psnr(quantize(out), crop))
+            scores[key].append(psnr(to_pixels(out), crop))
     return float(np.mean(scores["float"])), float(np.mean(scores["int8"]))
 
 
