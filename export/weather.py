@@ -40,7 +40,7 @@ from PIL import Image
 from restore.core.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
 from restore.core.metrics import psnr
 from restore.core.pixels import to_pixels as quantize
-from export.session import tiled_forward
+from export.session import cpu_session, tiled_forward
 from export.onnx_export import CONDITION_NAME, export_onnx, onnx_initializers, state_dict_from_onnx
 from restore.core.hashing import sha256_file
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
@@ -217,12 +217,6 @@ def sample_image() -> np.ndarray:
     """
     with Image.open(SAMPLE) as image:
         return np.asarray(image.convert("RGB"))
-
-
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def condition_feed(session: ort.InferenceSession, label: str | None, batch: int = 1) -> dict[str, np.ndarray]:
@@ -433,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample = sample_image()
     if args.from_onnx is not None:
         previous = entries_by_name(read_manifest(args.from_onnx.parent / MANIFEST_NAME))[NAME]
-        before = whole_forward(_session(args.from_onnx), sample)  # read before --out may overwrite it
+        before = whole_forward(cpu_session(args.from_onnx, 2), sample)  # read before --out may overwrite it
         model = weather_from_onnx(onnx.load(str(args.from_onnx)))
         served = model if is_fused(model) else inference_network(model)
     else:
@@ -445,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     diff = export_onnx(served, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80), symbolic_shapes=True,
                        conditions=conditions)
     write_config(path, served, fused=is_fused(served))
-    session = _session(path)
+    session = cpu_session(path, 2)
     overlap, tried = choose_overlap(session, sample)
     if args.from_onnx is not None:
         change = float(np.abs(whole_forward(session, sample) - before).max())

@@ -31,10 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.measure import psnr, quantize
+from export.session import cpu_session
+from export.weather import load_student, whole_forward
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
 from training.weather.data import WEATHERS, FloatImage, read_rgb
 from training.weather.teachers import DEFAULT_ROOT, load_teacher, teachers_of
 from training.weather.testset import load_test_set
+from training.weather.train import restore
 
 __all__ = ["load_pairs", "restorers_for", "evaluate", "table", "main"]
 
@@ -63,8 +67,6 @@ def load_pairs(folder: Path) -> list[tuple[str, FloatImage, FloatImage]]:
 
 
 def _torch_restorer(model: torch.nn.Module) -> Restorer:
-    from training.weather.train import restore
-
     def run(image: FloatImage) -> np.ndarray:
         with torch.inference_mode():
             return restore(model, image)
@@ -81,13 +83,9 @@ def restorers_for(
     for name in teachers_of(weather):
         yield name, _torch_restorer(load_teacher(name, root))
     if own is not None:
-        from export.weather import load_student
-
         yield "own", _torch_restorer(load_student(own)[0])
     if onnx is not None:
-        from export.weather import _session, whole_forward
-
-        session = _session(onnx)
+        session = cpu_session(onnx, 2)
         yield "student", lambda x: whole_forward(session, quantize(x))
 
 

@@ -163,4 +163,5 @@ def teacher_path(name: str, root: Path = DEFAULT_ROOT) -> Path:
 
 def load_teacher(name: str, root: Path = DEFAULT_ROOT) -> nn.Module:
     """The named teacher, in eval mode with gradients off."""
-    return TEACHERS[name].load(teacher_path(name, root)).eval().requires_grad_(False)
+    path = teacher_path(name, root)  # an unknown name fails here, with the known ones
+    return TEACHERS[name].load(path).eval().requires_grad_(False)

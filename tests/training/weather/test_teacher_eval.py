@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.measure import psnr, quantize
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
 from training.weather.teacher_eval import evaluate, load_pairs, main, table
 
 
