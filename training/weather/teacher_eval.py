@@ -3,13 +3,14 @@
     python -m training.weather.teacher_eval --testset runs/weather-test --weathers rain haze \\
         --outside runs/outside-rain/test runs/outside-rain/train \\
         --own rain=resume/weather/teacher-rain.pt haze=resume/weather/teacher-haze.pt \\
-        --onnx models/onnx/weather-unified.onnx --limit 12 --scores runs/teacher-eval.json
+        --onnx models/onnx/weather-unified.onnx m3=runs/m3/weather-unified.onnx --limit 12 --scores runs/teacher-eval.json
 
 Why: the student learns each weather from its best teacher, and "best" must hold on rain someone
 else rendered too (our renderer is what our own teachers were trained on). Methods, per weather:
 ``input`` (the degraded image itself), every registered public teacher of that weather
 (``training.weather.teachers``), ``own`` (a checkpoint of our single-weather teacher,
-``export.weather.load_student``) and ``student`` (the served ONNX student, whole image, blind).
+``export.weather.load_student``) and each ``--onnx`` student (``student``: the served one; whole image, told the weather as its route
+tells it).
 Sets: ``heldout`` (``training.weather.testset``, the first ``--limit`` images per weather) and, for
 rain, each ``--outside`` folder of pairs ``rain/<name>.png`` / ``norain/<name>.png``. Scores are
 the service's: outputs clipped and rounded to 8 bit, PSNR over all pixels and channels of whole
@@ -75,18 +76,20 @@ def _torch_restorer(model: torch.nn.Module) -> Restorer:
 
 
 def restorers_for(
-    weather: str, root: Path, own: Path | None = None, onnx: Path | None = None
+    weather: str, root: Path, own: Path | None = None, onnx: dict[str, Path] | None = None
 ) -> Iterator[tuple[str, Restorer]]:
-    """(method, restorer) for ``weather``: input, each public teacher, ours, the served student.
-    Loaded one at a time as the caller iterates, so one network is in memory at a time."""
+    """(method, restorer) for ``weather``: input, each public teacher, ours, then each exported
+    student of ``onnx`` (method -> file). A conditioned student is told ``weather``, as its route
+    would tell it (a blind one ignores the label). Loaded one at a time as the caller iterates, so
+    one network is in memory at a time."""
     yield "input", lambda x: x
     for name in teachers_of(weather):
         yield name, _torch_restorer(load_teacher(name, root))
     if own is not None:
         yield "own", _torch_restorer(load_student(own)[0])
-    if onnx is not None:
-        session = cpu_session(onnx, 2)
-        yield "student", lambda x: whole_forward(session, quantize(x))
+    for method, path in (onnx or {}).items():
+        session = cpu_session(path, 2)
+        yield method, lambda x, session=session: whole_forward(session, quantize(x), weather)
 
 
 def evaluate(
@@ -141,7 +144,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="folders of rain/ and norain/ pairs rendered by others (rain only)")
     parser.add_argument("--own", nargs="*", default=[], metavar="WEATHER=CHECKPOINT",
                         help="our own teacher of a weather")
-    parser.add_argument("--onnx", type=Path, help="the served student (whole image, blind)")
+    parser.add_argument("--onnx", nargs="*", default=[], metavar="[METHOD=]FILE",
+                        help="exported students, whole image, told the weather (METHOD defaults to student)")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the public teachers' weights")
     parser.add_argument("--limit", type=int, help="first N images of each set")
     parser.add_argument("--scores", type=Path, default=Path("runs/teacher-eval.json"),
@@ -157,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if weather not in WEATHERS or not path:
             raise SystemExit(f"--own takes WEATHER=CHECKPOINT with WEATHER in {WEATHERS}, got {item!r}")
         own[weather] = Path(path)
+    onnx = {}
+    for item in args.onnx:
+        method, _, path = item.rpartition("=")
+        onnx[method or "student"] = Path(path)
     scores: Scores = json.loads(args.scores.read_text()) if args.scores.is_file() else {}
 
     def save(current: Scores) -> None:
@@ -171,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if weather == "rain":
             sets.update({f"outside-{folder.name}": load_pairs(folder)[: args.limit] for folder in args.outside})
         asked.update({s: [n for n, _, _ in items] for s, items in sets.items()})
-        evaluate(sets, restorers_for(weather, args.root, own.get(weather), args.onnx), scores, save)
+        evaluate(sets, restorers_for(weather, args.root, own.get(weather), onnx), scores, save)
     print(table(scores, asked))
     return 0
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from restore.core.metrics import psnr
 from restore.core.pixels import to_pixels as quantize
+from training.weather import teacher_eval
 from training.weather.teacher_eval import evaluate, load_pairs, main, table
 
 
@@ -81,3 +82,20 @@ def test_main_writes_resumable_scores(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         main(argv)
     assert set(__import__("json").loads(scores.read_text())) == {"heldout-rain", "outside-test"}
+
+
+def test_students_are_told_the_weather(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each --onnx student is its own method, run as its route would run it: with the weather's
+    label (a conditioned file uses it, a blind one ignores it)."""
+    seen: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(teacher_eval, "teachers_of", lambda weather: [])
+    monkeypatch.setattr(teacher_eval, "cpu_session", lambda path, threads: str(path))
+    monkeypatch.setattr(teacher_eval, "whole_forward",
+                        lambda session, rgb, label=None: seen.append((session, label)) or rgb / 255)
+    files = {"student": tmp_path / "2.onnx", "m3": tmp_path / "3.onnx"}
+    restorers = dict(teacher_eval.restorers_for("snow", tmp_path, onnx=files))
+    assert list(restorers) == ["input", "student", "m3"]
+    image = np.full((4, 4, 3), 0.5, np.float32)
+    restorers["m3"](image)
+    restorers["student"](image)
+    assert seen == [(str(files["m3"]), "snow"), (str(files["student"]), "snow")]
