@@ -2,9 +2,12 @@
 
 An int8 variant (static QDQ, ``export.quantize``) is only faster where the CPU has an 8-bit dot
 product instruction that ONNX Runtime's integer kernels use: VNNI (``avx512_vnni``, ``avx_vnni``),
-AMX (``amx_int8``) on x86, ``asimddp`` (SDOT) on Arm. Without one, u8 x s8 products go through
-16-bit intermediates and int8 gains little or loses, and on CUDA ORT's float kernels (and the fp16
-variants) are the fast path, so ``auto`` picks int8 only on such a CPU, and only for a model whose
+AMX (``amx_int8``) on x86, ``asimddp`` (SDOT) on Arm. Without one (AVX2, AVX-512 without VNNI)
+u8 x s8 products go through 16-bit intermediates: int8 gains little or loses, and each two
+neighbouring products saturate at int16 (``export.int8_arithmetic``), so the file computes
+something other than what its quality gates were measured with (the exact sums of a VNNI or AMX
+CPU; docs/benchmarks.md gives the difference). On CUDA ORT's float kernels (and the fp16
+variants) are the fast path. So ``auto`` picks int8 only on such a CPU, and only for a model whose
 manifest entry lists an int8 variant. ``int8`` forces the variant wherever one exists (for
 measuring), ``float32`` never uses it. A model without a variant always runs its float file.
 """

@@ -18,15 +18,38 @@ X86_FLAGS = "fpu vme avx2 avx512f avx512_vnni amx_int8 amx_tile"
 X86_OLD = "fpu vme sse4_2 avx avx2 fma"
 ARM = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm asimddp"
 
+_X86 = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat clflush mmx fxsr sse sse2 ht syscall nx lm"
+_AVX2 = f"{_X86} pni pclmulqdq ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand bmi1 avx2 bmi2"
+_AVX512 = f"{_AVX2} avx512f avx512dq avx512cd avx512bw avx512vl"
+#: /proc/cpuinfo flags (x86) or Features (Arm) of each kind of CPU ORT's int8 kernels tell apart
+#: (export.int8_arithmetic), the 8-bit dot-product flags found, and what RESTORE_PRECISION=auto serves.
+ISAS = {
+    # vpmaddubsw: u8 x s8 products added in saturating int16 pairs, and little faster than float
+    "AVX2 (Haswell, AMD Zen 2/3)": ("flags", _AVX2, set(), "float32"),
+    "AVX-512 without VNNI (Skylake-SP)": ("flags", _AVX512, set(), "float32"),
+    # vpdpbusds / AMX tiles: exact int32 sums, the arithmetic the variants' quality gates were measured with
+    "AVX-VNNI without AVX-512 (Alder Lake)": ("flags", f"{_AVX2} avx_vnni", {"avx_vnni"}, "int8"),
+    "AVX-512 VNNI (Cascade Lake, AMD Zen 4)": ("flags", f"{_AVX512} avx512_vnni", {"avx512_vnni"}, "int8"),
+    "AMX (Sapphire Rapids)": (
+        "flags", f"{_AVX512} avx512_vnni avx_vnni amx_bf16 amx_tile amx_int8", {"avx512_vnni", "avx_vnni", "amx_int8"}, "int8",
+    ),
+    "Arm with SDOT (Neoverse N1)": ("Features", ARM, {"asimddp"}, "int8"),
+    "Arm without SDOT (Cortex-A72)": ("Features", "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid", set(), "float32"),
+}
+
+
+def _cpuinfo(tmp_path: Path, key: str, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t\t: {flags}\n")
+    return path
+
 
 @pytest.mark.parametrize(
     "key,flags,expected",
     [("flags", X86_FLAGS, {"avx512_vnni", "amx_int8"}), ("flags", X86_OLD, set()), ("Features", ARM, {"asimddp"})],
 )
 def test_cpu_int8_flags_reads_x86_and_arm_cpuinfo(tmp_path: Path, key: str, flags: str, expected: set[str]) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t\t: {flags}\n")
-    assert precision.cpu_int8_flags(cpuinfo) == expected
+    assert precision.cpu_int8_flags(_cpuinfo(tmp_path, key, flags)) == expected
 
 
 def test_cpu_int8_flags_is_empty_when_cpuinfo_cannot_be_read(tmp_path: Path) -> None:
@@ -69,6 +92,19 @@ def test_choose(tmp_path: Path, setting: precision.PrecisionSetting, provider: s
     assert chosen.file.name == ("gray.int8.onnx" if expected == "int8" else "gray.onnx")
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_auto_serves_int8_only_on_a_cpu_with_an_8_bit_dot_product(tmp_path: Path, isa: str) -> None:
+    """Each kind of CPU's flags, read as the service reads /proc/cpuinfo, then the choice; forced
+    int8 runs anywhere (on AVX2 with the int16-pair sums, see docs/benchmarks.md)."""
+    key, flags, dot_flags, expected = ISAS[isa]
+    found = precision.cpu_int8_flags(_cpuinfo(tmp_path, key, flags))
+    assert found == dot_flags
+    (spec,) = load_manifest(with_variant(tmp_path))
+    assert precision.choose("auto", spec, provider=CPU, int8_flags=found) == expected
+    assert precision.choose("int8", spec, provider=CPU, int8_flags=found) == "int8"
+    assert precision.choose("auto", spec, provider=CUDA, int8_flags=found) == "float32"
+
+
 @pytest.mark.parametrize("setting", ["auto", "int8"])
 def test_a_model_without_a_variant_runs_float32_whatever_the_setting(tmp_path: Path, setting: precision.PrecisionSetting) -> None:
     (spec,) = load_manifest(write_fake_manifest(tmp_path, [{"name": "plain"}]))
@@ -85,10 +121,12 @@ def test_an_unknown_variant_precision_is_a_manifest_error(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("flags,expected", [(VNNI, "int8"), (frozenset(), "float32")])
+@pytest.mark.parametrize("isa", ["AVX2 (Haswell, AMD Zen 2/3)", "AVX-512 without VNNI (Skylake-SP)", "AMX (Sapphire Rapids)"])
 async def test_auto_loads_the_variant_on_a_vnni_cpu_and_reports_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], expected: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isa: str
 ) -> None:
+    key, line, _, expected = ISAS[isa]
+    flags = precision.cpu_int8_flags(_cpuinfo(tmp_path, key, line))
     monkeypatch.setattr(precision, "cpu_int8_flags", lambda: flags)
     loaded: list[Path] = []
 
