@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -89,12 +90,18 @@ class OrtEngine:
     the errors raised here, which clients read, name the model.
     """
 
-    def __init__(self, path: Path, settings: Settings, providers: list[str], *, name: str | None = None) -> None:
+    def __init__(
+        self, path: Path, settings: Settings, providers: list[str], *, name: str | None = None,
+        entries: Mapping[str, str] | None = None,
+    ) -> None:
+        """``entries``: ORT session config entries (``service.precision.session_entries``)."""
         import onnxruntime as ort
 
         self.name = name or path.stem
 
         options = ort.SessionOptions()
+        for key, value in (entries or {}).items():
+            options.add_session_config_entry(key, value)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = settings.intra_op_threads or available_cpus()
         options.inter_op_num_threads = 1

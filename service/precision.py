@@ -3,17 +3,21 @@
 An int8 variant (static QDQ, ``export.quantize``) is only faster where the CPU has an 8-bit dot
 product instruction that ONNX Runtime's integer kernels use: VNNI (``avx512_vnni``, ``avx_vnni``),
 AMX (``amx_int8``) on x86, ``asimddp`` (SDOT) on Arm. Without one (AVX2, AVX-512 without VNNI)
-u8 x s8 products go through 16-bit intermediates: int8 gains little or loses, and each two
-neighbouring products saturate at int16 (``export.int8_arithmetic``), so the file computes
-something other than what its quality gates were measured with (the exact sums of a VNNI or AMX
-CPU; docs/benchmarks.md gives the difference). On CUDA ORT's float kernels (and the fp16
-variants) are the fast path. So ``auto`` picks int8 only on such a CPU, and only for a model whose
-manifest entry lists an int8 variant. ``int8`` forces the variant wherever one exists (for
-measuring), ``float32`` never uses it. A model without a variant always runs its float file.
+u8 x s8 products go through 16-bit intermediates: int8 gains little or loses, and ORT's kernels
+add each two neighbouring products in saturating int16 (``export.int8_arithmetic``), which blanks
+HED's int8 edge maps (docs/benchmarks.md). On CUDA ORT's float kernels (and the fp16 variants) are
+the fast path. So ``auto`` picks int8 only on such a CPU, and only for a model whose manifest
+entry lists an int8 variant. ``int8`` forces the variant wherever one exists (for measuring),
+``float32`` never uses it. A model without a variant always runs its float file.
+
+Wherever int8 runs on an x86 CPU without such an instruction, ``session_entries`` asks ORT for
+u8 x u8 kernels instead (``session.x64quantprecision``: the weights shifted to uint8, exact sums,
+slower), so an int8 file computes on every CPU the sums its quality gates were measured with.
 """
 
 from __future__ import annotations
 
+import platform
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -25,6 +29,9 @@ PrecisionSetting = Literal["auto", "float32", "int8"]
 
 #: /proc/cpuinfo flags of an 8-bit dot-product instruction ORT's int8 convolutions use.
 INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+#: ORT's session entry for exact int8 sums on x86 (``kOrtSessionOptionsAvx2PrecisionMode``).
+EXACT_INT8_ENTRY = ("session.x64quantprecision", "1")
+_X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 
 def cpu_int8_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -39,6 +46,18 @@ def cpu_int8_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
         if sep and key.strip() in ("flags", "Features"):
             found |= INT8_DOT_FLAGS & set(value.split())
     return frozenset(found)
+
+
+def session_entries(int8_flags: frozenset[str], machine: str | None = None) -> dict[str, str]:
+    """ORT session config entries for this CPU (``machine``: ``platform.machine()``):
+    ``EXACT_INT8_ENTRY`` on x86 without an 8-bit dot product, else none. Not with VNNI or AMX: ORT
+    applies the entry wherever its u8 x u8 and u8 x s8 kernel tables differ, which there moves int8
+    convolutions off the VNNI kernels (exact already) onto slower u8 x u8 ones. Float files have
+    nothing it changes."""
+    machine = platform.machine() if machine is None else machine
+    if machine.lower() in _X86 and not int8_flags:
+        return dict([EXACT_INT8_ENTRY])
+    return {}
 
 
 def choose(setting: PrecisionSetting, spec: ModelSpec, *, provider: str, int8_flags: frozenset[str]) -> Precision:

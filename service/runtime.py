@@ -73,12 +73,13 @@ class Runtime:
         self.metrics = metrics
         specs = select_specs(load_manifest(settings.models_dir), settings.models)
         providers = [CPU]
+        self.int8_flags = policy.cpu_int8_flags()
         if engine_factory is None:
             providers = resolve_providers(settings.device)  # raises StartupError before we serve
-            engine_factory = lambda spec: OrtEngine(spec.file, settings, providers, name=spec.name)  # noqa: E731
+            entries = policy.session_entries(self.int8_flags)
+            engine_factory = lambda spec: OrtEngine(spec.file, settings, providers, name=spec.name, entries=entries)  # noqa: E731
         self._engine_factory = engine_factory
         self._first_provider = providers[0]
-        self.int8_flags = policy.cpu_int8_flags()
         required = settings.required_models or tuple(spec.name for spec in specs)
         unknown = sorted(set(required) - {spec.name for spec in specs})
         if unknown:

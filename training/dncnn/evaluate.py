@@ -42,6 +42,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from export.measure import psnr, quantize
+from service.precision import cpu_int8_flags, session_entries
 
 __all__ = [
     "NOISE_SEED", "Job", "Denoiser", "add_noise", "noise_rng", "session_denoiser", "denoise", "evaluate_set",
@@ -110,8 +111,11 @@ def load_set(folder: Path, channels: int, limit: int | None) -> list[tuple[str, 
 
 
 def make_session(path: Path) -> ort.InferenceSession:
-    """CPU session with the thread count this evaluation was timed with."""
+    """CPU session with the thread count this evaluation was timed with, and the service's entries
+    (an int8 file computes exact sums on any x86 CPU, as served: ``service.precision``)."""
     options = ort.SessionOptions()
+    for key, value in session_entries(cpu_int8_flags()).items():
+        options.add_session_config_entry(key, value)
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -88,6 +88,7 @@ from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite
 from export.measure import tiled_forward
 from service.edgemaps import nms
 from service.multiscale import STANDARD, merge, parse_scales
+from service.precision import cpu_int8_flags, session_entries
 
 __all__ = [
     "MAX_DIST",
@@ -424,7 +425,10 @@ def canny_scale(sigma: float) -> float:
 
 
 def make_session(path: Path, threads: int = THREADS) -> ort.InferenceSession:
+    """With the service's session entries: an int8 file computes as served (``service.precision``)."""
     options = ort.SessionOptions()
+    for key, value in session_entries(cpu_int8_flags()).items():
+        options.add_session_config_entry(key, value)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

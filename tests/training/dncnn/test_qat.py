@@ -1,6 +1,7 @@
 """training/dncnn/qat.py: the int8 simulation computes what ONNX Runtime's QDQ file computes (on
-this CPU's path, and under qemu on an AVX2 and a pre-AVX2 CPU), the learned scales reach that
-file, fine-tuning lowers the int8 error, and a run resumes exactly."""
+this CPU's path, under qemu on an AVX2 and a pre-AVX2 CPU, and with the service's session entry
+for exact sums), the learned scales reach that file, fine-tuning lowers the int8 error on either
+arithmetic, and a run resumes exactly."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
@@ -24,6 +26,7 @@ from export.int8_arithmetic import ARITHMETICS, Arithmetic, ort_u8s8_arithmetic
 from export.onnx_export import run_onnx
 from export.quantize import COMMAND_KEY, SCALES_KEY, float_nodes, quantize_model
 from models.dncnn import DnCNN
+from service.precision import EXACT_INT8_ENTRY
 from training.dncnn.qat import QATConfig, QuantSimDnCNN, activation_maxima, fine_tune, write_float_model
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -88,12 +91,20 @@ def _check_path(ort_int8: np.ndarray, simulated: dict[str, np.ndarray], arithmet
         assert all(off[a] > 0.1 * int8_error for a in ARITHMETICS if a != arithmetic), off
 
 
+def _run(path: Path, x: np.ndarray, entries: dict[str, str]) -> np.ndarray:
+    options = ort.SessionOptions()
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
 @pytest.mark.parametrize("float_tail_layers,distinct", [(0, True), (1, False)])
 def test_the_simulation_computes_the_quantized_onnx_file(tmp_path: Path, float_tail_layers: int, distinct: bool) -> None:
-    """On the path ORT takes on this CPU (exact sums with VNNI or AMX, int16 pairs on AVX2 or
-    AVX-512 without VNNI), named in the failure message. With the penultimate layer float only
-    two convolutions stay int8 and their few saturated pairs move the output less than the
-    tolerance (``distinct`` False)."""
+    """On the path a plain ORT session takes on this CPU (exact sums with VNNI or AMX, int16 pairs
+    on AVX2 or AVX-512 without VNNI), named in the failure message, and with the service's session
+    entry, exact on every CPU. With the penultimate layer float only two convolutions stay int8
+    and their few saturated pairs move the output less than the tolerance (``distinct`` False)."""
     sim, target, excluded = _quantized_tiny(tmp_path, float_tail_layers)
     quantized = onnx.load(str(target))
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "tuned.onnx")).metadata_props}
@@ -103,7 +114,9 @@ def test_the_simulation_computes_the_quantized_onnx_file(tmp_path: Path, float_t
     assert ("/body/body.2/conv/Conv" in excluded) is bool(float_tail_layers)
 
     x = _noisy(1, size=40, seed=5)[0][None]
-    _check_path(run_onnx(target, x), _simulated(sim, x), ort_u8s8_arithmetic(16), distinct)
+    simulated = _simulated(sim, x)
+    _check_path(run_onnx(target, x), simulated, ort_u8s8_arithmetic(16), distinct)
+    _check_path(_run(target, x, dict([EXACT_INT8_ENTRY])), simulated, "exact", distinct)
 
 
 #: CPUs qemu's TCG runs (it has no AVX-512), each with the sums ORT takes there.
@@ -113,9 +126,13 @@ import sys
 import numpy as np
 import onnxruntime as ort
 from export.int8_arithmetic import ort_u8s8_arithmetic
-model, inputs, outputs = sys.argv[1:]
-session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-np.save(outputs, session.run(None, {"input": np.load(inputs)})[0])
+model, inputs, plain, entered, key, value = sys.argv[1:]
+for path, entries in ((plain, {}), (entered, {key: value})):
+    options = ort.SessionOptions()
+    for k, v in entries.items():
+        options.add_session_config_entry(k, v)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    np.save(path, session.run(None, {"input": np.load(inputs)})[0])
 print(ort_u8s8_arithmetic(16))
 """
 
@@ -137,18 +154,23 @@ def test_the_simulation_computes_the_quantized_onnx_file_on_an_emulated_cpu(
 ) -> None:
     """The paths this CPU does not take: ORT run under ``qemu-x86_64 -cpu <cpu>`` (its MLAS picks
     kernels by CPUID, which qemu answers for the emulated CPU) names the sums the ISA implies and
-    computes what the simulation of those sums computes here."""
+    computes what the simulation of those sums computes here; with the service's session entry
+    it computes the exact sums there too."""
     qemu = _qemu()
     sim, target, _ = _quantized_tiny(tmp_path, 0)
     x = _noisy(1, size=40, seed=5)[0][None]
     np.save(tmp_path / "x.npy", x)
+    plain, entered = tmp_path / "plain.npy", tmp_path / "entered.npy"
     done = subprocess.run(
-        [qemu, "-cpu", cpu, sys.executable, "-c", _UNDER_QEMU, str(target), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [qemu, "-cpu", cpu, sys.executable, "-c", _UNDER_QEMU, str(target), str(tmp_path / "x.npy"), str(plain), str(entered),
+         *EXACT_INT8_ENTRY],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == arithmetic
-    _check_path(np.load(tmp_path / "y.npy"), _simulated(sim, x), arithmetic, True)
+    simulated = _simulated(sim, x)
+    _check_path(np.load(plain), simulated, arithmetic, True)
+    _check_path(np.load(entered), simulated, "exact", True)
 
 
 def test_penultimate_names_the_last_hidden_conv_and_its_relu(tmp_path: Path) -> None:
