@@ -28,8 +28,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.gpu_check import CUDA, fp16_copy, ort_runner, torch_runner
-from export.manifest import read_manifest
-from training.dncnn.evaluate import Denoiser, evaluate_set, load_set
+from restore.core.manifest import read_manifest
+from training.dncnn.evaluate import Denoiser, evaluate_set
+from training.dncnn.images import load_set
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
 BLIND_SIGMA = 25

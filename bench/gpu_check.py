@@ -12,7 +12,7 @@ For every model in the manifest (``--models`` to choose):
 * the model's share of the GPU's dense fp16 tensor peak (``--peak-tflops``, else looked up by the
   GPU's name): FLOP per pixel are counted from the graph's convolutions.
 
-Then the service end to end (``python -m service`` with ``RESTORE_DEVICE=cuda``) on the default
+Then the service end to end (``python -m restore.service`` with ``RESTORE_DEVICE=cuda``) on the default
 colour denoiser: one 12 MP photo, and 16 concurrent clients, each as MP/s and as a ratio to the
 model's own float32 throughput at batch 8.
 
@@ -38,9 +38,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
+import torch
+
+from bench.model_throughput import TORCH_FROM_ONNX
+from bench.service_bench import png, post, scene, server
+from export.quantize import float32_weights
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
 CUDA = "CUDAExecutionProvider"
@@ -52,8 +58,6 @@ BATCHES = (1, 4, 8)
 
 def conv_flops_per_pixel(model: onnx.ModelProto, channels: int, side: int = 64) -> float:
     """FLOP per input pixel of every Conv and ConvTranspose (2 x MACs), from shapes inferred at ``side``."""
-    from export.quantize import float32_weights
-
     proto = float32_weights(model)
     proto.graph.input[0].type.tensor_type.shape.CopyFrom(
         onnx.TensorShapeProto(dim=[onnx.TensorShapeProto.Dimension(dim_value=v) for v in (1, channels, side, side)])
@@ -93,9 +97,8 @@ def peak_for(name: str) -> float | None:
 
 def fp16_copy(path: Path, folder: Path) -> Path:
     """The model in float16 (weights and compute), float32 in and out: ORT's own converter."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415 (pulls in onnx; only this copy needs it)
 
-    from export.quantize import float32_weights
 
     target = folder / f"{path.stem}.fp16.onnx"
     onnx.save(convert_float_to_float16(float32_weights(onnx.load(str(path))), keep_io_types=True), str(target))
@@ -122,10 +125,6 @@ def ort_runner(path: Path, provider: str) -> Callable[[np.ndarray], np.ndarray]:
 
 def torch_runner(path: Path, task: str, half: bool, device: str = "cuda") -> Callable[[np.ndarray], np.ndarray]:
     """The model of ``path`` in PyTorch on ``device`` (weights from the file), float32 in and out."""
-    import torch
-
-    from bench.model_throughput import TORCH_FROM_ONNX
-
     module = TORCH_FROM_ONNX[task](onnx.load(str(path))).to(device).eval()
     module = module.half() if half else module
 
@@ -146,13 +145,8 @@ def backend(dry_run: bool) -> str:
         return "ort-cpu (dry run)"
     if CUDA in ort.get_available_providers():
         return "ort-cuda"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return "torch-cuda"
-    except ImportError:
-        pass
+    if torch.cuda.is_available():
+        return "torch-cuda"
     raise SystemExit("no GPU path: onnxruntime has no CUDA provider and PyTorch sees no GPU (use --dry-run on a CPU)")
 
 
@@ -187,9 +181,6 @@ def model_rows(entries: list[dict[str, Any]], kind: str, size: int, repeats: int
 
 def end_to_end(model: str, channels: int, query: str, own_mp_s: float, side: int, clients: int, device: str) -> None:
     """The service on one big photo and under ``clients`` concurrent clients, against the model's own speed."""
-    import httpx
-
-    from bench.service_bench import png, post, scene, server
 
     photo = png(scene(side, side * 4 // 3, channels))
     small = png(scene(side // 4, side // 3, channels, seed=1))

@@ -1,7 +1,7 @@
 """Where ORT's int16-pair u8 x s8 sums (AVX2, AVX-512 without VNNI) change the shipped int8 variants.
 
 The service does not compute them (on such a CPU its sessions ask for exact sums:
-``service.precision.session_entries``); a plain ORT session given the file does.
+``restore.core.cpu.session_entries``); a plain ORT session given the file does.
 
     python -m bench.int8_saturation --data ../shared/data [--models NAME ...] [--limit N] [--crop PX]
         [--no-count] [--exact-entry]
@@ -21,7 +21,7 @@ protocol) or HED's mean fused edge probability, and a digest of every uint8 acti
 the same command under ``qemu-x86_64 -cpu Haswell`` (``--no-count``: only ORT runs, slowly;
 ``--crop``: centre crops, to keep it minutes) gives the AVX2 path's; equal digests mean equal
 integer activations. ``--exact-entry`` gives ORT the service's session entry for exact sums
-(``service.precision.EXACT_INT8_ENTRY``) whatever this CPU is. For a denoiser the row adds
+(``restore.core.cpu.EXACT_INT8_ENTRY``) whatever this CPU is. For a denoiser the row adds
 the float32 file's PSNR and the int8 PSNR of both paths as ``training.dncnn.qat.QuantSimDnCNN``
 computes them from the int8 file's weights, biases and scales (it computes ORT's uint8
 activations exactly on either path: tests/training/dncnn/test_qat.py), so the quality gate
@@ -47,9 +47,12 @@ from PIL import Image
 
 from export.dncnn import dncnn_from_onnx
 from export.int8_arithmetic import ARITHMETICS, Arithmetic, ort_u8s8_arithmetic, pair_excess
-from export.measure import psnr, quantize
-from service.precision import EXACT_INT8_ENTRY, cpu_int8_flags
-from training.dncnn.evaluate import COLOR_SETS, GRAY_SETS, add_noise, load_set, make_session, noise_rng
+from export.session import cpu_session
+from restore.core.cpu import EXACT_INT8_ENTRY, cpu_int8_flags
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels
+from training.dncnn.evaluate import COLOR_SETS, GRAY_SETS, add_noise, make_session, noise_rng
+from training.dncnn.images import load_set
 from training.dncnn.qat import QuantSimDnCNN
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
@@ -94,11 +97,7 @@ def session_reading_back(model: onnx.ModelProto, tensors: Sequence[str], entries
     exposed.CopyFrom(model)
     for name in dict.fromkeys(tensors):
         exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, None))
-    options = ort.SessionOptions()
-    for key, value in entries.items():
-        options.add_session_config_entry(key, value)
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return cpu_session(exposed.SerializeToString(), 2, entries)
 
 
 def simulation(entry: dict, model: onnx.ModelProto, arithmetic: Arithmetic) -> QuantSimDnCNN:
@@ -194,7 +193,7 @@ def _score(output: np.ndarray, clean: np.ndarray | None) -> float:
     out = output[0]
     if clean is None:
         return float(out[0].mean())
-    return psnr(quantize(out[0] if out.shape[0] == 1 else out.transpose(1, 2, 0)), clean)
+    return psnr(to_pixels(out[0] if out.shape[0] == 1 else out.transpose(1, 2, 0)), clean)
 
 
 def _out_shape(shape: tuple[int, ...], conv: QuantizedConv) -> tuple[int, ...]:

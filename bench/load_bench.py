@@ -6,7 +6,7 @@
     python -m bench.load_bench burst        # 8 x 4 MP while one runs: refused before decoding, how fast
     python -m bench.load_bench memory       # RSS idle, after every model once, after a cancelled 100 MP
 
-Each starts ``python -m service`` (bench.service_bench.server) with default settings unless noted,
+Each starts ``python -m restore.service`` (bench.service_bench.server) with default settings unless noted,
 waits for /readyz, prints a markdown block with its targets, and stops the server. ``--clients``,
 ``--duration`` and friends shorten a run for a smoke test; the figures for the record come from
 the defaults on an otherwise idle machine.
@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from bench.service_bench import COLOR, png, post, scene, server
+from restore.service.images import codecs
 
 HEADERS = {"Content-Type": "image/png"}
 GIB = 2**30
@@ -190,8 +191,6 @@ def burst(count: int, window_s: float) -> None:
 
 
 def _decode_ms(body: bytes) -> float:
-    from service import codecs
-
     start = time.perf_counter()
     codecs.decode(body, 10**9)
     return 1000 * (time.perf_counter() - start)

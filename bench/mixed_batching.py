@@ -23,10 +23,10 @@ import time
 import httpx
 
 from bench.service_bench import png, scene, server
-from service.manifest import load_manifest
-from service.pipeline import plan_for
-from service.settings import DEFAULT_MODELS_DIR, Settings
-from service.tiling import TILE_GRANULE, Tiling
+from restore.core.manifest import load_manifest
+from restore.core.tiling import TILE_GRANULE, Tiling
+from restore.service.inference.pipeline import plan_for
+from restore.service.settings import DEFAULT_MODELS_DIR, Settings
 
 SIZES = [(72 + 10 * i, 88 + 10 * i) for i in range(16)]  # 72x88 ... 222x238: 16 sizes, all under 256
 TILE = 256

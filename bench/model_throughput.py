@@ -26,8 +26,8 @@ import torch
 
 from export.dncnn import dncnn_from_onnx
 from export.hed import hed_from_onnx
-from export.weather import weather_from_onnx
-from service.engine import available_cpus
+from export.weather import condition_feed, weather_from_onnx
+from restore.service.inference.engine import available_cpus
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
 #: How to rebuild the PyTorch model of each task from an ONNX file's own initializers.
@@ -70,7 +70,8 @@ def main() -> None:
         path = args.models_dir / entry["file"]
         session = ort.InferenceSession(str(path), options, providers=providers)
         x = np.random.default_rng(0).random((1, entry["channels"], args.size, args.size), dtype=np.float32)
-        ort_s = timed(lambda: session.run(None, {"input": x}), args.repeats)
+        feeds = {"input": x, **condition_feed(session, None)}  # a conditioned weather model: blind
+        ort_s = timed(lambda: session.run(None, feeds), args.repeats)
         if args.ort_only:
             print(f"| {entry['name']} | {megapixels / ort_s:.3f} | | |", flush=True)
             continue

@@ -3,7 +3,7 @@
     python -m bench.noise_estimate estimator              # estimate_noise on 1, 12 and 50 MP, one thread
     python -m bench.noise_estimate overhead --repeats 5   # 1 MP PNG: /denoise vs /denoise?sigma=auto
 
-``overhead`` starts ``python -m service`` with the blind colour model only (so both requests run
+``overhead`` starts ``python -m restore.service`` with the blind colour model only (so both requests run
 the same model: white noise keeps the blind model under ``sigma=auto``), alternates the two
 requests so drift hits both alike, and prints the medians, the ``estimate`` stage of
 Server-Timing and the overhead in percent (issue 15: under 5% of a 1 MP request). Run it on an
@@ -18,7 +18,7 @@ import statistics
 import time
 
 from bench.service_bench import COLOR, png, post, scene, server
-from service.noise_level import estimate_noise
+from restore.core.noise_level import estimate_noise
 
 
 def estimator(repeats: int) -> None:

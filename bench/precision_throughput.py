@@ -29,8 +29,8 @@ import numpy as np
 import onnxruntime as ort
 
 from export.quantize import read_variants, record_metrics
-from service.engine import available_cpus
-from service.precision import cpu_int8_flags, session_entries
+from restore.core.cpu import cpu_int8_flags, session_entries
+from restore.service.inference.engine import available_cpus
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
 

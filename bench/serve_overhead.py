@@ -27,6 +27,10 @@ import httpx
 import numpy as np
 
 from bench.service_bench import COLOR, free_port, png, scene, server
+import ray
+from ray import serve
+
+from restore.service import ray_serve  # the whole script measures Ray Serve: it needs the ray extra
 
 HEADERS = {"Content-Type": "image/png"}
 
@@ -69,11 +73,6 @@ def measure(url: str, clients: int, duration: float, side: int, body_mib: int) -
 
 @contextmanager
 def serve_app(replicas: int, cpus: int) -> Iterator[str]:
-    import ray
-    from ray import serve
-
-    from service import ray_serve
-
     os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
     ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:

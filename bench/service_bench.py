@@ -6,7 +6,7 @@
     python -m bench.service_bench edges        # /edges end to end, megapixels per second (one scale and 0.5,1,1.5)
     python -m bench.service_bench weather      # /derain end to end (0.25, 1, 3 MP) vs raw ORT on the whole image
 
-Each starts ``python -m service`` on a free port with the models it needs, waits for /readyz,
+Each starts ``python -m restore.service`` on a free port with the models it needs, waits for /readyz,
 runs, prints a markdown block, and stops the server. Requests are bounded in count and time.
 Fairness, admission and memory under load are in ``bench.load_bench``.
 """
@@ -31,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.engine import available_cpus
+from restore.service.inference.engine import available_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 COLOR = "dncnn-color-blind"
@@ -69,7 +69,7 @@ def server(models: str, **env: str) -> Iterator[tuple[str, subprocess.Popen[byte
     port = free_port()
     environment = {**os.environ, "RESTORE_MODELS": models, "RESTORE_LOG_LEVEL": "warning", **env}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=environment
+        [sys.executable, "-m", "restore.service", "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=environment
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -19,12 +19,12 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from service.engine import available_cpus
-from service.manifest import load_manifest
-from service.pipeline import plan_for
-from service.runtime import SPEED_PROBE_SIDE
-from service.settings import DEFAULT_MODELS_DIR, Settings
-from service.tiling import FINE_GRANULE, Tiling, round_up, tile_side_for
+from restore.core.manifest import load_manifest
+from restore.core.tiling import FINE_GRANULE, Tiling, round_up, tile_side_for
+from restore.service.inference.engine import available_cpus
+from restore.service.inference.pipeline import plan_for
+from restore.service.inference.runtime import SPEED_PROBE_SIDE
+from restore.service.settings import DEFAULT_MODELS_DIR, Settings
 
 
 def session(path: str, arena: bool) -> ort.InferenceSession:

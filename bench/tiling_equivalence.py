@@ -2,7 +2,7 @@
 
     python -m bench.tiling_equivalence [--model dncnn-gray-s25] [--tile 1024]
 
-Uses the service's own tiler and blender (service.pipeline.TiledImage) with the production tile
+Uses the service's own tiler and blender (restore.core.tiling.TiledImage) with the production tile
 size and overlap; the whole-image reference is one ORT call on the full image.
 """
 
@@ -14,17 +14,16 @@ import json
 import numpy as np
 import onnxruntime as ort
 
-from service.engine import available_cpus
-from service.manifest import load_manifest
-from service.pipeline import TiledImage, plan_for, quantize
-from service.settings import DEFAULT_MODELS_DIR, Settings
+from restore.core.manifest import load_manifest
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels
+from restore.core.tiling import TiledImage
+from restore.service.inference.engine import available_cpus
+from restore.service.inference.pipeline import plan_for
+from restore.service.settings import DEFAULT_MODELS_DIR, Settings
 
 SIZES = [(1, 1), (7, 5), (333, 517), (1023, 1025), (1536, 2048)]
 
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def main() -> None:
@@ -50,14 +49,14 @@ def main() -> None:
         for index in range(work.plan.count):
             work.accept(index, session.run(None, {"input": work.tile(index)[None]})[0][0])
         assert work.output is not None
-        tiled = quantize(work.output, np.dtype(np.uint8))
-        m = spec.multiple  # the whole image padded as service.tiling.pad_to_plan pads
+        tiled = to_pixels(work.output, np.dtype(np.uint8), overwrite=True)
+        m = spec.multiple  # the whole image padded as restore.core.tiling.pad_to_plan pads
         pad_h, pad_w = -height % m, -width % m
         mode = "reflect" if height > pad_h and width > pad_w else "symmetric"
         padded = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode=mode)
         whole = session.run(None, {"input": padded.transpose(2, 0, 1)[None].astype(np.float32) / 255})[0][0]
         whole = whole[:, :height, :width]
-        whole_q = quantize(np.ascontiguousarray(whole.transpose(1, 2, 0)), np.dtype(np.uint8))
+        whole_q = to_pixels(np.ascontiguousarray(whole.transpose(1, 2, 0)), np.dtype(np.uint8), overwrite=True)
         diff = int(np.abs(tiled.astype(int) - whole_q.astype(int)).max())
         print(f"| {width}x{height} | {work.plan.count} | {psnr(tiled, whole_q):.2f} dB | {diff} |", flush=True)
     print(json.dumps({"model": spec.name, "tile": args.tile}))

@@ -22,14 +22,11 @@ import onnx
 import torch
 from torch import nn
 
-from export.dncnn_matconvnet import (
-    kair_to_state_dict,
-    load_matconvnet_layers,
-    matconvnet_to_state_dict,
-)
-from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
-from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
+from export.dncnn_matconvnet import kair_to_state_dict, load_matconvnet_layers, matconvnet_to_state_dict
+from export.onnx_export import export_onnx, onnx_initializers, state_dict_from_onnx
 from models.dncnn import DnCNN, build_dncnn, dncnn_config
+from restore.core.hashing import sha256_file
+from restore.core.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 
 __all__ = [
     "DnCNNRelease",

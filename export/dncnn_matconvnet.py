@@ -57,7 +57,7 @@ def load_matconvnet_layers(path: str | Path) -> list[ConvLayer]:
     The network must alternate conv/relu and end with a conv: anything else (a BatchNorm layer, a
     loss layer) means this is not a folded DnCNN and conversion would silently be wrong.
     """
-    import h5py  # only the converter needs HDF5
+    import h5py  # noqa: PLC0415 (optional: only the converter needs HDF5)
 
     layers: list[ConvLayer] = []
     types: list[str] = []

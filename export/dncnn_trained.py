@@ -8,7 +8,7 @@ Usage::
 BatchNorm is folded into the preceding convolution (``fold_batch_norm``), which turns the trained
 network into the same ``DnCNN(batch_norm=False)`` architecture as the converted releases; the
 export itself (float16-stored weights, ORT-vs-PyTorch check) is ``export.dncnn``'s. The entry is
-written through ``export.manifest.update_manifest`` with ``default: false`` unless ``--default``
+written through ``restore.core.manifest.update_manifest`` with ``default: false`` unless ``--default``
 (ship it only when it beats the authors' weights on ``training.dncnn.evaluate``) and provenance: our
 training command, data, machine and duration, read from the checkpoint. Metrics are filled by
 ``python -m training.dncnn.evaluate ... --models NAME --write-manifest``.
@@ -26,9 +26,10 @@ import onnx
 import torch
 
 from export.dncnn import EXPORT_HW, dncnn_from_onnx
-from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
-from export.onnx_export import export_onnx, sha256_file
+from export.onnx_export import export_onnx
 from models.dncnn import DnCNN, dncnn_config
+from restore.core.hashing import sha256_file
+from restore.core.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 
 __all__ = ["fold_batch_norm", "model_from_checkpoint", "blend_with_init", "trained_entry", "main"]
 
@@ -139,7 +140,7 @@ def trained_entry(
         "overlap": model.depth,  # receptive-field radius: one pixel per 3x3 conv
         "multiple": 1,
         "default": default,
-        "noise": "camera" if config.get("noise") == "camera" else "gaussian",  # sigma=auto's routing (service.manifest)
+        "noise": "camera" if config.get("noise") == "camera" else "gaussian",  # sigma=auto's routing (restore.core.manifest)
         "provenance": {
             "source": "trained",
             "origin": ORIGIN,

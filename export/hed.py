@@ -40,9 +40,10 @@ import onnx
 import torch
 
 from export.hed_reference import KerasLayers, hed_reference
-from export.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
-from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
+from export.onnx_export import export_onnx, onnx_initializers, state_dict_from_onnx
 from models.hed import HED, OUTPUT_NAMES, HEDForInference, build_hed
+from restore.core.hashing import sha256_file
+from restore.core.manifest import MANIFEST_NAME, Entry, merge_keeping_metrics, update_manifest
 
 __all__ = [
     "MODEL_NAME",
@@ -109,7 +110,7 @@ def load_keras_layers(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
     Names: ``block{k}_conv{i}`` (from the ``name`` attribute), ``dsn{k}`` and ``fuse`` (from the
     group). Any other group holding arrays is an error: it would be silently dropped otherwise.
     """
-    import h5py  # only the converter needs HDF5
+    import h5py  # noqa: PLC0415 (optional: only the converter needs HDF5)
 
     layers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -235,7 +236,7 @@ def hed_from_onnx(model: onnx.ModelProto) -> HEDForInference:
 # ---------------------------------------------------------------------------------------- checks
 def sample_crop(height: int = 97, width: int = 131) -> np.ndarray:
     """An RGB crop in ``[0, 1]`` of scikit-image's bundled astronaut photo (odd size on purpose)."""
-    from skimage import data
+    from skimage import data  # noqa: PLC0415 (scikit-image, dev extra: only the check's sample image)
 
     image = data.astronaut()[40 : 40 + height, 180 : 180 + width]
     return image.astype(np.float32) / 255.0

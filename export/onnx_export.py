@@ -1,7 +1,8 @@
 """Export any ``nn.Module`` to ONNX with float16-stored weights, and prove the export is right.
 
 The exported graph takes and returns float32 NCHW tensors named ``input`` / ``output`` with dynamic
-batch, height and width. Weights are *stored* as float16, each followed by a ``Cast`` to float32, so
+batch, height and width; a conditioned model (``conditions=K``) also takes ``weather``, float32
+``(N, K)`` one-hot rows, one per image of the batch. Weights are *stored* as float16, each followed by a ``Cast`` to float32, so
 files are half the size while every operator still computes in float32 (ONNX Runtime folds the
 casts once at session start). The export is not trusted until ONNX Runtime reproduces PyTorch
 (run with the same float16-rounded weights) on an input of a size other than the one traced.
@@ -27,8 +28,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from service.manifest import sha256_of
-
 __all__ = [
     "OPSET",
     "FP16_SUFFIX",
@@ -41,12 +40,13 @@ __all__ = [
     "state_dict_from_onnx",
     "run_onnx",
     "max_abs_diff",
-    "sha256_file",
+    "CONDITION_NAME",
 ]
 
 OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+CONDITION_NAME = "weather"
 FP16_SUFFIX = "__fp16"
 DEFAULT_TOLERANCE = 1e-4
 _DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
@@ -54,11 +54,6 @@ _DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 
 class ExportCheckError(RuntimeError):
     """The exported ONNX graph does not reproduce the PyTorch model."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file: the service's own function, so export and load agree by construction."""
-    return sha256_of(Path(path))
 
 
 def store_initializers_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -108,7 +103,7 @@ def with_symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     in the file, a 3x3 convolution's output cannot be shown equal to its input's, so each such op
     is sent back to plain NCHW and forth again. The computation is unchanged.
     """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # noqa: PLC0415 (pulls in sympy; only dynamic shapes need it)
 
     inferred = SymbolicShapeInference.infer_shapes(copy.deepcopy(model), auto_merge=True)
     if inferred is None:
@@ -166,13 +161,16 @@ def state_dict_from_onnx(
     return state
 
 
-def run_onnx(path: str | Path, x: np.ndarray, threads: int = 2) -> np.ndarray:
-    """Run an exported model once on CPU with ONNX Runtime."""
+def run_onnx(path: str | Path, x: np.ndarray, threads: int = 2, condition: np.ndarray | None = None) -> np.ndarray:
+    """Run an exported model once on CPU with ONNX Runtime (``condition``: its ``weather`` rows)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    (y,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.astype(np.float32, copy=False)})
+    feeds = {INPUT_NAME: x.astype(np.float32, copy=False)}
+    if condition is not None:
+        feeds[CONDITION_NAME] = condition.astype(np.float32, copy=False)
+    (y,) = session.run([OUTPUT_NAME], feeds)
     return np.asarray(y)
 
 
@@ -183,9 +181,17 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
-def _torch_forward(module: nn.Module, x: np.ndarray) -> np.ndarray:
+def _torch_forward(module: nn.Module, x: np.ndarray, condition: np.ndarray | None = None) -> np.ndarray:
     with torch.inference_mode():
-        return module(torch.from_numpy(x)).numpy()
+        if condition is None:
+            return module(torch.from_numpy(x)).numpy()
+        return module(torch.from_numpy(x), torch.from_numpy(condition)).numpy()
+
+
+def _one_hot_rows(n: int, k: int, seed: int) -> np.ndarray:
+    """``n`` one-hot rows of width ``k``, cycling through the labels from a seeded start."""
+    start = int(np.random.default_rng(seed).integers(k))
+    return np.eye(k, dtype=np.float32)[[(start + i) % k for i in range(n)]]
 
 
 def export_onnx(
@@ -198,6 +204,7 @@ def export_onnx(
     fp16_storage: bool = True,
     symbolic_shapes: bool = False,
     seed: int = 0,
+    conditions: int = 0,
 ) -> float:
     """Export ``module`` (eval mode) to ``path`` and verify it; returns the max abs difference.
 
@@ -211,6 +218,8 @@ def export_onnx(
         fp16_storage: store initializers as float16 (see module docstring).
         symbolic_shapes: write every tensor's shape into the file (``with_symbolic_shapes``).
         seed: seed of the random verification input.
+        conditions: width of the ``weather`` one-hot input of a conditioned model (0: none); the
+            check then feeds a different label per image.
 
     Raises:
         ExportCheckError: ORT output deviates by more than ``tolerance``.
@@ -225,6 +234,12 @@ def export_onnx(
         raise ValueError("check_shape must differ from input_shape to test the dynamic axes")
 
     dummy = torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+    inputs: tuple[torch.Tensor, ...] = (dummy,)
+    names, axes = [INPUT_NAME], {INPUT_NAME: _DYNAMIC_AXES, OUTPUT_NAME: _DYNAMIC_AXES}
+    if conditions:
+        inputs += (torch.from_numpy(_one_hot_rows(n, conditions, seed)),)
+        names.append(CONDITION_NAME)
+        axes[CONDITION_NAME] = {0: "batch"}
     with warnings.catch_warnings():
         # The TorchScript exporter announces its own deprecation on every call.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -232,13 +247,13 @@ def export_onnx(
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
             module,
-            (dummy,),
+            inputs,
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
+            input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: _DYNAMIC_AXES, OUTPUT_NAME: _DYNAMIC_AXES},
+            dynamic_axes=axes,
             do_constant_folding=True,
         )
     proto = onnx.load(str(path))
@@ -253,7 +268,8 @@ def export_onnx(
     onnx.save(proto, str(path))
 
     x = np.random.default_rng(seed).random(tuple(check_shape), dtype=np.float32)
-    diff = max_abs_diff(run_onnx(path, x), _torch_forward(reference, x))
+    condition = _one_hot_rows(x.shape[0], conditions, seed + 1) if conditions else None
+    diff = max_abs_diff(run_onnx(path, x, condition=condition), _torch_forward(reference, x, condition))
     if not diff <= tolerance:  # also catches NaN
         raise ExportCheckError(f"{path}: ORT vs PyTorch max abs diff {diff:.3g} > {tolerance:g}")
     return diff

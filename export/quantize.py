@@ -57,18 +57,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quant_pre_process,
-    quantize_static,
-)
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 from PIL import Image
 
-from export.manifest import Entry, read_manifest, update_manifest
-from export.onnx_export import FP16_SUFFIX, onnx_initializers, sha256_file
+from export.onnx_export import FP16_SUFFIX, onnx_initializers
+from restore.core.hashing import sha256_file
+from restore.core.manifest import Entry, read_manifest, update_manifest
 
 __all__ = [
     "PRECISION",

@@ -37,11 +37,14 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from export.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
-from export.measure import psnr, quantize, tiled_forward
-from export.onnx_export import export_onnx, onnx_initializers, sha256_file, state_dict_from_onnx
+from restore.core.manifest import MANIFEST_NAME, Entry, entries_by_name, merge_keeping_metrics, read_manifest, update_manifest
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
+from export.session import cpu_session, tiled_forward
+from export.onnx_export import CONDITION_NAME, export_onnx, onnx_initializers, state_dict_from_onnx
+from restore.core.hashing import sha256_file
 from models.msbdn import MSBDN, MULTIPLE, MSBDNConfig
-from models.weathernet import WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused
+from models.weathernet import WEATHER_LABELS, WeatherNet, WeatherNetConfig, fuse_for_inference, is_fused, weather_onehot
 
 __all__ = [
     "NAME", "MIN_TILED_PSNR", "ARCHITECTURES", "network_config", "build_network", "load_student", "sample_image", "tiled_psnr",
@@ -49,11 +52,12 @@ __all__ = [
 ]
 
 NAME = "weather-unified"
+VERSION_CONDITIONED = "3.0.0"  # 3: WeatherNet told the weather (issue 28: labels, bilinear upsampling)
 VERSION = "2.0.2"  # 2.0.2: the same weights, norms and upsamplings kept in ORT's blocked layout; 2.0.1: the same weights exported fused for inference; 2: WeatherNet (issue 12); 1: MSBDN-RDFF width 0.375
 MIN_TILED_PSNR = 45.0  # dB, tiled vs whole on the sample; the issue's bound is 40
 MARGINS = (32, 48, 64, 96, 128, 160, 192)  # 16 px steps first: each tile side discards the margin, so every 16 px counts
 CHECK_TILE = 512  # half the default 1024: six tiles on the sample, seams through the subject
-SAMPLE = Path(__file__).with_name("weather_sample.png")
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "weather_sample.png"
 
 
 def _module_path(node_name: str) -> str:
@@ -190,11 +194,19 @@ def build_network(config: Mapping[str, Any]) -> MSBDN | WeatherNet:
 
 
 def load_student(path: Path) -> tuple[MSBDN | WeatherNet, dict[str, Any]]:
-    """The network of a checkpoint (any stage) in eval mode, and the checkpoint's metadata."""
+    """The network of a checkpoint (any stage) in eval mode, and the checkpoint's metadata.
+
+    A campaign checkpoint (``training.weather.campaign``: model 3) gives its moving average of
+    the weights, which is what is scored and shipped; its ``config["network"]`` is the network."""
     state = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_network(state["config"])
-    model.load_state_dict(state["model"])
-    return model.eval(), {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer")}
+    if "ema" in state:
+        model: MSBDN | WeatherNet = WeatherNet(WeatherNetConfig.from_dict(state["config"]["network"]))
+        prefix = "module."
+        model.load_state_dict({k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)})
+    else:
+        model = build_network(state["config"])
+        model.load_state_dict(state["model"])
+    return model.eval(), {k: v for k, v in state.items() if k not in ("model", "ckt", "optimizer", "ema")}
 
 
 def sample_image() -> np.ndarray:
@@ -207,18 +219,20 @@ def sample_image() -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def condition_feed(session: ort.InferenceSession, label: str | None, batch: int = 1) -> dict[str, np.ndarray]:
+    """The ``weather`` input of a conditioned file for ``label`` (``None``: ``unknown``), or
+    nothing for a blind one (model 2)."""
+    if CONDITION_NAME not in {i.name for i in session.get_inputs()}:
+        return {}
+    return {CONDITION_NAME: np.repeat(weather_onehot([label or "unknown"]).numpy(), batch, axis=0)}
 
 
-def whole_forward(session: ort.InferenceSession, rgb: np.ndarray) -> np.ndarray:
+def whole_forward(session: ort.InferenceSession, rgb: np.ndarray, label: str | None = None) -> np.ndarray:
     """uint8 (H, W, 3) -> float (H, W, 3): one run, reflect-padded to ``MULTIPLE``."""
     h, w = rgb.shape[:2]
     x = rgb.astype(np.float32).transpose(2, 0, 1)[None] / np.float32(255)
     x = np.pad(x, ((0, 0), (0, 0), (0, -h % MULTIPLE), (0, -w % MULTIPLE)), mode="reflect")
-    (y,) = session.run(["output"], {"input": x})
+    (y,) = session.run(["output"], {"input": x, **condition_feed(session, label)})
     return y[0, :, :h, :w].transpose(1, 2, 0)
 
 
@@ -230,7 +244,7 @@ def tiled_psnr(
              "sigma": None, "default": True,
              "channels": 3, "overlap": margin, "multiple": MULTIPLE}
     whole = quantize(whole_forward(session, rgb))
-    return psnr(quantize(tiled_forward(session, entry, tile, rgb)), whole)
+    return psnr(quantize(tiled_forward(session, entry, tile, rgb, condition_feed(session, None))), whole)
 
 
 def choose_overlap(
@@ -317,10 +331,62 @@ def weather_entry(
     }
 
 
+def campaign_entry(
+    path: Path, checkpoint: Path, overlap: int, overlap_check: dict[str, float], command: str,
+    previous: Entry | None,
+) -> Entry:
+    """The manifest entry of a model-3 file exported from a campaign checkpoint
+    (``training.weather.campaign``): its labels, network, and where its weights came from: the
+    served entry it was warm-started from (``previous``: model 2's provenance kept under
+    ``warm_start``), the campaign's commands, CPU time and teachers (``training.weather.teachers``)."""
+    model, meta = load_student(checkpoint)
+    config = meta["config"]
+    history = meta.get("history") or [{}]
+    teachers = meta.get("teachers", {})  # recorded by the campaign (training.weather.campaign.teacher_provenance)
+    return {
+        "name": NAME,
+        "task": "weather",
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "version": VERSION_CONDITIONED,
+        "channels": 3,
+        "sigma": None,
+        "overlap": overlap,
+        "multiple": MULTIPLE,
+        "default": True,
+        "weather_labels": list(WEATHER_LABELS),
+        "network": network_summary(model),
+        "provenance": {
+            "source": "trained",
+            "origin": "trained in this repository: model 2.0's weights (two-stage knowledge learning, Chen et al. "
+                      "CVPR 2022) extended with a weather input and trained on by training.weather.campaign "
+                      "(constant learning rate, exponential moving average of the weights: shipped)",
+            "license": "weights: ours; training photos BSDS500 (research use); teachers are used in training only",
+            "data": "a pool of varied rain/haze/snow renderers, clean pairs, camera noise and JPEG "
+                    "(training/weather/renderers.py, pool.py) on random crops of BSDS500 train+val; "
+                    f"rows per batch {config['rows']}, labels replaced by unknown at rate {config['unknown_rate']}, "
+                    "clean rows under every label",
+            "teachers": teachers,
+            "warm_start": {"from": config.get("init", ""),
+                           "model_2": (previous or {}).get("provenance", {})},
+            "machine": meta.get("machine", ""),
+            "cpu_hours": round(float(meta.get("cpu_s", 0.0)) / 3600, 2),
+            "iterations": meta.get("iteration"),
+            "command": meta.get("command", ""),
+            "last_validation": {k: v for k, v in history[-1].items() if k.startswith("psnr")},
+            "overlap_check": {"tile": CHECK_TILE, "psnr_by_margin": overlap_check, "min_psnr": MIN_TILED_PSNR},
+            "exported_by": command,
+        },
+        "metrics": {},
+    }
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export.weather", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="stage-2 student checkpoint")
+    source.add_argument("--campaign", type=Path, metavar="CHECKPOINT",
+                        help="a training.weather.campaign checkpoint (model 3: its EMA weights, a weather input)")
     source.add_argument("--from-onnx", type=Path, metavar="FILE",
                         help="an exported file (with its manifest beside it): the same weights exported again in "
                              "the current inference form; provenance carried over, the re-export recorded")
@@ -361,19 +427,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample = sample_image()
     if args.from_onnx is not None:
         previous = entries_by_name(read_manifest(args.from_onnx.parent / MANIFEST_NAME))[NAME]
-        before = whole_forward(_session(args.from_onnx), sample)  # read before --out may overwrite it
+        before = whole_forward(cpu_session(args.from_onnx, 2), sample)  # read before --out may overwrite it
         model = weather_from_onnx(onnx.load(str(args.from_onnx)))
         served = model if is_fused(model) else inference_network(model)
     else:
-        model, _ = load_student(args.checkpoint)
+        model, _ = load_student(args.checkpoint or args.campaign)
         served = inference_network(model)
-    diff = export_onnx(served, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80), symbolic_shapes=True)
+        if args.campaign is not None:
+            previous = entries_by_name(read_manifest(args.out / MANIFEST_NAME)).get(NAME)
+    conditions = served.config.conditions if isinstance(served, WeatherNet) else 0
+    diff = export_onnx(served, path, (1, 3, 64, 64), check_shape=(2, 3, 48, 80), symbolic_shapes=True,
+                       conditions=conditions)
     write_config(path, served, fused=is_fused(served))
-    session = _session(path)
+    session = cpu_session(path, 2)
     overlap, tried = choose_overlap(session, sample)
     if args.from_onnx is not None:
         change = float(np.abs(whole_forward(session, sample) - before).max())
         entry = reexport_entry(path, previous, overlap, tried, change, command)
+    elif args.campaign is not None:
+        entry = campaign_entry(path, args.campaign, overlap, tried, command, previous)
     else:
         stages = {f"teacher_{w}": p for w, p in zip(("rain", "haze", "snow"), args.teachers)}
         stages["stage1"] = args.stage1

@@ -85,8 +85,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "MULTIPLE", "WeatherNet", "WeatherNetConfig", "build_weathernet", "feature_channels",
-    "dct_frequencies", "fuse_for_inference", "is_fused",
+    "MULTIPLE", "WEATHER_LABELS", "WeatherNet", "WeatherNetConfig", "build_weathernet",
+    "feature_channels", "dct_frequencies", "fuse_for_inference", "is_fused", "weather_onehot",
+    "adapt_state_dict",
 ]
 
 #: Input sides must be multiples of this: four stride-2 downsamplings.
@@ -94,6 +95,18 @@ MULTIPLE = 16
 LEVELS = 4
 ATTENTIONS = ("pool", "dct")
 HEADS = ("residual", "physical")
+UPSAMPLES = ("shuffle", "bilinear")
+#: The labels a conditioned network takes, in the order of its one-hot ``weather`` input.
+#: ``unknown`` is the blind setting (``?weather=auto``); training shows it part of the time.
+WEATHER_LABELS = ("rain", "haze", "snow", "unknown")
+
+
+def weather_onehot(labels: "list[str] | tuple[str, ...]") -> torch.Tensor:
+    """``(N, len(WEATHER_LABELS))`` float32 one-hot rows for the given label names."""
+    out = torch.zeros(len(labels), len(WEATHER_LABELS))
+    for row, label in enumerate(labels):
+        out[row, WEATHER_LABELS.index(label)] = 1.0
+    return out
 
 
 # ---------------------------------------------------------------------------------------- blocks
@@ -190,12 +203,47 @@ class GatedBlock(nn.Module):
         return x + self.ffn_out(a * b) * self.gamma
 
 
+class FiLM(nn.Module):
+    """Per-channel scale and shift computed from the weather label (Perez et al., AAAI 2018).
+
+    Why FiLM and not a bias alone: a scale lets one label silence a path (haze correction under
+    ``rain``) that another label needs. Zero-initialised, so a network warm-started from a blind
+    one computes exactly what it did before training moves it."""
+
+    def __init__(self, conditions: int, channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(conditions, 2 * channels)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor, weather: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.linear(weather).to(x.dtype)[:, :, None, None].chunk(2, dim=1)
+        return x * (1 + scale) + shift
+
+
+def _upsampling(cin: int, cout: int, kind: str) -> nn.Sequential:
+    """``"shuffle"`` (model 2.0): a 1x1 convolution to ``4 cout`` channels and ``PixelShuffle``,
+    which gives each of the four output phases its own filter: the 2- and 4-pixel mesh measured in
+    flat skies (docs/weather.md). ``"bilinear"``: a 1x1 convolution at the coarse level, then
+    bilinear 2x: every output pixel is the same smooth blend of its neighbours, so a flat input
+    stays flat. Both keep the convolution at index 0 (same parameter names)."""
+    if kind == "shuffle":
+        return nn.Sequential(nn.Conv2d(cin, 4 * cout, 1, bias=False), nn.PixelShuffle(2))
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False),
+                         nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+
+
 class PhysicalHead(nn.Module):
     """``J = (I - A (1 - t)) / t + R``: ``t`` from 1/4-scale features, ``A`` from 1/16-scale ones."""
 
-    def __init__(self, t_channels: int, a_channels: int, t_min: float) -> None:
+    def __init__(self, t_channels: int, a_channels: int, t_min: float, conditions: int = 0) -> None:
         super().__init__()
         self.t_min = t_min
+        # a per-label shift of the transmission's logit: lets ``rain``/``snow`` pin t near 1
+        self.t_shift = nn.Linear(conditions, 1) if conditions else None
+        if self.t_shift is not None:
+            nn.init.zeros_(self.t_shift.weight)
+            nn.init.zeros_(self.t_shift.bias)
         self.transmission = nn.Conv2d(t_channels, 1, 1)
         self.airlight = nn.Conv2d(a_channels, 3, 1)
         nn.init.zeros_(self.transmission.weight)
@@ -205,11 +253,13 @@ class PhysicalHead(nn.Module):
 
     def forward(
         self, image: torch.Tensor, residual: torch.Tensor, t_features: torch.Tensor,
-        a_features: torch.Tensor,
+        a_features: torch.Tensor, weather: torch.Tensor | None = None,
     ) -> torch.Tensor:
         size = image.shape[-2:]
         t = F.interpolate(self.transmission(t_features).float(), size=size, mode="bilinear",
                           align_corners=False)
+        if self.t_shift is not None and weather is not None:
+            t = t + self.t_shift(weather.float())[:, :, None, None]
         a = F.interpolate(self.airlight(a_features).float(), size=size, mode="bilinear",
                           align_corners=False)
         t = self.t_min + (1.0 - self.t_min) * torch.sigmoid(t)
@@ -327,7 +377,8 @@ def fuse_for_inference(model: WeatherNet) -> WeatherNet:
         raise ValueError("the network is already fused for inference")
     fused = copy.deepcopy(model).float().eval()
     for up in fused.ups:
-        up.append(_BlockedCopy(up[0].out_channels // 4))
+        shuffled = isinstance(up[1], nn.PixelShuffle)
+        up.append(_BlockedCopy(up[0].out_channels // 4 if shuffled else up[0].out_channels))
     for parent in list(fused.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, GatedBlock):
@@ -349,6 +400,8 @@ class WeatherNetConfig:
     window: int = 7
     head: str = "physical"
     t_min: float = 0.1
+    conditions: int = 0  # 0: blind (model 2.0); len(WEATHER_LABELS): takes the weather as input
+    upsample: str = "shuffle"  # or "bilinear" (no sub-pixel mesh; model 3)
 
     def __post_init__(self) -> None:
         if len(self.encoder_blocks) != LEVELS or len(self.decoder_blocks) != LEVELS:
@@ -359,6 +412,10 @@ class WeatherNetConfig:
             raise ValueError(f"head must be one of {HEADS}")
         if self.width < 8 or self.width % 8:
             raise ValueError("width must be a multiple of 8")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}")
+        if self.conditions not in (0, len(WEATHER_LABELS)):
+            raise ValueError(f"conditions must be 0 (blind) or {len(WEATHER_LABELS)}")
 
     def channels(self, level: int) -> int:
         return min(self.width * 2**level, self.max_channels)
@@ -395,43 +452,95 @@ class WeatherNet(nn.Module):
         self.encoders = nn.ModuleList(_stage(c(i), n, config) for i, n in enumerate(config.encoder_blocks))
         self.downs = nn.ModuleList(nn.Conv2d(c(i), c(i + 1), 2, stride=2) for i in range(LEVELS))
         self.middle = _stage(c(LEVELS), config.middle_blocks, config)
-        self.ups = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c(i + 1), 4 * c(i), 1, bias=False), nn.PixelShuffle(2))
-            for i in range(LEVELS)
-        )
+        self.ups = nn.ModuleList(_upsampling(c(i + 1), c(i), config.upsample) for i in range(LEVELS))
         self.decoders = nn.ModuleList(_stage(c(i), n, config) for i, n in enumerate(config.decoder_blocks))
         self.ending = nn.Conv2d(c(0), 3, 3, padding=1)
         nn.init.zeros_(self.ending.weight)
         nn.init.zeros_(self.ending.bias)
-        self.physical = PhysicalHead(c(2), c(LEVELS), config.t_min) if config.head == "physical" else None
+        self.physical = (PhysicalHead(c(2), c(LEVELS), config.t_min, config.conditions)
+                         if config.head == "physical" else None)
+        k = config.conditions
+        # FiLM where each stage begins: encoders 0..3, the middle (index 4), decoders 0..3
+        self.encoder_film = nn.ModuleList(FiLM(k, c(i)) for i in range(LEVELS + 1)) if k else None
+        self.decoder_film = nn.ModuleList(FiLM(k, c(i)) for i in range(LEVELS)) if k else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)[0]
+    def forward(self, x: torch.Tensor, weather: torch.Tensor | None = None) -> torch.Tensor:
+        """``weather``: ``(N, 4)`` one-hot rows in the order of ``WEATHER_LABELS`` (conditioned
+        networks only; ``None`` means ``unknown``)."""
+        return self.forward_features(x, weather)[0]
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _weather(self, x: torch.Tensor, weather: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.config.conditions:
+            if weather is not None:
+                raise ValueError("this network is blind: it takes no weather input")
+            return None
+        if weather is None:
+            weather = weather_onehot(["unknown"]).to(x.device).expand(x.shape[0], -1)
+        return weather.float()
+
+    def _film(self, films: nn.ModuleList | None, level: int, h: torch.Tensor,
+              weather: torch.Tensor | None) -> torch.Tensor:
+        return h if films is None or weather is None else films[level](h, weather)
+
+    def forward_features(
+        self, x: torch.Tensor, weather: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The output and the four maps CKT distils (a method of its own, not a flag of
         ``forward``: the ONNX exporter turns a flag into a traced tensor)."""
+        weather = self._weather(x, weather)
         h = self.intro(x)
         skips = []
-        for encoder, down in zip(self.encoders, self.downs):
-            h = encoder(h)
+        for level, (encoder, down) in enumerate(zip(self.encoders, self.downs)):
+            h = encoder(self._film(self.encoder_film, level, h, weather))
             skips.append(h)
             h = down(h)
         features = [skips[2], skips[3], h]
-        h = self.middle(h)
+        h = self.middle(self._film(self.encoder_film, LEVELS, h, weather))
         features.append(h)
         airlight_features = h
         t_features = h
         for level in reversed(range(LEVELS)):
-            h = self.decoders[level](self.ups[level](h) + skips[level])
+            h = self._film(self.decoder_film, level, self.ups[level](h) + skips[level], weather)
+            h = self.decoders[level](h)
             if level == 2:
                 t_features = h
         residual = self.ending(h)
         if self.physical is None:
             out = x + residual
         else:
-            out = self.physical(x, residual, t_features, airlight_features)
+            out = self.physical(x, residual, t_features, airlight_features, weather)
         return out, features
+
+
+# ------------------------------------------------------------------------------------ warm start
+def adapt_state_dict(
+    state: dict[str, torch.Tensor], source: WeatherNetConfig, target: WeatherNetConfig,
+) -> dict[str, torch.Tensor]:
+    """A ``source`` network's weights for a ``target`` that only adds to it, so a new design
+    starts from a trained one instead of from nothing (CPU hours are the scarce resource).
+
+    Allowed differences: more blocks per stage (the new ones follow the old, and a new
+    ``GatedBlock`` is the identity), FiLM conditioning (zero-initialised: the identity) and
+    ``shuffle`` -> ``bilinear`` upsampling, whose 1x1 convolution takes the mean of the four
+    sub-pixel filters (the smooth part of what the shuffle computed). Load the result with
+    ``strict=False``; the keys it lacks are exactly the target's new modules."""
+    for name in ("width", "max_channels", "attention", "window", "head", "t_min"):
+        if getattr(source, name) != getattr(target, name):
+            raise ValueError(f"cannot warm-start across a different {name}")
+    for a, b in ((source.encoder_blocks, target.encoder_blocks), (source.decoder_blocks, target.decoder_blocks)):
+        if any(t < s for s, t in zip(a, b)):
+            raise ValueError("the target may add blocks, not remove them")
+    if target.middle_blocks < source.middle_blocks:
+        raise ValueError("the target may add blocks, not remove them")
+    out = dict(state)
+    if source.upsample == "shuffle" and target.upsample == "bilinear":
+        for level in range(LEVELS):
+            key = f"ups.{level}.0.weight"
+            weight = out[key]
+            out[key] = weight.reshape(weight.shape[0] // 4, 4, *weight.shape[1:]).mean(1)
+    elif source.upsample != target.upsample:
+        raise ValueError(f"cannot warm-start {source.upsample} -> {target.upsample} upsampling")
+    return out
 
 
 # --------------------------------------------------------------------------------------- builder

@@ -21,10 +21,10 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from service import server
-from service.app import create_app
-from service.manifest import ModelSpec
-from service.settings import Settings
+from restore.core.manifest import ModelSpec
+from restore.service import server
+from restore.service.app import create_app
+from restore.service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -95,27 +95,6 @@ def write_fake_manifest(root: Path, entries: list[dict[str, Any]]) -> Path:
     return root
 
 
-def tiny_hed(onnx_dir: Path, metrics: dict[str, Any] | None = None) -> Path:
-    """A randomly initialised hed-tiny exported as the manifest's ``hed-bsds500`` (the real entry's
-    overlap and multiple); returns the manifest. Imports torch only when called."""
-    import torch
-
-    from export.manifest import write_manifest
-    from export.onnx_export import export_onnx, sha256_file
-    from models.hed import HEDForInference, build_hed
-
-    torch.manual_seed(0)
-    export_onnx(HEDForInference(build_hed("hed-tiny")).eval(), onnx_dir / "hed.onnx", (1, 3, 32, 32))
-    entry = {
-        "name": "hed-bsds500", "task": "edges", "file": "hed.onnx",
-        "sha256": sha256_file(onnx_dir / "hed.onnx"), "version": "0", "channels": 3,
-        "sigma": None, "overlap": 113, "multiple": 16, "default": True,
-        "provenance": {}, "metrics": metrics or {},
-    }
-    write_manifest(onnx_dir / "manifest.json", [entry])
-    return onnx_dir / "manifest.json"
-
-
 def write_fake_suite(root: Path) -> Path:
     """Fake models behind every endpoint: gray (blind and sigma 25) and colour denoisers, edges, weather."""
     return write_fake_manifest(root, [
@@ -139,7 +118,7 @@ class Running:
 
 @contextmanager
 def running_server(settings: Settings, engine_factory: Callable[[ModelSpec], Any] = fake_engine) -> Iterator[Running]:
-    """The app behind the real HTTP edge (service.server: uvicorn, EdgeProtocol) on a free local port,
+    """The app behind the real HTTP edge (restore.service.server: uvicorn, EdgeProtocol) on a free local port,
     in a thread, once /readyz answers 200; stopped (as SIGTERM would) on exit."""
     app = create_app(settings, engine_factory=engine_factory)
     sock = socket.socket()

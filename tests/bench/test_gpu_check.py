@@ -19,6 +19,7 @@ def test_peak_is_looked_up_by_gpu_name() -> None:
     assert gpu_check.peak_for("some future GPU") is None
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_dry_run_measures_every_precision_and_batch_and_the_service(capsys: pytest.CaptureFixture[str]) -> None:
     assert gpu_check.main(["--dry-run", "--models", "dncnn-gray-s25", "--e2e-model", "dncnn-gray-s25"]) == 0
     out = capsys.readouterr().out

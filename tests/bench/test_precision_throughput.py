@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from bench import precision_throughput
-from export.onnx_export import sha256_file
 from export.quantize import quantize_model, read_variants, variant_verdict, write_variants
-from tests.conftest import tiny_hed
+from restore.core.hashing import sha256_file
+from tests.tiny_hed import tiny_hed
 
 FLOAT = precision_throughput.MODELS / "dncnn-gray-s25.onnx"
 

@@ -43,7 +43,7 @@ def require_browser() -> str:
     """Chromium's path; skips the test without one (fails it under REQUIRE_BROWSER=1)."""
     reason = None
     try:
-        import playwright.sync_api  # noqa: F401  (the dev extra)
+        import playwright.sync_api  # noqa: F401, PLC0415 (optional: the dev extra; its absence skips the browser tests)
     except ImportError:
         reason = "the Python package playwright is not installed (pip install -e '.[dev]')"
     path = find_chromium()
@@ -60,7 +60,7 @@ def require_browser() -> str:
 @contextmanager
 def chromium() -> Iterator[Browser]:
     """Headless system Chromium. --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 (optional: the dev extra)
 
     path = require_browser()
     with sync_playwright() as playwright:

@@ -9,7 +9,7 @@ provider), finds which of /denoise, /edges and /derain the container offers (GET
 /denoise is required), POSTs one generated PNG to each offered endpoint on both servers, and checks
 status 200, Content-Type image/png, a PNG of the input's pixel size, and identical decoded pixels.
 Also loads the web page at /, /docs and /redoc in the container and every asset their HTML names
-(service/static and fastapi-offline's Swagger UI and ReDoc files must be in the image). Exit status
+(src/restore/service/api/static and fastapi-offline's Swagger UI and ReDoc files must be in the image). Exit status
 0 when everything matched.
 """
 
@@ -72,7 +72,7 @@ def decode(png: bytes) -> tuple[str, tuple[int, int], np.ndarray]:
 
 
 def check_pages(base: str, check: Callable[[bool, str], bool]) -> None:
-    """The page and the docs answer HTML, and each src/href they name is served (service/web.py)."""
+    """The page and the docs answer HTML, and each src/href they name is served (src/restore/service/api/web.py)."""
     for page in ("/", "/docs", "/redoc"):
         status, headers, html = fetch(base + page)
         if not check(status == 200 and headers.get("content-type", "").startswith("text/html"), f"GET {page}: {status}"):

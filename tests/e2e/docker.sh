@@ -10,9 +10,10 @@
 #     python3, venv and pip from this machine's own apt mirror (cached as a tarball under
 #     ~/.cache/restore-e2e, so later runs skip it), adds this machine's CA bundle so pip inside the
 #     build trusts the same certificates as the host, and `docker import`s it.
-#  3. Builds the project image with --build-arg BASE_IMAGE=<that image>, checks it (non-root, no
-#     compilers or dev packages, CUDA provider present and its libraries resolvable,
-#     RESTORE_DEVICE=cuda refused without a GPU), runs docker-compose.cpu.yml with `compose up -d`,
+#  3. Builds the project's GPU image and its CPU image (DEVICE=cpu) with --build-arg
+#     BASE_IMAGE=<that image>, checks them (non-root, no compilers or dev packages, the `restore`
+#     command; GPU: CUDA provider present and its libraries resolvable, RESTORE_DEVICE=cuda refused
+#     without a GPU; CPU: no NVIDIA wheel and under 1 GB), runs docker-compose.cpu.yml with `compose up -d`,
 #     waits until the container is healthy, and POSTs a generated PNG to each of /denoise, /edges,
 #     /derain that the service offers (tests/e2e/check_endpoints.py): status, content type, size,
 #     and pixels identical to the same request served by `make run` on the host.
@@ -37,6 +38,8 @@ CACHE_DIR=${E2E_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/restore-e2e}
 THREADS=${E2E_THREADS:-1}
 PROJECT=restore-e2e
 IMAGE=restore:e2e
+IMAGE_CPU=restore:e2e-cpu
+CPU_IMAGE_MAX_BYTES=1000000000
 INCLUDE=python3,python3-venv,python3-pip,ca-certificates
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/restore-e2e.XXXXXX")
 
@@ -242,18 +245,26 @@ if ! docker build "${build_args[@]}" --label restore-e2e=1 -t "$IMAGE" "$REPO" >
     tail -n 60 "$WORK/build.log"
     die "docker build failed"
 fi
+if ! docker build "${build_args[@]}" --build-arg DEVICE=cpu --label restore-e2e=1 -t "$IMAGE_CPU" "$REPO" >"$WORK/build-cpu.log" 2>&1; then
+    tail -n 60 "$WORK/build-cpu.log"
+    die "docker build (DEVICE=cpu) failed"
+fi
 # One line per filesystem step (FROM/RUN/COPY), marked when it came from the layer cache.
 awk '/^Sending build context/ {print; next}
      /^Step [0-9]+\/[0-9]+ : / {if (step != "") print step; step = ""; if ($4 ~ /^(FROM|RUN|COPY)$/) step = substr($0, 1, 110)}
      /^ ---> Using cache/ {if (step != "") step = step "  [cached]"}
      END {if (step != "") print step}' "$WORK/build.log" | sed 's/^/    /'
 log "built $IMAGE: $(docker image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1 / 1e9}')"
+cpu_bytes=$(docker image inspect --format '{{.Size}}' "$IMAGE_CPU")
+log "built $IMAGE_CPU: $(awk -v b="$cpu_bytes" 'BEGIN {printf "%.2f GB", b / 1e9}')"
+[ "$cpu_bytes" -lt "$CPU_IMAGE_MAX_BYTES" ] || die "the CPU image is $cpu_bytes bytes, over $CPU_IMAGE_MAX_BYTES"
 # Old builds of this image become dangling; drop them (only those this script labelled).
 docker image prune -f --filter label=restore-e2e=1 >/dev/null 2>&1 || true
 phase_done build
 
 log "image checks"
-docker run --rm -i --network none --entrypoint python3 "$IMAGE" - <"$REPO/tests/e2e/image_check.py" || die "image checks failed"
+docker run --rm -i --network none -e IMAGE_DEVICE=gpu --entrypoint python3 "$IMAGE" - <"$REPO/tests/e2e/image_check.py" || die "image checks failed"
+docker run --rm -i --network none -e IMAGE_DEVICE=cpu --entrypoint python3 "$IMAGE_CPU" - <"$REPO/tests/e2e/image_check.py" || die "CPU image checks failed"
 refusal_rc=0
 refusal=$(trap - ERR; docker run --rm --network none -e RESTORE_DEVICE=cuda "$IMAGE" 2>&1) || refusal_rc=$?
 log "RESTORE_DEVICE=cuda without a GPU: exit $refusal_rc: $(tail -n 1 <<<"$refusal")"
@@ -268,7 +279,7 @@ hport=$(free_port)
 [ "$cport" != "$hport" ] || hport=$(free_port)
 
 log "compose up -d (docker-compose.cpu.yml, published on port $cport); make run on port $hport"
-export RESTORE_IMAGE=$IMAGE RESTORE_HOST_PORT=$cport RESTORE_INTRA_OP_THREADS=$THREADS
+export RESTORE_IMAGE=$IMAGE_CPU RESTORE_HOST_PORT=$cport RESTORE_INTRA_OP_THREADS=$THREADS
 COMPOSE_USED=1
 compose up -d --no-build 2>&1 | sed 's/^/    /'
 cid=$(compose ps -q restore)
@@ -300,7 +311,7 @@ done
 log "make run ready"
 # Every service setting should be configurable through the compose file (RESTORE_SERVE_* size Ray
 # Serve replicas and mean nothing to a container).
-unlisted=$("$REPO/.venv/bin/python" -c 'import sys; from service.settings import Settings; print(" ".join(sorted("RESTORE_" + f.upper() for f in Settings.model_fields if f != "models_dir" and not f.startswith("serve_"))))' 2>/dev/null \
+unlisted=$("$REPO/.venv/bin/python" -c 'import sys; from restore.service.settings import Settings; print(" ".join(sorted("RESTORE_" + f.upper() for f in Settings.model_fields if f != "models_dir" and not f.startswith("serve_"))))' 2>/dev/null \
     | tr ' ' '\n' | while read -r var; do [ -z "$var" ] || grep -q "^ *$var:" "$REPO/docker-compose.cpu.yml" || echo "$var"; done || true)
 [ -z "$unlisted" ] || log "WARNING: settings not passed through by docker-compose.cpu.yml: $(tr '\n' ' ' <<<"$unlisted")"
 phase_done up

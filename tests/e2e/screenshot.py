@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.settings import Settings
+from restore.service.settings import Settings
 from tests.conftest import REPO, SHARED, running_server
 from tests.e2e.browser import block_outside, chromium
 

@@ -13,20 +13,21 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from service import web
-from service.settings import Settings
+from restore.service.api import web
+from restore.service.settings import Settings
 from tests.conftest import BoxEngine, Running, encode_pil, noisy_image, running_server, write_fake_manifest, write_fake_suite
 from tests.e2e.browser import block_outside, chromium, require_browser
 
 if TYPE_CHECKING:  # names only: this module imports without the dev extra, and then skips
     from playwright.sync_api import Browser, Page, Request
 
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 KEY = "browser-key"
 TIMEOUT_MS = 180_000  # a busy 2-core machine (training, other suites): the models are fake, the rest is not
 #: Chromium logs every non-2xx fetch as a console error without its URL; responses are checked by URL
 #: instead (the test's deliberate request without a key is a 401).
 LOAD_FAILED = re.compile(r"Failed to load resource: ")
-#: ReDoc 2 always requests its attribution logo from cdn.redoc.ly; /redoc's CSP refuses it (service/web.py).
+#: ReDoc 2 always requests its attribution logo from cdn.redoc.ly; /redoc's CSP refuses it (src/restore/service/api/web.py).
 #: Chromium reports it as a console error and a failed request ("csp"), never as a request that left.
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"  # a busy 2-core machine: fake models are quick, the first page load is not
 
@@ -106,7 +107,9 @@ def test_upload_compare_and_download_equals_the_api(server: Running, page: Page)
     page.select_option("#format", "png")
     downloaded = run_and_download(page)
     assert downloaded == api(server, "/denoise?sigma=25&format=png", png).content
-    assert "gray-s25" in (page.text_content("#details") or "")  # X-Model, shown
+    details = page.text_content("#details") or ""
+    assert "gray-s25" in details  # X-Model, shown
+    assert re.search(r"Time on the server\s*decode \d+\.\d s, queue \d+\.\d s, inference \d+\.\d s, encode \d+\.\d s", details), details
     assert page.get_attribute("#download", "download") == "scene-denoise.png"
 
     # The slider is keyboard-operable and moves the divider.
@@ -127,6 +130,9 @@ def test_upload_compare_and_download_equals_the_api(server: Running, page: Page)
     page.select_option("#side", "2")
     downloaded = run_and_download(page)
     assert downloaded == api(server, "/edges?thin=true&side=2&format=png", png).content
+    assert page.is_hidden("#weather-note")
+    page.select_option("#operation", "derain")  # the weather routes say they are experimental, with their gains
+    assert page.is_visible("#weather-note") and "Experimental" in (page.text_content("#weather-note") or "")
     assert blocked == []
 
 
@@ -240,7 +246,7 @@ def test_operations_without_a_model_are_disabled(tmp_path: Path, browser: Browse
         tab.goto(f"{running.base}/")
         tab.wait_for_selector("#operation option[value=edges][disabled]", state="attached")
         assert tab.evaluate("[...document.querySelectorAll('#operation option')].filter((o) => !o.disabled).map((o) => o.value)") == ["denoise"]
-        assert tab.evaluate("[...document.querySelectorAll('#sigma option')].map((o) => o.value)") == ["", "auto", "15"]
+        assert tab.evaluate("[...document.querySelectorAll('#sigma option')].map((o) => o.value)") == ["", "blind", "15"]
         context.close()
 
 

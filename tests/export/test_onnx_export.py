@@ -19,11 +19,11 @@ from export.onnx_export import (
     onnx_initializers,
     round_weights_fp16,
     run_onnx,
-    sha256_file,
     state_dict_from_onnx,
     store_initializers_fp16,
 )
 from models.dncnn import DnCNN
+from restore.core.hashing import sha256_file
 
 
 def _tiny(channels: int = 1) -> DnCNN:

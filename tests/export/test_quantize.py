@@ -13,8 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from export.manifest import read_manifest, write_manifest
-from export.onnx_export import export_onnx, run_onnx, sha256_file
+from export.onnx_export import export_onnx, run_onnx
 from export.quantize import (
     MAX_LOSS_DB,
     MAX_LOSS_ODS,
@@ -31,8 +30,9 @@ from export.quantize import (
     write_variants,
 )
 from models.dncnn import DnCNN
-from service.manifest import load_manifest
-from tests.conftest import tiny_hed
+from restore.core.hashing import sha256_file
+from restore.core.manifest import load_manifest, read_manifest, write_manifest
+from tests.tiny_hed import tiny_hed
 
 
 def _tiny(tmp_path: Path, channels: int = 1) -> Path:
@@ -247,7 +247,7 @@ def test_ship_copies_passing_variants_into_the_manifest_the_service_reads(tmp_pa
     variant = by_name["good"].variants["int8"]
     assert variant.file == models / "good.int8.onnx" and variant.sha256 == sha256_file(variant.file)
     assert variant.metrics["speed"]["speedup"] == 2.5 and not by_name["lossy"].variants
-    assert json.loads((models / "manifest.json").read_text())  # still valid for export.manifest readers
+    assert json.loads((models / "manifest.json").read_text())  # still valid for restore.core.manifest readers
     assert read_manifest(models / "manifest.json")
 
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from export.weather import build_network, network_config, network_summary
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.onnx_export import export_onnx, run_onnx
+from export.weather import CONFIG_KEY, FUSED_KEY, NAME, VERSION, build_network, inference_network, main, network_config, network_summary, weather_from_onnx, write_config
 from models.msbdn import MSBDN, MSBDNConfig
-from models.weathernet import WeatherNet, WeatherNetConfig
+from models.weathernet import GatedBlock, WeatherNet, WeatherNetConfig
+from restore.core.hashing import sha256_file
+from restore.core.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
 
 def test_a_config_without_architecture_is_msbdn() -> None:
@@ -40,13 +48,6 @@ def test_summary_names_the_architecture_and_counts_parameters() -> None:
 def test_a_weathernet_onnx_file_rebuilds_the_same_network(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The config travels in the file's metadata (the DCT statistics are constant operators, not
     weights), so benchmarks rebuild the PyTorch network from the ONNX file alone."""
-    import numpy as np
-    import onnx
-    import torch
-
-    from export.onnx_export import export_onnx, run_onnx
-    from export.weather import CONFIG_KEY, weather_from_onnx, write_config
-    from models.weathernet import WeatherNet, WeatherNetConfig
 
     torch.manual_seed(0)
     config = WeatherNetConfig(width=8, max_channels=16, encoder_blocks=(0, 1, 1, 1), middle_blocks=1,
@@ -68,17 +69,10 @@ def test_a_weathernet_onnx_file_rebuilds_the_same_network(tmp_path) -> None:  # 
         np.testing.assert_allclose(rebuilt(torch.from_numpy(x)).numpy(), before, atol=1e-4)
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_the_served_weathernet_is_fused_and_its_file_rebuilds_the_fused_network(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """export.weather exports fuse_for_inference's network (checked against the trained one) and
     marks the file, so weather_from_onnx rebuilds the same (fused) network from it; MSBDN is left alone."""
-    import numpy as np
-    import onnx
-    import torch
-
-    from export.onnx_export import export_onnx, run_onnx
-    from export.weather import FUSED_KEY, inference_network, weather_from_onnx, write_config
-    from models.msbdn import MSBDN, MSBDNConfig
-    from models.weathernet import GatedBlock, WeatherNet, WeatherNetConfig
 
     torch.manual_seed(0)
     config = WeatherNetConfig(width=8, max_channels=16, encoder_blocks=(0, 1, 1, 1), middle_blocks=1,
@@ -102,19 +96,11 @@ def test_the_served_weathernet_is_fused_and_its_file_rebuilds_the_fused_network(
     assert inference_network(msbdn) is msbdn
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_from_onnx_exports_the_served_file_again_with_the_same_function(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``--from-onnx`` rebuilds the network from a served file and exports it in the current
     inference form: same outputs, the provenance carried over with the re-export recorded, a new
     version, and no metrics (new bytes are measured again, never assumed)."""
-    import json
-
-    import numpy as np
-    import onnx
-    import torch
-
-    from export.manifest import MANIFEST_NAME, read_manifest, write_manifest
-    from export.onnx_export import export_onnx, run_onnx, sha256_file
-    from export.weather import FUSED_KEY, NAME, VERSION, inference_network, main, write_config
 
     torch.manual_seed(0)
     network = WeatherNet(WeatherNetConfig(width=16, max_channels=16, encoder_blocks=(0, 1, 0, 0), middle_blocks=1,
@@ -150,8 +136,6 @@ def test_from_onnx_exports_the_served_file_again_with_the_same_function(tmp_path
 
 
 def test_from_onnx_and_checkpoint_are_exclusive_and_checkpoint_needs_its_stages(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from export.weather import main
-
     with pytest.raises(SystemExit):
         main(["--from-onnx", "a.onnx", "--checkpoint", "b.pt", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):

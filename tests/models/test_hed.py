@@ -6,14 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.hed import (
-    HED_CONFIGS,
-    HED_MEAN_BGR,
-    OUTPUT_NAMES,
-    HEDForInference,
-    build_hed,
-    hed_config,
-)
+from models.hed import HED_CONFIGS, HED_MEAN_BGR, OUTPUT_NAMES, HEDForInference, build_hed, hed_config
 
 
 def _random_tiny(seed: int = 0) -> HEDForInference:

@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from export.onnx_export import export_onnx
-from models.weathernet import (
-    MULTIPLE, GatedBlock, LocalChannelStatistics, PhysicalHead, WeatherNet, WeatherNetConfig,
-    build_weathernet, dct_basis, dct_frequencies, feature_channels, fuse_for_inference,
-)
+from models.weathernet import GatedBlock, LocalChannelStatistics, MULTIPLE, PhysicalHead, WEATHER_LABELS, WeatherNet, WeatherNetConfig, adapt_state_dict, build_weathernet, dct_basis, dct_frequencies, feature_channels, fuse_for_inference, weather_onehot
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,12 +140,12 @@ def test_network_exports_to_onnx_with_dynamic_sides(tmp_path: Path, head: str) -
     assert diff <= 1e-4
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("attention", ["pool", "dct"])
 def test_the_fused_network_computes_the_trained_one_with_fewer_onnx_nodes(tmp_path: Path, attention: str) -> None:
     """fuse_for_inference folds the norms' affine and the gates' scales into convolutions and splits
     the gates: same outputs (to float32 rounding), no ReduceMean and no gate's Slice left, and it exports
     with dynamic sides like the trained network; the trained network is left as it was."""
-    import onnx
 
     model = _randomised(WeatherNet(WeatherNetConfig(**TINY, attention=attention)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -170,8 +170,6 @@ def _blocked_layout_leaks(path: Path, tmp_path: Path) -> list[str] | None:
     """The ops ONNX Runtime's optimized CPU graph of ``path`` sends from its blocked (NCHWc)
     layout back to plain NCHW (the consumers of each ``ReorderOutput``); None where this CPU's
     ONNX Runtime has no blocked layout at all (nothing to keep)."""
-    import onnx
-    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -214,3 +212,86 @@ def test_a_fused_network_is_not_fused_again() -> None:
     fused = fuse_for_inference(_randomised(WeatherNet(WeatherNetConfig(**TINY))))
     with pytest.raises(ValueError, match="already fused"):
         fuse_for_inference(fused)
+
+
+# ------------------------------------------------------------------- model 3: the weather label
+CONDITIONED = dict(TINY, conditions=4, upsample="bilinear")
+
+
+def test_a_conditioned_network_starts_as_the_blind_one_for_every_label() -> None:
+    """FiLM and the transmission shift are zero-initialised: before training, the label changes
+    nothing, so a warm start from a blind network begins exactly where it was."""
+    torch.manual_seed(0)
+    model = WeatherNet(WeatherNetConfig(**CONDITIONED))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "film" not in name and "t_shift" not in name:
+                p.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        outputs = [model(x, weather_onehot([label] * 2)) for label in WEATHER_LABELS]
+        assert all(torch.equal(outputs[0], o) for o in outputs[1:])
+        assert torch.equal(model(x), outputs[WEATHER_LABELS.index("unknown")])  # None means unknown
+
+
+def test_the_label_reaches_the_output_row_by_row() -> None:
+    model = _randomised(WeatherNet(WeatherNetConfig(**CONDITIONED)))
+    x = torch.rand(1, 3, 48, 64).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        mixed = model(x, weather_onehot(["rain", "haze"]))
+        rain, haze = model(x[:1], weather_onehot(["rain"])), model(x[:1], weather_onehot(["haze"]))
+    assert torch.allclose(mixed[:1], rain, atol=1e-5) and torch.allclose(mixed[1:], haze, atol=1e-5)
+    assert float((rain - haze).abs().max()) > 1e-3
+
+
+def test_a_blind_network_refuses_a_label() -> None:
+    with pytest.raises(ValueError, match="blind"):
+        WeatherNet(WeatherNetConfig(**TINY))(torch.rand(1, 3, 32, 32), weather_onehot(["rain"]))
+
+
+@pytest.mark.parametrize("upsample", ["shuffle", "bilinear"])
+def test_the_conditioned_fused_network_exports_with_its_weather_input(tmp_path: Path, upsample: str) -> None:
+    """The export the service runs: fused, a second ONNX input ``weather`` (N, 4), a different
+    label per image in the check, dynamic sides; parity within 1e-4."""
+    model = _randomised(WeatherNet(WeatherNetConfig(**dict(CONDITIONED, upsample=upsample))))
+    fused = fuse_for_inference(model)
+    x, w = torch.rand(3, 3, 48, 80), weather_onehot(["rain", "snow", "unknown"])
+    with torch.no_grad():
+        assert float((fused(x, w) - model(x, w)).abs().max()) < 1e-5
+    diff = export_onnx(fused, tmp_path / "w.onnx", (1, 3, 64, 64), check_shape=(3, 3, 5 * MULTIPLE, 7 * MULTIPLE),
+                       fp16_storage=False, tolerance=1e-4, conditions=len(WEATHER_LABELS))
+    assert diff <= 1e-4
+
+
+def test_a_warm_start_adds_blocks_and_labels_without_changing_the_function() -> None:
+    """adapt_state_dict: new blocks and FiLM start as the identity, so with the same upsampling the
+    target computes exactly the source; shuffle -> bilinear keeps the mean sub-pixel filter."""
+    source_config = WeatherNetConfig(**dict(TINY, encoder_blocks=(0, 1, 1, 1), decoder_blocks=(0, 1, 1, 1)))
+    source = _randomised(WeatherNet(source_config))
+    target_config = WeatherNetConfig(**dict(TINY, conditions=4))  # a block more at full resolution, labels
+    target = WeatherNet(target_config).eval()
+    missing = target.load_state_dict(adapt_state_dict(source.state_dict(), source_config, target_config),
+                                     strict=False).missing_keys
+    assert missing and all(k.startswith(("encoders.0.", "decoders.0.", "encoder_film", "decoder_film", "physical.t_shift"))
+                           for k in missing)
+    x = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        assert torch.allclose(target(x, weather_onehot(["rain"])), source(x), atol=1e-6)
+    smooth = adapt_state_dict(source.state_dict(), source_config,
+                              WeatherNetConfig(**dict(TINY, encoder_blocks=(0, 1, 1, 1), decoder_blocks=(0, 1, 1, 1),
+                                                      upsample="bilinear")))
+    shuffled = source.state_dict()["ups.0.0.weight"]
+    assert torch.allclose(smooth["ups.0.0.weight"], shuffled.reshape(-1, 4, *shuffled.shape[1:]).mean(1))
+    with pytest.raises(ValueError, match="add blocks"):
+        adapt_state_dict(target.state_dict(), target_config, source_config)
+
+
+def test_bilinear_upsampling_leaves_a_flat_image_flat() -> None:
+    """The mesh of model 2: PixelShuffle gives each of the four output phases its own filter, so
+    a flat input comes out with a 2-pixel pattern; bilinear upsampling of a flat map is flat."""
+    for upsample, flat in (("shuffle", False), ("bilinear", True)):
+        model = _randomised(WeatherNet(WeatherNetConfig(**dict(TINY, upsample=upsample))))
+        with torch.no_grad():
+            y = model.ups[0](torch.ones(1, model.config.channels(1), 16, 16))
+        inner = y[..., 4:-4, 4:-4]
+        assert bool((inner.std(dim=(-1, -2)) < 1e-5).all()) is flat, upsample

@@ -1,5 +1,5 @@
-"""What every training command shares: the per-epoch CSV, a dependency-free progress bar, the
-machine description for provenance and the check that a resumed run replays the original.
+"""What every training command logs: the per-epoch CSV, a dependency-free progress bar and the
+machine description for provenance (checkpoints: ``training.common.checkpoints``).
 
 The CSV (``log.csv`` in the run folder) has one row per epoch with the columns ``CSV_COLUMNS``:
 ``patches`` = iterations x batch size seen so far, ``train_loss`` = mean batch loss of the epoch in
@@ -10,7 +10,6 @@ the paper's scaling, ``val_psnr`` in dB, ``elapsed_s`` = training wall time incl
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import platform
 import sys
@@ -22,7 +21,6 @@ import torch
 
 __all__ = [
     "CSV_NAME", "CSV_COLUMNS", "write_csv", "read_csv", "Progress", "machine_description",
-    "check_resumable", "save_checkpoint", "compact_checkpoint",
 ]
 
 CSV_NAME = "log.csv"
@@ -96,73 +94,3 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         text += f", {torch.cuda.get_device_name(device)}"
     return text
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically, so an interrupted save never leaves a broken checkpoint to resume."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def check_resumable(saved: Any, current: Any, may_differ: frozenset[str]) -> None:
-    """Refuse to resume a run whose settings (dataclasses) differ outside ``may_differ``.
-
-    A resumed run must replay the uninterrupted one; only the fields that leave the past
-    iterations unchanged (the schedule's end, the device) may change.
-    """
-    differ = [
-        f.name for f in dataclasses.fields(current)
-        if f.name not in may_differ and getattr(saved, f.name) != getattr(current, f.name)
-    ]
-    if differ:
-        raise ValueError(f"checkpoint was trained with other settings: {differ}")
-
-
-def _to_bfloat16(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() > 0:
-        return value.to(torch.bfloat16)
-    if isinstance(value, dict):
-        return {k: _to_bfloat16(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_bfloat16(v) for v in value]
-    return value
-
-
-def compact_checkpoint(source: Path, target: Path, weights_only: bool = False) -> int:
-    """Write a small copy of a training checkpoint for the repository; returns its size in bytes.
-
-    Weights and optimizer state (Adam's moments: twice the weights) are stored in bfloat16, half
-    their float32 size. That is harmless for resuming: ``load_state_dict`` copies them back into
-    float32 parameters and state, the moments are running averages, and rounding a weight to
-    bfloat16 (2**-9 relative) moves it far less than one Adam step does (``lr`` ~ 5e-4 on weights of
-    ~0.05: about 1%). A resumed run is therefore not bit-identical to an uninterrupted one, but
-    close. ``weights_only`` (a finished run that is only read, e.g. a teacher) drops the optimizer.
-    """
-    state = torch.load(source, map_location="cpu", weights_only=False)
-    if weights_only:
-        state = {k: v for k, v in state.items() if k not in ("optimizer", "ckt")}
-    state = {k: _to_bfloat16(v) if k in ("model", "optimizer", "ckt") else v for k, v in state.items()}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(target, state)
-    return target.stat().st_size
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m training.common.log compact SOURCE TARGET [--weights-only]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m training.common.log")
-    commands = parser.add_subparsers(dest="command", required=True)
-    compact = commands.add_parser("compact", help=compact_checkpoint.__doc__.split("\n")[0])
-    compact.add_argument("source", type=Path)
-    compact.add_argument("target", type=Path)
-    compact.add_argument("--weights-only", action="store_true")
-    args = parser.parse_args(argv)
-    size = compact_checkpoint(args.source, args.target, args.weights_only)
-    print(f"{args.target}: {size / 2**20:.2f} MiB")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

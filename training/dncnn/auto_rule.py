@@ -8,7 +8,7 @@ Usage::
 Every ``--every``-th CBSD68 image, its centre ``--crop`` square, under Gaussian noise (8-bit PNG),
 Gaussian noise then JPEG quality 90 4:2:0, and Poisson-Gaussian sensor noise with and without that
 JPEG (``training.dncnn.camera_noise.TestFamily``; seeds fixed per image and condition). For each:
-the mean ``service.noise_level`` estimate and its range, the noisy PSNR, each colour denoise model
+the mean ``restore.core.noise_level`` estimate and its range, the noisy PSNR, each colour denoise model
 of the manifest (ONNX Runtime, whole image) and the model the rule picks for the mean estimate.
 """
 
@@ -23,10 +23,13 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from export.measure import psnr, quantize
-from service.noise_level import NoiseEstimate, estimate_noise, pick_model
+from restore.core.manifest import read_manifest
+from restore.core.metrics import psnr
+from restore.core.noise_level import NoiseEstimate, estimate_noise, pick_model
+from restore.core.pixels import to_pixels
 from training.dncnn.camera_noise import TestFamily
-from training.dncnn.evaluate import denoise, load_set, make_session, session_denoiser
+from training.dncnn.evaluate import denoise, make_session, session_denoiser
+from training.dncnn.images import load_set
 
 __all__ = ["CONDITIONS", "main"]
 
@@ -46,15 +49,12 @@ def _crop(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def _picked(entries: list[dict[str, Any]], estimate: NoiseEstimate) -> str:
-    """The model the service's rule (``service.noise_level.pick_model``) takes for ``estimate``."""
+    """The model the service's rule (``restore.core.noise_level.pick_model``) takes for ``estimate``."""
     index = pick_model(estimate, [(e["sigma"], e.get("noise", "gaussian")) for e in entries])
     return str(entries[index]["name"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Imported here: export.manifest is the one reader of the manifest file.
-    from export.manifest import read_manifest
-
     parser = argparse.ArgumentParser(prog="python -m training.dncnn.auto_rule", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder holding CBSD68/")
     parser.add_argument("--manifest", type=Path, required=True)
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             estimates.append(estimate_noise(noisy, 255).sigma or 0.0)
             noisy_scores.append(psnr(noisy, clean))
             for model, session in sessions.items():
-                scores[model].append(psnr(quantize(denoise(session_denoiser(session), noisy / np.float32(255))), clean))
+                scores[model].append(psnr(to_pixels(denoise(session_denoiser(session), noisy / np.float32(255))), clean))
         ratio = estimate_noise(noisy, 255).chroma_ratio  # the condition's kind, from its last image
         picked = _picked(entries, NoiseEstimate(float(np.mean(estimates)), ratio))
         cells = [f"{np.mean(estimates):.1f} ({min(estimates):.1f}-{max(estimates):.1f})", f"{np.mean(noisy_scores):.2f}",

@@ -15,7 +15,7 @@ What a phone or camera JPEG carries, in the order it happens:
 2. **Gamma**: back to sRGB, which stretches the shadows: dark regions end up noisier than bright
    ones, unlike Gaussian noise.
 3. **8 bit, then JPEG** at quality ``QUALITY_RANGE`` with 4:2:0 or 4:4:4 chroma (Pillow's libjpeg,
-   as ``service.codecs`` decodes). 4:2:0 averages the chroma over 2x2 pixels, so what is left of
+   as ``restore.service.images.codecs`` decodes). 4:2:0 averages the chroma over 2x2 pixels, so what is left of
    the chroma noise is blotchy: the Gaussian blind model reads it as image content.
 
 Also plain Gaussian noise (CDnCNN-B's own: std uniform in [0, 55] / 255, added in float and not
@@ -39,9 +39,11 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from restore.core.pixels import to_pixels
+
 __all__ = [
     "DESCRIPTION", "SHOT_RANGE", "QUALITY_RANGE", "GAUSSIAN_RANGE", "FAMILIES", "TestFamily", "TEST_FAMILIES",
-    "srgb_to_linear", "linear_to_srgb", "read_variance", "poisson_gaussian", "to_uint8", "jpeg",
+    "srgb_to_linear", "linear_to_srgb", "read_variance", "poisson_gaussian", "jpeg",
     "encode_jpeg", "sample_shot", "camera_noisy", "camera_batch",
 ]
 
@@ -102,11 +104,6 @@ def poisson_gaussian(clean: FloatArray, shot: float, read: float, rng: np.random
     return linear_to_srgb(noisy)
 
 
-def to_uint8(image: FloatArray) -> npt.NDArray[np.uint8]:
-    """Clip to [0, 1] and round to 8 bit, as a camera or ``export.measure.quantize`` does."""
-    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def jpeg(image: npt.NDArray[np.uint8], quality: int, subsampling: str,
          offset: tuple[int, int] = (0, 0)) -> npt.NDArray[np.uint8]:
     """``image`` (H x W x 3 uint8) through a JPEG file and back.
@@ -135,7 +132,7 @@ def _random_jpeg(image: FloatArray, rng: np.random.Generator) -> FloatArray:
     quality = int(rng.integers(QUALITY_RANGE[0], QUALITY_RANGE[1] + 1))
     subsampling = ("4:2:0", "4:4:4")[int(rng.integers(2))]
     offset = (int(rng.integers(MACROBLOCK)), int(rng.integers(MACROBLOCK)))
-    return jpeg(to_uint8(image), quality, subsampling, offset) / 255.0
+    return jpeg(to_pixels(image), quality, subsampling, offset) / 255.0
 
 
 def camera_noisy(clean: FloatArray, family: str, rng: np.random.Generator) -> FloatArray:
@@ -147,7 +144,7 @@ def camera_noisy(clean: FloatArray, family: str, rng: np.random.Generator) -> Fl
         shot = sample_shot(rng)
         noisy = poisson_gaussian(clean, shot, read_variance(shot, rng), rng)
         if not family.endswith("jpeg"):
-            noisy = to_uint8(noisy) / 255.0  # a camera writes 8 bits
+            noisy = to_pixels(noisy) / 255.0  # a camera writes 8 bits
     else:
         raise ValueError(f"unknown noise family {family!r}; known: {FAMILIES}")
     return _random_jpeg(noisy, rng) if family.endswith("jpeg") else noisy
@@ -192,7 +189,7 @@ class TestFamily:
             image = poisson_gaussian(image, self.shot, read_variance(self.shot), rng)
         if self.gaussian:
             image = image + self.gaussian / 255.0 * rng.standard_normal(image.shape)
-        noisy = to_uint8(image)
+        noisy = to_pixels(image)
         if self.quality is not None:
             return encode_jpeg(noisy, self.quality, self.subsampling)
         buffer = io.BytesIO()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from training.dncnn.camera_noise import TEST_FAMILIES, TestFamily
-from training.dncnn.evaluate import load_set
+from training.dncnn.images import load_set
 
 __all__ = ["TESTSET_SEED", "SUMS_NAME", "render", "render_set", "load_family", "main"]
 

@@ -13,7 +13,7 @@ and the MatConvNet ``GenerateData_*.m`` of https://github.com/cszn/DnCNN):
   128 x 3000 patches for the blind models rather than every stride-10 patch of BSD432).
 
 Patch sets are ``uint8`` arrays ``(N, C, p, p)``; images are ``uint8`` ``HxW`` or ``HxWx3`` as
-read by ``training.dncnn.evaluate.load_set``. Noise is drawn per batch, never stored:
+read by ``training.dncnn.images.load_set``. Noise is drawn per batch, never stored:
 ``PatchSampler.batch(i)`` picks and noises the batch of iteration ``i`` from generators seeded with
 ``(seed, i)``, so training data is a pure function of the iteration and a resumed run sees exactly
 the batches an uninterrupted one would.
@@ -36,11 +36,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
 from training.dncnn.camera_noise import camera_batch
-from training.dncnn.evaluate import load_set
+from training.dncnn.images import load_images, load_set
 
 __all__ = [
     "AUGMENT_MODES", "NOISE_MODELS", "augment", "augment_batch", "extract_patches", "build_patch_set",
-    "bsd432_files", "load_images", "load_training_images", "PatchSampler",
+    "bsd432_files", "load_training_images", "PatchSampler",
 ]
 
 AUGMENT_MODES = 8
@@ -136,12 +136,6 @@ def bsd432_files(bsds500_images: Path, cbsd68: Path) -> list[Path]:
     if len(files) - len(kept) != len(excluded):
         raise ValueError(f"{cbsd68}: not every CBSD68 image was found in {bsds500_images}")
     return kept
-
-
-def load_images(files: Sequence[Path], channels: int) -> list[tuple[str, np.ndarray]]:
-    """(name, uint8 image) of explicit files, read as gray or RGB like ``load_set``."""
-    mode = "L" if channels == 1 else "RGB"
-    return [(p.name, np.asarray(Image.open(p).convert(mode))) for p in files]
 
 
 def load_training_images(

@@ -39,10 +39,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
-from export.measure import psnr, quantize
-from service.precision import cpu_int8_flags, session_entries
+from export.quantize import read_variants, record_metrics
+from export.session import cpu_session
+from restore.core.hashing import sha256_file
+from restore.core.manifest import read_manifest, update_metrics
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels
+from training.dncnn.camera_noise import TEST_FAMILIES
+from training.dncnn.camera_testset import load_family
+from training.dncnn.images import load_set
 
 __all__ = [
     "NOISE_SEED", "Job", "Denoiser", "add_noise", "noise_rng", "session_denoiser", "denoise", "evaluate_set",
@@ -99,26 +105,9 @@ def noise_rng(test_set: str, filename: str, sigma: int) -> np.random.Generator:
     return np.random.default_rng([NOISE_SEED, int(sigma), image_id])
 
 
-def load_set(folder: Path, channels: int, limit: int | None) -> list[tuple[str, np.ndarray]]:
-    """(filename, uint8 HxW or HxWx3) for the PNG/BMP/TIF images of a folder, sorted by name."""
-    suffixes = {".png", ".bmp", ".tif", ".jpg"}
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
-    if not files:
-        raise FileNotFoundError(f"no images in {folder}")
-    files = files[:limit] if limit else files
-    mode = "L" if channels == 1 else "RGB"
-    return [(p.name, np.asarray(Image.open(p).convert(mode))) for p in files]
-
-
 def make_session(path: Path) -> ort.InferenceSession:
-    """CPU session with the thread count this evaluation was timed with, and the service's entries
-    (an int8 file computes exact sums on any x86 CPU, as served: ``service.precision``)."""
-    options = ort.SessionOptions()
-    for key, value in session_entries(cpu_int8_flags()).items():
-        options.add_session_config_entry(key, value)
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """CPU session with the thread count this evaluation was timed with."""
+    return cpu_session(path, THREADS)
 
 
 def session_denoiser(session: ort.InferenceSession) -> Denoiser:
@@ -143,7 +132,7 @@ def evaluate_set(
     scores = []
     for name, clean in images:
         noisy = add_noise(clean, sigma, noise_rng(test_set, name, sigma))
-        scores.append(psnr(quantize(denoise(model, noisy)), clean))
+        scores.append(psnr(to_pixels(denoise(model, noisy)), clean))
     return scores
 
 
@@ -151,7 +140,7 @@ def evaluate_files(
     model: Denoiser, images: Sequence[tuple[str, np.ndarray]], noisy: dict[str, np.ndarray]
 ) -> list[float]:
     """Per-image PSNR of one model on stored noisy 8-bit images (keyed by file stem)."""
-    return [psnr(quantize(denoise(model, noisy[Path(name).stem] / np.float32(255.0))), clean)
+    return [psnr(to_pixels(denoise(model, noisy[Path(name).stem] / np.float32(255.0))), clean)
             for name, clean in images]
 
 
@@ -200,26 +189,6 @@ def _markdown(rows: list[tuple[Job, float, float | None]]) -> str:
     return "\n".join(lines)
 
 
-def _with_metrics(
-    current: list[dict[str, Any]], results: dict[str, dict[str, Any]], evaluated: dict[str, str]
-) -> list[dict[str, Any]]:
-    """Merge measured metrics into the manifest as it is on disk now (other tools may have
-    written it meanwhile); refuse if an evaluated file was re-exported during the run."""
-    merged = []
-    for entry in current:
-        name = entry["name"]
-        if name in results:
-            if entry["sha256"] != evaluated[name]:
-                raise SystemExit(f"{name} was re-exported during the evaluation; run it again")
-            metrics = {**entry["metrics"], **results[name], "note": METRICS_NOTE}
-            entry = {**entry, "metrics": metrics}
-        merged.append(entry)
-    missing = results.keys() - {e["name"] for e in current}
-    if missing:
-        raise SystemExit(f"{sorted(missing)} left the manifest during the evaluation")
-    return merged
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m training.dncnn.evaluate", description=__doc__.split("\n")[0]
@@ -249,14 +218,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Imported here so the evaluation itself needs only numpy, Pillow and onnxruntime (and
-    # camera_testset, which reads test sets with this module's load_set, after it is loaded).
-    from export.manifest import read_manifest, update_manifest
-    from export.onnx_export import sha256_file
-    from export.quantize import read_variants, record_metrics
-    from training.dncnn.camera_noise import TEST_FAMILIES
-    from training.dncnn.camera_testset import load_family
-
     args = _parse_args(argv)
     entries = read_manifest(args.manifest)
     root = args.manifest.parent
@@ -332,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_markdown(rows))
     if args.write_manifest:
         evaluated = {e["name"]: e["sha256"] for e in entries if e["name"] in results}
-        update_manifest(args.manifest, lambda current: _with_metrics(current, results, evaluated))
+        update_metrics(args.manifest, evaluated, lambda name, old: {**old, **results[name], "note": METRICS_NOTE})
         print(f"\nmetrics written to {args.manifest}", file=sys.stderr)
     return 0
 

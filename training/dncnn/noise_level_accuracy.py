@@ -1,4 +1,4 @@
-"""How well ``service.noise_level`` (the estimate behind ``/denoise?sigma=auto``) reads the noise level.
+"""How well ``restore.core.noise_level`` (the estimate behind ``/denoise?sigma=auto``) reads the noise level.
 
 Usage::
 
@@ -12,7 +12,7 @@ photos arrive as. ``--camera`` adds the families of the realistic CBSD68 set
 (``training.dncnn.camera_testset``), whose nominal level is not one sigma (only the estimate is
 shown). Colour rows show the service's luma estimate, for comparison the mean of the three
 per-channel estimates, and the chroma-to-luma noise ratio that tells white noise from noise under
-4:2:0 chroma (``service.noise_level.NoiseEstimate``). Prints one markdown table: mean estimate,
+4:2:0 chroma (``restore.core.noise_level.NoiseEstimate``). Prints one markdown table: mean estimate,
 mean / spread (std) / worst relative error over the images, the ratio's range and the estimator's
 CPU time per image (the whole ``estimate_noise``, chroma included; run it with one BLAS thread).
 """
@@ -29,11 +29,12 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from export.measure import quantize
-from service.noise_level import estimate_noise
+from restore.core.noise_level import estimate_noise
+from restore.core.pixels import to_pixels
 from training.dncnn.camera_noise import TEST_FAMILIES, encode_jpeg
 from training.dncnn.camera_testset import load_family
-from training.dncnn.evaluate import add_noise, load_set, noise_rng
+from training.dncnn.evaluate import add_noise, noise_rng
+from training.dncnn.images import load_set
 
 __all__ = ["Row", "per_channel_sigma", "measure", "markdown", "main"]
 
@@ -80,7 +81,7 @@ def measure(test_set: str, condition: str, sigma: float | None, images: Sequence
 
 
 def _gaussian(test_set: str, sigma: int) -> Callable[[str, np.ndarray], np.ndarray]:
-    return lambda name, clean: quantize(add_noise(clean, sigma, noise_rng(test_set, name, sigma)))
+    return lambda name, clean: to_pixels(add_noise(clean, sigma, noise_rng(test_set, name, sigma)))
 
 
 def _gaussian_jpeg(test_set: str, sigma: int) -> Callable[[str, np.ndarray], np.ndarray]:

@@ -30,7 +30,7 @@ et al., ICLR 2020). What the network is fine-tuned against is what ORT later doe
 * each bias is rounded to ORT's int32 grid (input scale x weight scale), and the u8 x s8 products
   are summed as ``--arithmetic`` says (``export.int8_arithmetic``): ``exact`` (the default), as ORT
   sums them with VNNI or AMX and, asked by the service's session entry, on any x86 CPU
-  (``service.precision.session_entries``); ``int16-pairs``, each two neighbouring products
+  (``restore.core.cpu.session_entries``); ``int16-pairs``, each two neighbouring products
   saturated to int16 first, as a plain ORT session does on AVX2 or AVX-512 without VNNI.
 Given the same uint8 input, each simulated layer then computes ORT's uint8 output exactly, on
 either path (tests/training/dncnn/test_qat.py: 1e-7 apart at the output of its model, on this
@@ -72,12 +72,13 @@ from torch import nn
 
 from export.dncnn import dncnn_from_onnx
 from export.int8_arithmetic import ARITHMETICS, Arithmetic, pair_excess
-from export.manifest import read_manifest
-from export.measure import psnr, quantize
 from export.onnx_export import export_onnx
 from export.quantize import COMMAND_KEY, SCALES_KEY, calibration_crops
 from models.dncnn import DnCNN
-from training.common.log import save_checkpoint
+from restore.core.manifest import read_manifest
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels
+from training.common.checkpoints import save_checkpoint
 from training.dncnn.camera_noise import GAUSSIAN_RANGE
 from training.dncnn.data import PatchSampler, build_patch_set, load_training_images
 
@@ -245,7 +246,7 @@ def validate(sim: QuantSimDnCNN, images: Sequence[tuple[str, np.ndarray]], sigma
         x = torch.from_numpy(noisy.transpose(2, 0, 1)[None].astype(np.float32))
         for key, net in (("float", sim.model), ("int8", sim)):
             out = net(x)[0].numpy().transpose(1, 2, 0)
-            scores[key].append(psnr(quantize(out), crop))
+            scores[key].append(psnr(to_pixels(out), crop))
     return float(np.mean(scores["float"])), float(np.mean(scores["int8"]))
 
 

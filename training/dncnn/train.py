@@ -29,10 +29,8 @@ import numpy as np
 from training.common.log import CSV_NAME, Progress, machine_description, write_csv
 from training.dncnn.camera_noise import DESCRIPTION as CAMERA_DESCRIPTION
 from training.dncnn.data import NOISE_MODELS, build_patch_set, load_training_images
-from training.dncnn.evaluate import load_set
-from training.dncnn.trainer import (
-    VARIANTS, Trainer, TrainConfig, learning_rate, load_checkpoint, save_checkpoint, validate,
-)
+from training.dncnn.images import load_set
+from training.dncnn.trainer import VARIANTS, TrainConfig, Trainer, learning_rate, load_checkpoint, save_checkpoint, validate
 
 __all__ = ["run", "benchmark", "config_from_args", "main"]
 

@@ -52,9 +52,10 @@ from PIL import Image
 from torch import nn
 
 from export.dncnn import dncnn_from_onnx
-from export.measure import psnr, quantize
 from models.dncnn import DnCNN, DnCNNConfig, dncnn_config
-from training.common.log import check_resumable, save_checkpoint
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels
+from training.common.checkpoints import check_resumable, save_checkpoint
 from training.dncnn.camera_noise import TEST_FAMILIES
 from training.dncnn.camera_testset import render
 from training.dncnn.data import PatchSampler
@@ -193,7 +194,7 @@ def validate(
             x = torch.from_numpy(np.ascontiguousarray(chw))[None].to(device, memory_format=fmt)
             y = model(x)[0].float().cpu().numpy()
             out = y[0] if noisy.ndim == 2 else y.transpose(1, 2, 0)
-            scores.append(psnr(quantize(out), clean))
+            scores.append(psnr(to_pixels(out), clean))
     return float(np.mean(scores))
 
 

@@ -34,7 +34,7 @@ sessions: the weights as their bfloat16 difference from ``--init`` (whose float1
 are exact in float32, so only the fine-tune's change is rounded, to 3 significant digits) and
 Adam's second moment in bfloat16; its first moment is left out, since with ``beta1 = 0.9`` it
 forgets within ~20 steps and restarts from zero at a resume (Adam's step count is kept, so those
-steps are only shorter, never larger). ``training.common.log.compact_checkpoint``'s plain bfloat16
+steps are only shorter, never larger). ``training.common.checkpoints.compact_checkpoint``'s plain bfloat16
 copy (weights and both moments) would be 88 MB, over the 60 MB issue 18 allows. ``--resume``
 takes ``last.pt`` where it exists, else the compact file.
 
@@ -57,17 +57,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 
+from export.hed import hed_from_onnx
 from models.hed import HED, HEDForInference
-from service.edgemaps import nms
-from service.manifest import sha256_of
-from training.common.log import Progress, check_resumable, machine_description, save_checkpoint, write_csv
-from training.hed.evaluate import (
-    MAX_DIST, GroundTruth, evaluate_image, image_ids, load_boundaries, load_image, summarize,
-    thresholds_for,
-)
+from restore.core.edgemaps import nms
+from restore.core.hashing import sha256_file
+from training.common.checkpoints import check_resumable, save_checkpoint
+from training.common.log import Progress, machine_description, write_csv
+from training.hed.bsds import MAX_DIST, GroundTruth, evaluate_image, image_ids, load_boundaries, load_image, summarize, thresholds_for
 
 __all__ = [
     "HEDTrainConfig", "EdgeSamples", "balanced_bce", "HEDTrainer", "validate", "main",
@@ -241,10 +241,6 @@ def _samples(data: Path, images: Sequence[tuple[str, str]], patch: int, seed: in
 
 def _served_hed(init: Path) -> HED:
     """The network of the ONNX file ``init`` (its own initializers), to fine-tune."""
-    import onnx
-
-    from export.hed import hed_from_onnx
-
     return hed_from_onnx(onnx.load(str(init))).hed
 
 
@@ -307,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trainer = HEDTrainer(config, model, samples)
     meta: dict[str, Any] = {"history": [], "elapsed_s": 0.0,
                             "command": shlex.join(["python", "-m", "training.hed.train", *(argv or sys.argv[1:])]),
-                            "machine": machine_description(trainer.device), "init_sha256": sha256_of(args.init)}
+                            "machine": machine_description(trainer.device), "init_sha256": sha256_file(args.init)}
     if args.resume:
         full = args.out / CHECKPOINT
         if not full.is_file() and args.compact is None:

@@ -66,7 +66,7 @@ from scipy import ndimage
 
 __all__ = [
     "WEATHERS", "STATS", "FloatImage", "random_depth", "add_rain", "add_haze",
-    "add_snow", "degrade", "psnr", "read_rgb", "load_images", "WeatherPatches",
+    "add_snow", "degrade", "read_rgb", "load_images", "WeatherPatches",
 ]
 
 FloatImage = npt.NDArray[np.float32]
@@ -314,12 +314,6 @@ def degrade(
     if weather not in _GENERATORS:
         raise ValueError(f"unknown weather {weather!r}; known: {', '.join(WEATHERS)}")
     return _GENERATORS[weather](clean, rng, params=params)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two images in [0, 1]."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
 # --- training batches -----------------------------------------------------------------------

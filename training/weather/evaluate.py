@@ -30,9 +30,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy.ndimage import uniform_filter
 
-from export.measure import psnr, quantize, tiled_forward
-from export.weather import _session, load_student, whole_forward
+from restore.core.manifest import update_manifest
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
+from restore.core.tiling import DEFAULT_TILE
+from export.session import tiled_forward
+from export.weather import _session, condition_feed, load_student, whole_forward
 from training.weather.dark_channel import dehaze
 from training.weather.data import WEATHERS
 from training.weather.testset import load_test_set, write_test_set
@@ -43,7 +48,7 @@ __all__ = ["METHODS", "evaluate", "real_snow_figure", "main"]
 CLEAN = "clean"
 CLEAN_COUNT = 20
 FLAT_STD = 2 / 255
-METHODS = ("input", "teacher", "stage1", "stage2", "ort", "ort-tiled", "ort-tiled-256", "dcp")
+METHODS = ("input", "teacher", "stage1", "stage2", "ort", "ort-tiled", "ort-tiled-256", "ort-tiled-auto", "dcp")
 NAME = "weather-unified"
 
 Restorer = Callable[[np.ndarray], np.ndarray]  # float (H, W, 3) in -> float (H, W, 3) out
@@ -52,8 +57,6 @@ Restorer = Callable[[np.ndarray], np.ndarray]  # float (H, W, 3) in -> float (H,
 def flat_mask(clean: np.ndarray, size: int = 9) -> np.ndarray:
     """Pixels whose ``size`` x ``size`` neighbourhood (luminance) varies by less than FLAT_STD: sky,
     walls, the places where any printed pattern is visible."""
-    from scipy.ndimage import uniform_filter
-
     y = clean.mean(axis=2, dtype=np.float64)
     mean = uniform_filter(y, size)
     var = uniform_filter(y * y, size) - mean * mean
@@ -81,8 +84,9 @@ def evaluate(
     """``{method: {weather: {"psnr", "ssim", "count"}}}`` for every method offered per weather, and
     ``{method: {"clean": {..., "flat_psnr"}}}`` for the methods offered on clean photos."""
     scores: dict[str, dict[str, dict[str, float]]] = {}
-    for weather in (*WEATHERS, CLEAN):
-        if weather == CLEAN:
+    groups = dict.fromkeys(g for by_weather in restorers.values() for g in by_weather)
+    for weather in sorted(groups, key=lambda g: (*WEATHERS, CLEAN).index(g.split(":")[0])):
+        if weather.startswith(CLEAN):  # "clean", or "clean:<route>" for a conditioned model
             photos = [clean for _, _, clean in load_test_set(testset, WEATHERS[0])[:CLEAN_COUNT]]
             items = [(clean, clean) for clean in photos[:limit]]
         else:
@@ -96,7 +100,7 @@ def evaluate(
                 out, ref = quantize(restorer(degraded)), quantize(clean)
                 p.append(psnr(out, ref))
                 s.append(ssim(out, ref))
-                if weather == CLEAN:
+                if weather.startswith(CLEAN):
                     f.append(flat_errors(out, ref, flat_mask(clean)))
             scores.setdefault(method, {})[weather] = {
                 "psnr": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4),
@@ -109,16 +113,30 @@ def evaluate(
     return scores
 
 
-def _ort_restorers(model_path: Path, entry: dict) -> dict[str, Restorer]:
-    from service.settings import Settings
+#: A conditioned model's routes: the label each passes (``auto``: ``?weather=auto``, blind).
+ROUTE_LABELS = {"rain": "rain", "haze": "haze", "snow": "snow", "auto": None}
 
+
+def _ort_restorers(model_path: Path, entry: dict, method: str) -> dict[str, Restorer]:
+    """``method``'s restorer per group. A blind file (model 2) gets one restorer for every weather
+    and ``clean``. A conditioned one (model 3) is scored as each route calls it: a weather under
+    its own route's label (``-auto`` methods: under ``unknown``), and clean photos through every
+    route (``clean:rain`` .. ``clean:auto``: what each route does to a photo without that weather)."""
     session = _session(model_path)
-    production = Settings().tile_size
-    return {
-        "ort": lambda x: whole_forward(session, quantize(x)),
-        "ort-tiled": lambda x: tiled_forward(session, entry, production, quantize(x)),
-        "ort-tiled-256": lambda x: tiled_forward(session, entry, 256, quantize(x)),
-    }
+    tile = {"ort": None, "ort-tiled": DEFAULT_TILE, "ort-tiled-256": 256}[method.removesuffix("-auto")]
+
+    def run(label: str | None) -> Restorer:
+        if tile is None:
+            return lambda x: whole_forward(session, quantize(x), label)
+        return lambda x: tiled_forward(session, entry, tile, quantize(x), condition_feed(session, label))
+
+    if not entry.get("weather_labels"):
+        return {w: run(None) for w in (*WEATHERS, CLEAN)}
+    auto = method.endswith("-auto")
+    out = {w: run(None if auto else w) for w in WEATHERS}
+    if not auto:
+        out.update({f"{CLEAN}:{route}": run(label) for route, label in ROUTE_LABELS.items()})
+    return out
 
 
 def real_snow_figure(folder: Path, restorer: Restorer, out: Path, height: int = 320) -> Path:
@@ -172,16 +190,16 @@ def clean_figure(testset: Path, restorer: Restorer, out: Path, gain: float = 8.0
 
 
 def _table(scores: dict[str, dict[str, dict[str, float]]]) -> str:
-    columns = (*WEATHERS, CLEAN)
-    lines = ["| method | " + " | ".join(f"{w} PSNR / SSIM" for w in WEATHERS) + " | clean PSNR / flat PSNR |",
-             "|---|" + "---|" * len(columns)]
+    cleans = list(dict.fromkeys(g for by in scores.values() for g in by if g.startswith(CLEAN)))
+    header = [f"{w} PSNR / SSIM" for w in WEATHERS] + [f"{c} PSNR / flat PSNR" for c in cleans]
+    lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
     for method, by_weather in scores.items():
         cells = [
             f"{by_weather[w]['psnr']:.2f} / {by_weather[w]['ssim']:.3f}" if w in by_weather else ""
             for w in WEATHERS
         ]
-        clean = by_weather.get(CLEAN)
-        cells.append(f"{clean['psnr']:.2f} / {clean['flat_psnr']:.2f}" if clean else "")
+        cells += [f"{by_weather[c]['psnr']:.2f} / {by_weather[c]['flat_psnr']:.2f}" if c in by_weather else ""
+                  for c in cleans]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -225,11 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             restorers[stage] = {w: (lambda x, m=model: restore(m, x)) for w in everywhere}
     manifest = json.loads(args.manifest.read_text())
     entry = next((e for e in manifest["models"] if e["name"] == NAME), None)
-    ort_methods = [m for m in args.methods if m.startswith("ort")]
-    if ort_methods and entry is not None:
-        ort_restorers = _ort_restorers(args.manifest.parent / entry["file"], entry)
-        for method in ort_methods:
-            restorers[method] = {w: ort_restorers[method] for w in everywhere}
+    for method in (m for m in args.methods if m.startswith("ort")):
+        if entry is not None:
+            restorers[method] = _ort_restorers(args.manifest.parent / entry["file"], entry, method)
     if "dcp" in args.methods:
         restorers["dcp"] = {"haze": dehaze}
     scores = evaluate(restorers, args.testset, args.limit)
@@ -238,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(scores, indent=1))
     if args.real_snow and entry is not None:
         session = _session(args.manifest.parent / entry["file"])
-        print(real_snow_figure(args.real_snow, lambda x: whole_forward(session, quantize(x)), args.figure))
+        print(real_snow_figure(args.real_snow, lambda x: whole_forward(session, quantize(x), "snow"), args.figure))
     if args.clean_figure and entry is not None:
         session = _session(args.manifest.parent / entry["file"])
         print(clean_figure(args.testset, lambda x: whole_forward(session, quantize(x)), args.clean_figure))
@@ -246,8 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if entry is None or "ort-tiled" not in scores or args.limit:
             raise SystemExit(f"--write-manifest needs {NAME} in the manifest, the ort-tiled method "
                              "and the whole test set (no --limit)")
-        from export.manifest import update_manifest
-
         command = "python -m training.weather.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
 
         def merge(current: list[dict]) -> list[dict]:

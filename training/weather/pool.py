@@ -29,7 +29,7 @@ import numpy as np
 from training.weather.data import WEATHERS, FloatImage, load_images
 from training.weather.renderers import CLEAN, render
 
-__all__ = ["GROUPS", "PairPool", "write_pool", "main"]
+__all__ = ["GROUPS", "PairPool", "teacher_file", "write_pool", "main"]
 
 GROUPS = (*WEATHERS, CLEAN)
 META = "pool.json"
@@ -87,8 +87,17 @@ def write_pool(
     return meta
 
 
+def teacher_file(root: Path, group: str) -> Path:
+    """Where a teacher's outputs for the first pairs of ``group`` are kept (``teacher_cache``)."""
+    return root / f"{group}_teacher.npy"
+
+
 class PairPool:
-    """Batches from a written pool: a pure function of ``(seed, index)`` (exact resume)."""
+    """Batches from a written pool: a pure function of ``(seed, index)`` (exact resume).
+
+    Where a group has a teacher file (``training.weather.teacher_cache``: a frozen teacher's
+    output for its first pairs), ``triples`` also crops the teacher's output at the same place,
+    so distillation costs no teacher forward pass in the training loop."""
 
     def __init__(self, root: Path, patch: int, seed: int) -> None:
         self.meta = json.loads((root / META).read_text())
@@ -100,19 +109,45 @@ class PairPool:
                     np.load(root / f"{group}_degraded.npy", mmap_mode="r"))
             for group in GROUPS
         }
+        self.teachers = {
+            group: np.load(teacher_file(root, group), mmap_mode="r")
+            for group in GROUPS if teacher_file(root, group).exists()
+        }
 
-    def sample(self, group: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One (clean, degraded) uint8 ``patch x patch x 3`` crop pair of ``group``."""
+    def _crops(self, group: str, rng: np.random.Generator) -> list[np.ndarray | None]:
+        """Clean, degraded and teacher (``None`` where the pair has none) crops, one draw."""
         clean, degraded = self.arrays[group]
         j = int(rng.integers(len(clean)))
         size, p = clean.shape[1], self.patch
         top, left = (int(v) for v in rng.integers(0, size - p + 1, 2))
         mode = int(rng.integers(8))
-        pair = []
-        for array in (clean, degraded):
+        teacher = self.teachers.get(group)
+        arrays = (clean, degraded, teacher if teacher is not None and j < len(teacher) else None)
+        out: list[np.ndarray | None] = []
+        for array in arrays:
+            if array is None:
+                out.append(None)
+                continue
             crop = np.rot90(array[j, top:top + p, left:left + p], k=mode // 2)
-            pair.append(crop[::-1] if mode % 2 else crop)
-        return pair[0], pair[1]
+            out.append(crop[::-1] if mode % 2 else crop)
+        return out
+
+    def sample(self, group: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One (clean, degraded) uint8 ``patch x patch x 3`` crop pair of ``group``."""
+        clean, degraded, _ = self._crops(group, rng)
+        return clean, degraded  # type: ignore[return-value]
+
+    def triples(
+        self, index: int, counts: dict[str, int],
+    ) -> tuple[FloatImage, FloatImage, FloatImage, np.ndarray]:
+        """As ``batch``, plus the teacher's crops (the clean crop where a row has none) and a
+        ``(N,)`` bool mask of the rows that have one. The same draws as ``batch`` (same rows)."""
+        rng = np.random.default_rng([self.seed, index])
+        rows = [self._crops(group, rng) for group, count in counts.items() for _ in range(count)]
+        mask = np.array([t is not None for _, _, t in rows])
+        teacher = [t if t is not None else c for c, _, t in rows]
+        return (_to_float([c for c, _, _ in rows]), _to_float([d for _, d, _ in rows]),
+                _to_float(teacher), mask)
 
     def batch(self, index: int, counts: dict[str, int]) -> tuple[FloatImage, FloatImage]:
         """(clean, degraded) float32 NCHW in [0, 1]: ``counts[group]`` rows per group, in the
@@ -124,9 +159,12 @@ class PairPool:
                 c, d = self.sample(group, rng)
                 clean.append(c)
                 degraded.append(d)
-        to_float = lambda images: np.ascontiguousarray(  # noqa: E731
-            np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
-        return to_float(clean), to_float(degraded)
+        return _to_float(clean), _to_float(degraded)
+
+
+def _to_float(images: list[np.ndarray]) -> FloatImage:
+    """uint8 HWC crops -> float32 NCHW in [0, 1]."""
+    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

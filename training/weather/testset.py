@@ -9,7 +9,7 @@ draw from ``default_rng([seed, k, j])``.
 
     python -m training.weather.testset testset --bsds ../shared/data/bsds500 --out runs/weather-test
     python -m training.weather.testset grid --bsds ../shared/data/bsds500 --out docs/weather_examples.jpg
-    python -m training.weather.testset sample --out export/weather_sample.png
+    python -m training.weather.testset sample --out samples/weather_sample.png
 
 ``export_sample`` is that photo: scikit-image's astronaut resized to 768x1024 under ``add_rain``
 (seed 2022), rounded to 8 bit. ``export.weather`` reads the committed PNG rather than calling this
@@ -27,9 +27,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
+from skimage import data
+from skimage.transform import resize
 
-from export.measure import quantize
-from training.weather.data import WEATHERS, FloatImage, add_rain, degrade, psnr, read_rgb
+from restore.core.pixels import to_pixels as quantize
+from restore.core.metrics import psnr
+from training.weather.data import WEATHERS, FloatImage, add_rain, degrade, read_rgb
 
 __all__ = [
     "TESTSET_VERSION", "write_test_set", "load_test_set", "write_grid", "export_sample",
@@ -94,7 +97,7 @@ def write_test_set(bsds_root: Path, out: Path, count: int = 50, seed: int = 2022
         entry = {}
         for weather, (degraded8, params) in made.items():
             Image.fromarray(degraded8).save(out / weather / f"{name}.png")
-            score = round(psnr(degraded8 / 255, clean8 / 255), 4)
+            score = round(psnr(degraded8, clean8), 4)
             entry[weather] = {"psnr": score, "params": params}
         images[name] = entry
     for folder in ("clean", *WEATHERS):  # images of an earlier, different set
@@ -141,7 +144,7 @@ def write_grid(
         row = [(clean8, f"clean {name}")]
         for weather in WEATHERS:
             degraded8 = made[weather][0]
-            row.append((degraded8, f"{weather} {psnr(degraded8 / 255, clean8 / 255):.1f} dB"))
+            row.append((degraded8, f"{weather} {psnr(degraded8, clean8):.1f} dB"))
         tiles.append(row)
         if len(tiles) == rows:
             break
@@ -166,9 +169,6 @@ def write_grid(
 
 def export_sample() -> npt.NDArray[np.uint8]:
     """The export's tile-margin photo: the astronaut, 768x1024, with synthetic rain (seed 2022)."""
-    from skimage import data
-    from skimage.transform import resize
-
     clean = resize(data.astronaut(), (768, 1024), anti_aliasing=True).astype(np.float32)
     return quantize(add_rain(clean, np.random.default_rng(2022)))
 
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--count", type=int, default=50, help="test-set size (grid: its first)")
         p.add_argument("--seed", type=int, default=2022)
     sample = sub.add_parser("sample", help="write the photo the weather export checks tiling on")
-    sample.add_argument("--out", type=Path, required=True, help="export/weather_sample.png")
+    sample.add_argument("--out", type=Path, required=True, help="samples/weather_sample.png")
     args = parser.parse_args(argv)
     if args.command == "testset":
         meta = write_test_set(args.bsds, args.out, args.count, args.seed)

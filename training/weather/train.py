@@ -71,21 +71,28 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from skimage.metrics import structural_similarity
 from torch import nn
 
-from export.measure import psnr, quantize
+from export.hed import hed_from_onnx
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels as quantize
 from export.weather import ARCHITECTURES, build_network, load_student, network_config
 from models.msbdn import MSBDNConfig
 from models.weathernet import WeatherNetConfig
 from training.common.log import (
-    Progress, check_resumable, machine_description, save_checkpoint, write_csv,
+    Progress, machine_description, write_csv,
 )
+from training.common.checkpoints import check_resumable, save_checkpoint
 from training.weather.data import WEATHERS, WeatherPatches, degrade, load_images
 from training.weather.pool import PairPool
 from training.weather.renderers import CLEAN
 from training.weather.losses import CKTLoss, HCRLoss, SCRLoss, VGGFeatures
+from training.weather.testset import write_test_set
 
 __all__ = [
     "WeatherTrainConfig", "WeatherTrainer", "learning_rate", "validation_set", "validate",
@@ -163,8 +170,6 @@ def learning_rate(config: WeatherTrainConfig, iteration: int) -> float:
 # ------------------------------------------------------------------------------------ metrics
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two uint8 RGB images (scikit-image, Gaussian window as Wang et al. 2004)."""
-    from skimage.metrics import structural_similarity
-
     return float(structural_similarity(
         a, b, channel_axis=2, data_range=255, gaussian_weights=True, sigma=1.5,
         use_sample_covariance=False,
@@ -216,8 +221,6 @@ def validation_set(
 
 
 def load_images_from(paths: Sequence[Path]) -> list[np.ndarray]:
-    from PIL import Image
-
     return [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0 for p in paths]
 
 
@@ -557,16 +560,10 @@ def benchmark(trainer: WeatherTrainer, steps: int) -> int:
 
 
 def _feature_network(path: Path) -> VGGFeatures:
-    import onnx
-
-    from export.hed import hed_from_onnx
-
     return VGGFeatures(hed_from_onnx(onnx.load(str(path))).hed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.weather.testset import write_test_set
-
     args = _parse_args(argv)
     teachers: list[nn.Module] = []
     network: dict[str, Any] | None = None

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from restore.core.noise_level import NoiseEstimate
 from tests.conftest import MODELS_DIR, noisy_image
-from service.noise_level import NoiseEstimate
 from training.dncnn import auto_rule
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_table_has_every_condition_and_the_rule_s_picks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "CBSD68").mkdir()
     Image.fromarray(noisy_image(48, 48, 3, seed=1, noise=0.0)).save(tmp_path / "CBSD68" / "1.png")

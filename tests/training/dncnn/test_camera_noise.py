@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from restore.core.pixels import to_pixels
 from training.dncnn import camera_noise as cn
+from PIL import JpegImagePlugin
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -46,7 +48,7 @@ def test_sensor_noise_depends_on_the_signal_as_documented() -> None:
     rng = np.random.default_rng(2)
 
     def std(level: float, shot: float) -> float:
-        noisy = cn.to_uint8(cn.poisson_gaussian(flat(level), shot, cn.read_variance(shot), rng))
+        noisy = to_pixels(cn.poisson_gaussian(flat(level), shot, cn.read_variance(shot), rng))
         return float(noisy.astype(float).std())
 
     assert std(0.5, 0.01) == pytest.approx(14, abs=1.5) and std(0.2, 0.01) == pytest.approx(20, abs=1.5)
@@ -56,7 +58,7 @@ def test_sensor_noise_depends_on_the_signal_as_documented() -> None:
 
 def test_420_jpeg_keeps_luma_noise_and_removes_fine_chroma_noise() -> None:
     rng = np.random.default_rng(3)
-    noisy = cn.to_uint8(flat(0.5) + 25 / 255 * rng.standard_normal((192, 192, 3)))
+    noisy = to_pixels(flat(0.5) + 25 / 255 * rng.standard_normal((192, 192, 3)))
     results = {}
     for subsampling in ("4:4:4", "4:2:0"):
         out = cn.jpeg(noisy, 90, subsampling).astype(float)
@@ -70,7 +72,7 @@ def test_420_jpeg_keeps_luma_noise_and_removes_fine_chroma_noise() -> None:
 
 def test_jpeg_offset_moves_the_block_grid_and_keeps_the_size() -> None:
     y, x = np.mgrid[0:50, 0:50] / 50.0
-    image = cn.to_uint8(np.dstack([x, y, (x + y) / 2]) + 0.02 * np.random.default_rng(4).standard_normal((50, 50, 3)))
+    image = to_pixels(np.dstack([x, y, (x + y) / 2]) + 0.02 * np.random.default_rng(4).standard_normal((50, 50, 3)))
     plain, shifted = cn.jpeg(image, 80, "4:2:0"), cn.jpeg(image, 80, "4:2:0", offset=(5, 11))
     assert plain.shape == shifted.shape == image.shape and plain.dtype == np.uint8
     assert not np.array_equal(plain, shifted)
@@ -78,9 +80,7 @@ def test_jpeg_offset_moves_the_block_grid_and_keeps_the_size() -> None:
 
 
 def test_encode_jpeg_writes_the_requested_chroma_subsampling() -> None:
-    from PIL import JpegImagePlugin
-
-    image = cn.to_uint8(np.random.default_rng(5).random((32, 32, 3)))
+    image = to_pixels(np.random.default_rng(5).random((32, 32, 3)))
     for name, code in cn.SUBSAMPLING.items():
         decoded = Image.open(io.BytesIO(cn.encode_jpeg(image, 90, name)))
         assert JpegImagePlugin.get_sampling(decoded) == code
@@ -107,7 +107,7 @@ def test_camera_batch_mixes_the_four_families_and_is_seeded() -> None:
 
 
 def test_test_families_are_deterministic_files() -> None:
-    clean = cn.to_uint8(np.random.default_rng(7).random((40, 48, 3)))
+    clean = to_pixels(np.random.default_rng(7).random((40, 48, 3)))
     for family in cn.TEST_FAMILIES:
         data = family.file_bytes(clean, np.random.default_rng(8))
         assert data == family.file_bytes(clean, np.random.default_rng(8))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dncnn import camera_testset
 from tests.conftest import noisy_image
+from training.dncnn import camera_testset
 from training.dncnn.camera_noise import TEST_FAMILIES
 
 

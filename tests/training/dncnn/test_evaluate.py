@@ -10,10 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from export.manifest import write_manifest
-from export.onnx_export import export_onnx, sha256_file
+from export.onnx_export import export_onnx
 from models.dncnn import DnCNN
+from restore.core.hashing import sha256_file
+from restore.core.manifest import write_manifest
 from training.dncnn import evaluate
+from training.dncnn import camera_testset
+from export.quantize import calibration_crops, quantize_model, read_variants, write_variants
 
 
 def test_noise_is_seeded_per_image_not_per_run() -> None:
@@ -63,24 +66,7 @@ def test_end_to_end_writes_metrics(tmp_path: Path, capsys: pytest.CaptureFixture
     assert 18 < metrics["BSD68"]["25"] < 24  # noisy image at sigma 25: about 20.2 dB
 
 
-def test_metrics_merge_keeps_entries_written_meanwhile() -> None:
-    base = {"task": "denoise", "metrics": {"old": 1}}
-    current = [
-        {**base, "name": "a", "sha256": "1"},
-        {**base, "name": "hed", "sha256": "9"},  # added by another tool during the run
-    ]
-    merged = evaluate._with_metrics(current, {"a": {"BSD68": {"25": 29.0}}}, {"a": "1"})
-    assert [e["name"] for e in merged] == ["a", "hed"]
-    assert merged[0]["metrics"]["BSD68"] == {"25": 29.0}
-    assert merged[0]["metrics"]["old"] == 1
-    assert merged[1] == current[1]
-    with pytest.raises(SystemExit, match="re-exported"):
-        evaluate._with_metrics(current, {"a": {}}, {"a": "2"})
-
-
 def test_camera_families_are_scored_for_colour_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from training.dncnn import camera_testset
-
     onnx_dir = tmp_path / "onnx"
     _identity_manifest(onnx_dir, "id3", 3, None)
     (tmp_path / "data" / "CBSD68").mkdir(parents=True)
@@ -102,8 +88,6 @@ def test_int8_variants_are_scored_on_their_float_models_jobs(tmp_path: Path, cap
     """--int8 scores each variant of variants.json on the same noisy images as its float model and
     records PSNR and delta_db there (not in the manifest); a variant of another float file is refused.
     The identity model's int8 twin keeps its float residual, so it loses nothing: delta about 0."""
-    from export.quantize import calibration_crops, quantize_model, read_variants, write_variants
-
     onnx_dir = tmp_path / "onnx"
     manifest = _identity_manifest(onnx_dir, "id", 1, 25)
     rng = np.random.default_rng(0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dncnn import noise_level_accuracy
 from tests.conftest import noisy_image
+from training.dncnn import noise_level_accuracy
 
 
 def test_table_reports_luma_per_channel_and_chroma(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
 
 from export.int8_arithmetic import ARITHMETICS, Arithmetic, ort_u8s8_arithmetic
-from export.onnx_export import run_onnx
 from export.quantize import COMMAND_KEY, SCALES_KEY, float_nodes, quantize_model
+from export.session import cpu_session
 from models.dncnn import DnCNN
-from service.precision import EXACT_INT8_ENTRY
+from restore.core.cpu import EXACT_INT8_ENTRY
 from training.dncnn.qat import QATConfig, QuantSimDnCNN, activation_maxima, fine_tune, write_float_model
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -92,11 +91,8 @@ def _check_path(ort_int8: np.ndarray, simulated: dict[str, np.ndarray], arithmet
 
 
 def _run(path: Path, x: np.ndarray, entries: dict[str, str]) -> np.ndarray:
-    options = ort.SessionOptions()
-    for key, value in entries.items():
-        options.add_session_config_entry(key, value)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x})[0]
+    """``path`` on ``x`` in an ORT session with exactly these config entries (none: ORT's own choice)."""
+    return cpu_session(path, 1, entries).run(None, {"input": x})[0]
 
 
 @pytest.mark.parametrize("float_tail_layers,distinct", [(0, True), (1, False)])
@@ -115,7 +111,7 @@ def test_the_simulation_computes_the_quantized_onnx_file(tmp_path: Path, float_t
 
     x = _noisy(1, size=40, seed=5)[0][None]
     simulated = _simulated(sim, x)
-    _check_path(run_onnx(target, x), simulated, ort_u8s8_arithmetic(16), distinct)
+    _check_path(_run(target, x, {}), simulated, ort_u8s8_arithmetic(16), distinct)
     _check_path(_run(target, x, dict([EXACT_INT8_ENTRY])), simulated, "exact", distinct)
 
 
@@ -124,7 +120,6 @@ EMULATED = [("Haswell", "int16-pairs"), ("SandyBridge", "exact")]  # AVX2 withou
 _UNDER_QEMU = """
 import sys
 import numpy as np
-import onnxruntime as ort
 from export.int8_arithmetic import ort_u8s8_arithmetic
 model, inputs, plain, entered, key, value = sys.argv[1:]
 for path, entries in ((plain, {}), (entered, {key: value})):
@@ -148,6 +143,7 @@ def _qemu() -> str:
     pytest.skip(f"{reason}: the path of this CPU is checked by test_the_simulation_computes_the_quantized_onnx_file")
 
 
+@pytest.mark.slow  # minutes: ORT starts under an emulator
 @pytest.mark.parametrize("cpu,arithmetic", EMULATED)
 def test_the_simulation_computes_the_quantized_onnx_file_on_an_emulated_cpu(
     tmp_path: Path, cpu: str, arithmetic: str
@@ -164,7 +160,8 @@ def test_the_simulation_computes_the_quantized_onnx_file_on_an_emulated_cpu(
     done = subprocess.run(
         [qemu, "-cpu", cpu, sys.executable, "-c", _UNDER_QEMU, str(target), str(tmp_path / "x.npy"), str(plain), str(entered),
          *EXACT_INT8_ENTRY],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == arithmetic
@@ -193,9 +190,11 @@ def _int8_error(sim: QuantSimDnCNN, teacher: DnCNN, crops: list[np.ndarray]) -> 
         return float((sim(x) - teacher(x)).square().mean())
 
 
-@pytest.mark.parametrize("arithmetic", ARITHMETICS)
+# int16-pairs (a plain ORT session's sums on AVX2; never served) only in make test-all: 20 s each
+@pytest.mark.parametrize("arithmetic", [pytest.param(a, marks=[pytest.mark.slow] if a != "exact" else []) for a in ARITHMETICS])
 def test_fine_tuning_lowers_the_int8_error_and_resumes_exactly(arithmetic: Arithmetic) -> None:
-    """On either arithmetic, whichever this CPU's ORT uses."""
+    """On either arithmetic: exact, as every CPU computes int8 when served; int16-pairs, as ORT's
+    AVX2 kernels sum without the service's session entry."""
     torch.manual_seed(0)
     teacher = _tiny()
     cfg = QATConfig("tiny", steps=30, batch_size=4, patch=16, lr=1e-4, scale_lr=0.0, warmup=2, check_every=10, seed=0,

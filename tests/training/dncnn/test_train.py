@@ -16,6 +16,10 @@ from training.common.log import CSV_COLUMNS
 from training.dncnn import train as train_dncnn
 from training.dncnn import trainer as dncnn_trainer
 from training.dncnn.trainer import TrainConfig, Trainer, learning_rate, load_checkpoint
+from restore.core.manifest import read_manifest, write_manifest
+from models.dncnn import DnCNN
+from export.onnx_export import export_onnx
+from export import dncnn_trained
 
 TINY = TrainConfig(depth=4, features=8, batch_size=8, iterations=6, epoch_iters=3, seed=3)
 
@@ -143,9 +147,6 @@ def _colour_data_folder(root: Path) -> Path:
 
 
 def _exported_colour_model(path: Path) -> Path:
-    from export.onnx_export import export_onnx
-    from models.dncnn import DnCNN
-
     torch.manual_seed(0)
     export_onnx(DnCNN(channels=3, depth=3, features=4, batch_norm=False).eval(), path, (1, 3, 16, 16))
     return path
@@ -174,9 +175,6 @@ def test_camera_noise_run_starts_from_an_exported_model_and_resumes_exactly(tmp_
 
 
 def test_cli_camera_variant_trains_validates_and_exports(tmp_path: Path) -> None:
-    from export import dncnn_trained
-    from export.manifest import read_manifest, write_manifest
-
     data, out = _colour_data_folder(tmp_path / "data"), tmp_path / "run"
     init = _exported_colour_model(tmp_path / "start.onnx")
     args = ["--variant", "cdncnn-b-camera", "--init", str(init), "--data", str(data), "--out", str(out),

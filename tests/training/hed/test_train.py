@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from models.hed import HED
-from training.hed.evaluate import thresholds_for
-from training.hed.train import EdgeSamples, HEDTrainConfig, HEDTrainer, _parse_args, balanced_bce, validate
+from training.hed.bsds import thresholds_for
+from training.hed.train import EdgeSamples, HEDTrainConfig, HEDTrainer, _parse_args, balanced_bce, compact_state, load_compact_state, validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,8 +98,6 @@ def test_the_compact_checkpoint_resumes_the_weights_and_second_moment(tmp_path) 
     second moment in bfloat16 (half the bytes of each, no first moment); load_compact_state
     restores both, so the resumed weights differ from the trained ones only by the rounding of the
     change, far below the change itself, and training continues from the same iteration."""
-    from training.hed.train import compact_state, load_compact_state
-
     torch.manual_seed(0)
     image = np.random.default_rng(0).random((40, 40, 3), dtype=np.float32)
     label = (np.random.default_rng(1).random((40, 40)) > 0.9).astype(np.float32)

@@ -13,6 +13,8 @@ from PIL import Image
 
 import training.weather.data as wd
 import training.weather.testset as wt
+from restore.core.metrics import psnr
+from restore.core.pixels import to_pixels
 from training.weather.data import (
     STATS,
     WEATHERS,
@@ -22,7 +24,6 @@ from training.weather.data import (
     add_snow,
     degrade,
     load_images,
-    psnr,
     random_depth,
 )
 from training.weather.testset import load_test_set, write_grid, write_test_set
@@ -246,7 +247,7 @@ def test_test_set_round_trip_and_idempotence(tmp_path: Path) -> None:
                 jpg = np.asarray(image.convert("RGB"))
             np.testing.assert_array_equal(clean, jpg.astype(np.float32) / 255)
             entry = record["images"][name][weather]
-            assert entry["psnr"] == pytest.approx(psnr(degraded, clean), abs=1e-3)
+            assert entry["psnr"] == pytest.approx(psnr(to_pixels(degraded), to_pixels(clean)), abs=1e-3)
             assert entry["params"]
     stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     assert write_test_set(root, out, count=4, seed=11) == meta

@@ -7,24 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from training.weather.pool import GROUPS, PairPool, write_pool
-
-
-@pytest.fixture(scope="module")
-def pool_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bsds")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        folder = root / "images" / split
-        folder.mkdir(parents=True)
-        for k in range(2):
-            pixels = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{k}.jpg")
-    out = root / "pool"
-    write_pool(root, out, pairs=6, size=48, seed=1, workers=1)
-    return out
+from training.weather.pool import GROUPS, PairPool
 
 
 def test_pool_holds_every_group(pool_dir: Path) -> None:

@@ -76,6 +76,7 @@ def test_validation_can_use_whole_photos_outside_the_held_out_set(tmp_path: Path
     assert np.array_equal(cropped["clean"][0][1], whole["clean"][0][1][4:36, 8:40])
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_main_writes_the_chosen_mix_with_its_scores(tmp_path: Path) -> None:
     bsds, testset = _photos(tmp_path)
     a, b = _checkpoint(tmp_path / "a.pt", 0), _checkpoint(tmp_path / "b.pt", 1)

@@ -95,6 +95,7 @@ def test_learning_rate_is_constant_when_lr_min_is_lr() -> None:
 
 
 # ------------------------------------------------------------------------------------- training
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("config", [TEACHER, STAGE1, STAGE2], ids=lambda c: c.stage)
 def test_steps_on_one_batch_lower_the_loss(
     config: WeatherTrainConfig, data: WeatherPatches, features: VGGFeatures
@@ -166,6 +167,7 @@ def test_saved_checkpoint_reloads_the_same_network(
         assert torch.equal(model(x), trainer.model(x))
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("config", [TEACHER, STAGE1, STAGE2], ids=lambda c: c.stage)
 def test_resume_reproduces_the_uninterrupted_run(
     config: WeatherTrainConfig, tmp_path: Path, data: WeatherPatches, features: VGGFeatures

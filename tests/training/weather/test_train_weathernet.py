@@ -14,11 +14,12 @@ from PIL import Image
 from export.weather import build_network, load_student
 from models.hed import HED
 from models.weathernet import WeatherNet
-from training.weather.data import WEATHERS
+from training.weather.data import WEATHERS, WeatherPatches
 from training.weather.losses import VGGFeatures
 from training.weather.pool import PairPool, write_pool
 from training.weather.renderers import CLEAN
 from training.weather.train import CHECKPOINT, WeatherTrainConfig, WeatherTrainer, save
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,6 +74,7 @@ def test_batches_end_with_clean_rows(pool: PairPool) -> None:
     assert float((clean[0] - degraded[0]).abs().mean()) > 0.0
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 @pytest.mark.parametrize("config", [TEACHER, STAGE1, STAGE2], ids=lambda c: c.stage)
 def test_steps_on_one_batch_lower_the_loss(
     config: WeatherTrainConfig, pool: PairPool, features: VGGFeatures
@@ -90,13 +92,12 @@ def test_steps_on_one_batch_lower_the_loss(
 
 
 def test_pool_data_needs_no_images_but_clean_rows_need_the_pool(pool: PairPool) -> None:
-    from training.weather.data import WeatherPatches
-
     patches = WeatherPatches([np.zeros((40, 40, 3), np.float32)], patch=32, seed=0)
     with pytest.raises(ValueError, match="pool"):
         WeatherTrainer(dataclasses.replace(TEACHER, data="synthetic"), patches)
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_checkpoint_rebuilds_the_weathernet(
     tmp_path: Path, pool: PairPool, features: VGGFeatures
 ) -> None:
@@ -111,6 +112,7 @@ def test_checkpoint_rebuilds_the_weathernet(
         assert torch.equal(model(x), trainer.model(x))
 
 
+@pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 def test_resume_reproduces_the_uninterrupted_run(
     tmp_path: Path, pool: PairPool, features: VGGFeatures
 ) -> None:
