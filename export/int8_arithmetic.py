@@ -26,8 +26,8 @@ accumulation, the bias, and the requantization (``float(acc + bias) * (x_scale *
 y_scale)``, clipped, rounded half to even, plus the zero point) are the same on every path, so the
 int16-pair paths differ from the others only where a pair saturates. ORT's quantization guide
 names this U8S8 saturation and its remedies (7-bit weights with ``reduce_range``, or U8U8); the
-session option ``session.x64quantprecision=1`` makes ORT turn the weights into u8 on such a CPU
-(exact, and slower; a no-op with VNNI).
+session entry ``session.x64quantprecision=1`` makes ORT turn the weights into u8 and sum u8 x u8
+exactly (slower); ``restore.core.cpu.session_entries`` sets it on x86 CPUs without VNNI or AMX.
 
 ``ort_u8s8_arithmetic`` finds the path by running ORT on a convolution built to saturate, rather
 than from CPU flags, so it answers for the kernels this ORT build picks on this CPU, under an
@@ -43,8 +43,9 @@ from typing import Literal, get_args
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from export.session import cpu_session
 
 __all__ = ["Arithmetic", "ARITHMETICS", "INT16_MIN", "INT16_MAX", "pair_excess", "ort_u8s8_arithmetic"]
 
@@ -142,10 +143,7 @@ def _probe_model(channels: int) -> onnx.ModelProto:
 def ort_u8s8_arithmetic(channels: int = 64) -> Arithmetic:
     """How ORT's CPU provider sums u8 x s8 products in a ``channels`` -> ``channels`` QDQ 3x3
     convolution on this CPU, found by running one whose every product pair saturates int16."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(_probe_model(channels).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = cpu_session(_probe_model(channels).SerializeToString(), 1, entries={})  # ORT's own kernels
     (y,) = session.run(None, {"x": np.ones((1, channels, 3, 3), np.float32)})
     centre = int(y[0, 0, 1, 1])
     length = 9 * channels

@@ -121,13 +121,10 @@ _UNDER_QEMU = """
 import sys
 import numpy as np
 from export.int8_arithmetic import ort_u8s8_arithmetic
+from export.session import cpu_session
 model, inputs, plain, entered, key, value = sys.argv[1:]
 for path, entries in ((plain, {}), (entered, {key: value})):
-    options = ort.SessionOptions()
-    for k, v in entries.items():
-        options.add_session_config_entry(k, v)
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    np.save(path, session.run(None, {"input": np.load(inputs)})[0])
+    np.save(path, cpu_session(model, 1, entries).run(None, {"input": np.load(inputs)})[0])
 print(ort_u8s8_arithmetic(16))
 """
 
