@@ -52,9 +52,9 @@ from models.weathernet import (
 from training.common.checkpoints import check_resumable, save_checkpoint
 from training.common.log import Progress, machine_description, write_csv
 from training.weather.data import WEATHERS
-from training.weather.pool import PairPool, teacher_file
+from training.weather.pool import GROUPS, PairPool, teacher_file
 from training.weather.teachers import TEACHERS
-from training.weather.renderers import CLEAN
+from training.weather.renderers import CLEAN, weather_of
 from training.weather.testset import write_test_set
 from training.weather.train import held_out_names, validation_set
 
@@ -104,7 +104,7 @@ def row_labels(config: CampaignConfig, index: int) -> list[str]:
             if group == CLEAN:
                 labels.append(WEATHER_LABELS[int(rng.integers(len(WEATHER_LABELS)))])
             else:
-                labels.append(UNKNOWN if rng.random() < config.unknown_rate else group)
+                labels.append(UNKNOWN if rng.random() < config.unknown_rate else weather_of(group))
     return labels
 
 
@@ -258,7 +258,7 @@ def _rows(text: str) -> dict[str, int]:
     rows = {}
     for part in text.split(","):
         group, _, count = part.partition("=")
-        if group not in (*WEATHERS, CLEAN) or not count.isdigit():
+        if group not in GROUPS or not count.isdigit():
             raise argparse.ArgumentTypeError(f"rows look like rain=4,haze=3,snow=3,clean=2, not {text!r}")
         rows[group] = int(count)
     return rows

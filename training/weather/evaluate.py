@@ -36,8 +36,8 @@ from restore.core.manifest import update_manifest
 from restore.core.metrics import psnr
 from restore.core.pixels import to_pixels as quantize
 from restore.core.tiling import DEFAULT_TILE
-from export.session import tiled_forward
-from export.weather import _session, condition_feed, load_student, whole_forward
+from export.session import cpu_session, tiled_forward
+from export.weather import condition_feed, load_student, whole_forward
 from training.weather.dark_channel import dehaze
 from training.weather.data import WEATHERS
 from training.weather.testset import load_test_set, write_test_set
@@ -122,7 +122,7 @@ def _ort_restorers(model_path: Path, entry: dict, method: str) -> dict[str, Rest
     and ``clean``. A conditioned one (model 3) is scored as each route calls it: a weather under
     its own route's label (``-auto`` methods: under ``unknown``), and clean photos through every
     route (``clean:rain`` .. ``clean:auto``: what each route does to a photo without that weather)."""
-    session = _session(model_path)
+    session = cpu_session(model_path, 2)
     tile = {"ort": None, "ort-tiled": DEFAULT_TILE, "ort-tiled-256": 256}[method.removesuffix("-auto")]
 
     def run(label: str | None) -> Restorer:
@@ -253,10 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(scores, indent=1))
     if args.real_snow and entry is not None:
-        session = _session(args.manifest.parent / entry["file"])
+        session = cpu_session(args.manifest.parent / entry["file"], 2)
         print(real_snow_figure(args.real_snow, lambda x: whole_forward(session, quantize(x), "snow"), args.figure))
     if args.clean_figure and entry is not None:
-        session = _session(args.manifest.parent / entry["file"])
+        session = cpu_session(args.manifest.parent / entry["file"], 2)
         print(clean_figure(args.testset, lambda x: whole_forward(session, quantize(x)), args.clean_figure))
     if args.write_manifest:
         if entry is None or "ort-tiled" not in scores or args.limit:

@@ -8,8 +8,10 @@ pairs in one of the 8 flip/rot90 modes: each rendered pair yields
 ``8 * (pool_size - patch + 1) ** 2`` distinct crops.
 
 Layout of ``--out``: ``<group>_clean.npy`` and ``<group>_degraded.npy`` (``N x S x S x 3``
-uint8) for every group in ``GROUPS`` (the three weathers and ``clean``, whose inputs only went
-through ``renderers.camera``), and ``pool.json`` with how it was made. Pair ``j`` of a group is
+uint8) for every group in ``GROUPS`` (the three weathers, ``clean``, whose inputs only went
+through ``renderers.camera``, and heavy rain), and ``pool.json`` with how it was made. A group
+added later is rendered into an existing pool without touching the others, and a pool without
+it still loads (its rows just cannot be asked for). Pair ``j`` of a group is
 a pure function of ``(seed, group, j)``, so the pool can be re-created exactly.
 
     python -m training.weather.pool --bsds ../shared/data/bsds500 --out runs/weather-pool
@@ -27,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from training.weather.data import WEATHERS, FloatImage, load_images
-from training.weather.renderers import CLEAN, render
+from training.weather.renderers import CLEAN, HEAVY_RAIN, render
 
 __all__ = ["GROUPS", "PairPool", "teacher_file", "write_pool", "main"]
 
-GROUPS = (*WEATHERS, CLEAN)
+GROUPS = (*WEATHERS, CLEAN, HEAVY_RAIN)  # append only: a group's index seeds its pairs
 META = "pool.json"
 
 _IMAGES: list[FloatImage] = []  # the training photos, in each worker process
@@ -68,6 +70,9 @@ def write_pool(
 ) -> dict[str, object]:
     """Render ``pairs`` pairs of ``size`` px per group into ``out`` (skips groups already there)."""
     out.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((out / META).read_text()) if (out / META).exists() else {}
+    if previous and (previous["pairs"], previous["size"], previous["seed"]) != (pairs, size, seed):
+        raise ValueError(f"{out} holds a pool of other settings: {previous}")
     started = time.monotonic()
     with multiprocessing.get_context("fork").Pool(workers, _init_worker, (bsds, splits)) as pool:
         for group in GROUPS:
@@ -81,8 +86,8 @@ def write_pool(
             np.save(out / f"{group}_clean.npy", clean)
             np.save(out / f"{group}_degraded.npy", degraded)  # last: marks the group complete
             print(f"{group}: {pairs} pairs, {time.monotonic() - started:.0f} s", flush=True)
-    meta = {"pairs": pairs, "size": size, "seed": seed, "splits": list(splits),
-            "groups": list(GROUPS), "seconds": round(time.monotonic() - started, 1)}
+    meta = {"pairs": pairs, "size": size, "seed": seed, "splits": list(splits), "groups": list(GROUPS),
+            "seconds": round(float(previous.get("seconds", 0)) + time.monotonic() - started, 1)}
     (out / META).write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
@@ -107,7 +112,7 @@ class PairPool:
         self.arrays = {
             group: (np.load(root / f"{group}_clean.npy", mmap_mode="r"),
                     np.load(root / f"{group}_degraded.npy", mmap_mode="r"))
-            for group in GROUPS
+            for group in GROUPS if (root / f"{group}_degraded.npy").exists()
         }
         self.teachers = {
             group: np.load(teacher_file(root, group), mmap_mode="r")
@@ -116,6 +121,8 @@ class PairPool:
 
     def _crops(self, group: str, rng: np.random.Generator) -> list[np.ndarray | None]:
         """Clean, degraded and teacher (``None`` where the pair has none) crops, one draw."""
+        if group not in self.arrays:
+            raise ValueError(f"the pool has no {group} pairs; `python -m training.weather.pool` adds them")
         clean, degraded = self.arrays[group]
         j = int(rng.integers(len(clean)))
         size, p = clean.shape[1], self.patch

@@ -37,6 +37,7 @@ def test_labels_follow_the_rows_with_unknown_and_every_label_on_clean_rows() -> 
     assert set(rain) == {"rain", "unknown"} and 5 <= rain.count("unknown") <= 22
     assert set(clean) == set(WEATHER_LABELS)
     assert labels == row_labels(cfg, 3) and labels != row_labels(cfg, 4)
+    assert set(row_labels(config(rows={"rain_heavy": 40}, unknown_rate=0.25), 0)) == {"rain", "unknown"}
 
 
 def test_the_teacher_cache_is_cropped_with_its_pairs(pool_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

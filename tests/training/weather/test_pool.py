@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.weather.pool import GROUPS, PairPool
+from training.weather.pool import GROUPS, PairPool, write_pool
 
 
 def test_pool_holds_every_group(pool_dir: Path) -> None:
@@ -37,3 +37,24 @@ def test_batches_have_the_asked_rows_and_repeat_exactly(pool_dir: Path) -> None:
 def test_a_patch_larger_than_the_pool_is_refused(pool_dir: Path) -> None:
     with pytest.raises(ValueError):
         PairPool(pool_dir, patch=64, seed=0)
+
+
+def test_a_group_added_later_leaves_the_others_untouched(pool_dir: Path, tmp_path: Path) -> None:
+    """An older pool without the heavy-rain group loads (its rows cannot be asked for, with a
+    clear message); writing the pool again renders only that group, and the others keep their
+    bytes; other settings are refused."""
+    old = tmp_path / "pool"
+    old.mkdir()
+    for file in pool_dir.iterdir():
+        if not file.name.startswith("rain_heavy"):
+            (old / file.name).write_bytes(file.read_bytes())
+    pool = PairPool(old, patch=32, seed=0)
+    pool.batch(0, {"rain": 1, "clean": 1})
+    with pytest.raises(ValueError, match="no rain_heavy pairs"):
+        pool.batch(0, {"rain_heavy": 1})
+    before = (old / "rain_degraded.npy").read_bytes()
+    write_pool(pool_dir.parent, old, pairs=6, size=48, seed=1, workers=1)
+    assert (old / "rain_degraded.npy").read_bytes() == before
+    np.testing.assert_array_equal(np.load(old / "rain_heavy_degraded.npy"), np.load(pool_dir / "rain_heavy_degraded.npy"))
+    with pytest.raises(ValueError, match="other settings"):
+        write_pool(pool_dir.parent, old, pairs=7, size=48, seed=1, workers=1)

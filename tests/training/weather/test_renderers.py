@@ -16,10 +16,10 @@ def _texture(size: int = 96, seed: int = 0) -> np.ndarray:
     return np.kron(base, np.ones((8, 8, 1))).astype(np.float32)
 
 
-ALL = [R.depth_rain, R.noise_rain, R.drops, R.varied_haze, R.textured_snow, R.mask_snow]
+ALL = [R.depth_rain, R.noise_rain, R.heavy_rain, R.drops, R.varied_haze, R.textured_snow, R.mask_snow]
 #: mean |degraded - clean| over seeds on the texture: (lowest mean, highest mean) accepted.
 STRENGTH = {
-    "depth_rain": (0.005, 0.25), "noise_rain": (0.005, 0.25), "drops": (0.003, 0.25),
+    "depth_rain": (0.005, 0.25), "noise_rain": (0.005, 0.25), "heavy_rain": (0.1, 0.5), "drops": (0.003, 0.25),
     "varied_haze": (0.02, 0.45), "textured_snow": (0.005, 0.3), "mask_snow": (0.005, 0.3),
 }
 
@@ -75,3 +75,16 @@ def test_clean_samples_only_go_through_the_camera() -> None:
     assert min(diffs) == 0.0  # and most are untouched
     with pytest.raises(ValueError):
         R.render(clean, "fog", np.random.default_rng(0))
+
+
+def test_heavy_rain_is_heavier_than_every_rain_renderer_and_trains_as_rain() -> None:
+    """The heavy-rain group exists because no rain renderer reaches a storm: on every seed it
+    moves the photo more than the strongest of them, and its rows carry the rain label."""
+    clean = _texture()
+    for seed in range(4):
+        heavy = float(np.abs(R.heavy_rain(clean, np.random.default_rng(seed)) - clean).mean())
+        others = [float(np.abs(f(clean, np.random.default_rng(seed)) - clean).mean()) for f in (R.depth_rain, R.noise_rain, R.drops)]
+        assert heavy > max(others)
+    assert R.weather_of(R.HEAVY_RAIN) == "rain" and R.weather_of("haze") == "haze"
+    out = R.render(clean, R.HEAVY_RAIN, np.random.default_rng(0))
+    assert out.shape == clean.shape and float(np.abs(out - clean).mean()) > 0.1
