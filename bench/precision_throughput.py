@@ -29,14 +29,16 @@ import numpy as np
 import onnxruntime as ort
 
 from export.quantize import read_variants, record_metrics
+from restore.core.cpu import cpu_int8_flags, session_entries
 from restore.service.inference.engine import available_cpus
-from restore.service.inference.precision import cpu_int8_flags
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "onnx"
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    for key, value in session_entries(cpu_int8_flags()).items():  # as the service runs int8
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

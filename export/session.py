@@ -1,6 +1,7 @@
 """An exported ONNX file run as the service runs it, for the export checks and the evaluations:
-a CPU session, and one image through the service's tiling (``restore.core.tiling``) with the
-manifest entry's margin and size multiple. Nothing here imports PyTorch."""
+a CPU session (with the service's session entries for this CPU: an int8 file sums as served,
+``restore.core.cpu``), and one image through the service's tiling (``restore.core.tiling``) with
+the manifest entry's margin and size multiple. Nothing here imports PyTorch."""
 
 from __future__ import annotations
 
@@ -11,17 +12,22 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from restore.core.cpu import cpu_int8_flags, session_entries
 from restore.core.tiling import DEFAULT_FEATHER, plan_tiles, run_tiled
 
 __all__ = ["cpu_session", "tiled_forward"]
 
 
-def cpu_session(path: str | Path, threads: int) -> ort.InferenceSession:
-    """A CPU session on ``threads`` cores (one operator at a time), the setting evaluations are timed with."""
+def cpu_session(model: str | Path | bytes, threads: int, entries: dict[str, str] | None = None) -> ort.InferenceSession:
+    """A CPU session of ``model`` (a file, or a serialized model) on ``threads`` cores (one operator
+    at a time), the setting evaluations are timed with. ``entries``: ORT session config entries;
+    default the service's for this CPU (``restore.core.cpu.session_entries``)."""
     options = ort.SessionOptions()
+    for key, value in (session_entries(cpu_int8_flags()) if entries is None else entries).items():
+        options.add_session_config_entry(key, value)
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
 
 
 def tiled_forward(

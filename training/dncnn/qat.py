@@ -26,9 +26,16 @@ et al., ICLR 2020). What the network is fine-tuned against is what ORT later doe
 * every quantized ReLU output (the only activations ORT quantizes in this graph) is rounded to
   uint8 with zero point 0 and a learned scale, which starts at ORT's MinMax on the crops
   ``export.quantize make`` calibrates with and is written into the exported file's metadata
-  (``export.quantize.SCALES_KEY``); ``export.quantize`` uses it instead of calibrating.
-The simulation agrees with ORT's int8 output to 0.01 dB (tests/training/dncnn/test_qat.py checks
-the two computations agree).
+  (``export.quantize.SCALES_KEY``); ``export.quantize`` uses it instead of calibrating;
+* each bias is rounded to ORT's int32 grid (input scale x weight scale), and the u8 x s8 products
+  are summed as ``--arithmetic`` says (``export.int8_arithmetic``): ``exact`` (the default), as ORT
+  sums them with VNNI or AMX and, asked by the service's session entry, on any x86 CPU
+  (``restore.core.cpu.session_entries``); ``int16-pairs``, each two neighbouring products
+  saturated to int16 first, as a plain ORT session does on AVX2 or AVX-512 without VNNI.
+Given the same uint8 input, each simulated layer then computes ORT's uint8 output exactly, on
+either path (tests/training/dncnn/test_qat.py: 1e-7 apart at the output of its model, on this
+CPU's path and, under qemu, on an AVX2 and a pre-AVX2 CPU); the float first layer and PyTorch's
+rounding of its output still flip the odd uint8 step on whole images (0.001 dB on two BSD68 images).
 
 Data: the colour models' training set BSD432 (BSDS500 minus CBSD68, the test set the gate is
 measured on), less ``VALIDATION_IMAGES`` images kept aside to watch the simulated int8 PSNR and
@@ -64,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.dncnn import dncnn_from_onnx
+from export.int8_arithmetic import ARITHMETICS, Arithmetic, pair_excess
 from export.onnx_export import export_onnx
 from export.quantize import COMMAND_KEY, SCALES_KEY, calibration_crops
 from models.dncnn import DnCNN
@@ -75,7 +83,7 @@ from training.dncnn.camera_noise import GAUSSIAN_RANGE
 from training.dncnn.data import PatchSampler, build_patch_set, load_training_images
 
 __all__ = [
-    "QuantSimDnCNN", "activation_maxima", "fake_quant_weight", "QATConfig", "fine_tune",
+    "QuantSimDnCNN", "activation_maxima", "weight_scale", "fake_quant_weight", "fake_quant_bias", "QATConfig", "fine_tune",
     "write_float_model", "main",
 ]
 
@@ -86,11 +94,22 @@ VALIDATION_IMAGES = 8
 CHECKPOINT = "qat.pt"
 
 
+def weight_scale(weight: torch.Tensor) -> torch.Tensor:
+    """ORT's per-output-channel scale of symmetric int8 weights: max |w| / 127 (no gradient)."""
+    return weight.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / WEIGHT_QMAX
+
+
 def fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` rounded as ORT stores it (per output channel, symmetric int8), straight-through."""
-    scale = weight.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / WEIGHT_QMAX
+    scale = weight_scale(weight)
     zero = torch.zeros(len(scale), dtype=torch.int32, device=weight.device)
     return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -WEIGHT_QMAX, WEIGHT_QMAX)
+
+
+def fake_quant_bias(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``bias`` on ORT's int32 grid (step = input scale x weight scale per channel), straight-through."""
+    scale = scale.detach()
+    return bias + (torch.round(bias / scale) * scale - bias).detach()
 
 
 class QuantSimDnCNN(nn.Module):
@@ -104,14 +123,22 @@ class QuantSimDnCNN(nn.Module):
     gradient trades clipping the rare peaks against rounding the many small values), as
     ``log_scales`` so that one learning rate moves small and large ranges alike. ``export.quantize``
     then writes these scales into the QDQ model instead of calibrating its own.
+
+    Each quantized convolution is ORT's integer one: weights rounded per channel, the bias rounded
+    to its int32 grid (``fake_quant_bias``; left float, it alone moved about one output in 2,500 by
+    one step), and, with ``arithmetic="int16-pairs"``, each neighbouring pair of u8 x s8
+    products saturated to int16 as ORT's AVX2 and AVX-512-without-VNNI kernels do
+    (``export.int8_arithmetic``; added as a constant, so the gradient passes straight through as it
+    does through the rounding).
     """
 
-    def __init__(self, model: DnCNN, float_tail_layers: int = 0) -> None:
+    def __init__(self, model: DnCNN, float_tail_layers: int = 0, arithmetic: Arithmetic = "exact") -> None:
         super().__init__()
         if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
             raise ValueError("QuantSimDnCNN needs a BatchNorm-folded DnCNN (batch_norm=False), as exported")
         self.model = model
         self.float_tail_layers = float_tail_layers
+        self.arithmetic = arithmetic
         self.log_scales = nn.Parameter(torch.zeros(len(model.body) + 1))
 
     @property
@@ -128,6 +155,21 @@ class QuantSimDnCNN(nn.Module):
         grad_factor = 1.0 / math.sqrt(x[0].numel() * ACTIVATION_QMAX)  # LSQ's gradient scale
         return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, 0, ACTIVATION_QMAX, grad_factor)
 
+    def _conv(self, h: torch.Tensor, conv: nn.Conv2d, index: int) -> torch.Tensor:
+        """ORT's QLinearConv of the uint8 activation ``h`` (rounded at ``index - 1``), before its ReLU."""
+        w_scale = weight_scale(conv.weight)
+        weight = fake_quant_weight(conv.weight)
+        scale = self.log_scales[index - 1].detach().exp() * w_scale  # of the int32 accumulator
+        bias = None if conv.bias is None else fake_quant_bias(conv.bias, scale)
+        y = F.conv2d(h, weight, bias, padding=conv.padding)
+        if self.arithmetic == "int16-pairs":
+            with torch.no_grad():
+                x_q = torch.round(h / self.log_scales[index - 1].exp()).cpu().numpy()
+                w_q = torch.round(weight / w_scale[:, None, None, None]).cpu().numpy()
+                excess = pair_excess(x_q, w_q, padding=conv.padding[0])
+            y = y + torch.from_numpy(excess).to(y) * scale[None, :, None, None]
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self._round(self.model.head(x), 0)
         first_float = len(self.model.body) + 1 - self.float_tail_layers
@@ -135,9 +177,7 @@ class QuantSimDnCNN(nn.Module):
             if index >= first_float:
                 h = layer(h)
                 continue
-            conv = layer.conv
-            h = F.relu(F.conv2d(h, fake_quant_weight(conv.weight), conv.bias, padding=conv.padding))
-            h = self._round(h, index)
+            h = self._round(F.relu(self._conv(h, layer.conv, index)), index)
         return x - self.model.tail(h)
 
 
@@ -169,6 +209,7 @@ class QATConfig:
     warmup: int
     check_every: int
     seed: int
+    arithmetic: Arithmetic = "exact"  # the u8 x s8 sums simulated (export.int8_arithmetic)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,6 +309,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--float-tail-layers", type=int, default=0,
                         help="last hidden layers (conv and output) kept float, as export.quantize --float penultimate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arithmetic", choices=ARITHMETICS, default="exact",
+                        help="u8 x s8 sums to simulate: exact as served on every CPU, or int16-pairs as a plain "
+                             "ONNX Runtime session sums them on AVX2 or AVX-512 without VNNI")
     parser.add_argument("--minutes", type=float, help="stop (resumably) after this long")
     parser.add_argument("--max-patches", type=int, default=40000)
     parser.add_argument("--resume", action="store_true")
@@ -293,20 +337,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"{args.model}: not a denoise model of {args.manifest}")
     channels, sigma = int(entry["channels"]), entry["sigma"]
     cfg = QATConfig(args.model, args.steps, args.batch_size, args.patch, args.lr, args.scale_lr, args.warmup,
-                    args.check_every, args.seed)
+                    args.check_every, args.seed, args.arithmetic)
     run_dir = args.out / args.model
     run_dir.mkdir(parents=True, exist_ok=True)
     served = dncnn_from_onnx(onnx.load(str(args.manifest.parent / entry["file"]))).float()
     teacher = copy.deepcopy(served).eval().requires_grad_(False)
-    sim = QuantSimDnCNN(served, args.float_tail_layers)
+    sim = QuantSimDnCNN(served, args.float_tail_layers, args.arithmetic)
     images = load_training_images("BSD432" if channels == 3 else "Train400", args.data, channels)
     training, validation = _split(images)
     patches = build_patch_set(training, args.patch, args.patch, (1.0,), seed=args.seed, max_patches=args.max_patches)
     print(f"{args.model}: {len(patches)} patches of {args.patch}px from {len(training)} images, "
-          f"{len(validation)} kept aside; sigma {sigma}", flush=True)
+          f"{len(validation)} kept aside; sigma {sigma}; {args.arithmetic} u8 x s8 sums simulated", flush=True)
     state = None
     if args.resume:
         saved = torch.load(run_dir / CHECKPOINT, weights_only=False)
+        saved["config"].setdefault("arithmetic", "exact")  # runs before the setting simulated exact sums
         if saved["config"] != cfg.as_dict():
             raise SystemExit(f"--resume with other settings: {saved['config']} vs {cfg.as_dict()}")
         sim.load_state_dict(saved["sim"])

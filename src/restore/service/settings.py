@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     )
     precision: Literal["auto", "float32", "int8"] = Field(
         "auto",
-        description="auto: a model's int8 variant (manifest) on a CPU with an 8-bit dot product (VNNI, AMX, Arm SDOT), float32 elsewhere and on CUDA; int8: the variant wherever one exists; float32: never.",
+        description="auto: a model's int8 variant (manifest) on a CPU with an 8-bit dot product (VNNI, AMX, Arm SDOT), float32 elsewhere and on CUDA; int8: the variant wherever one exists (on an x86 CPU without VNNI or AMX with ONNX Runtime's exact, slower u8 x u8 kernels); float32: never.",
     )
     batch_buckets: bool = Field(
         True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -92,11 +93,14 @@ class OrtEngine:
 
     def __init__(
         self, path: Path, settings: Settings, providers: list[str], *, name: str | None = None,
-        default_condition: Batch | None = None,
+        entries: Mapping[str, str] | None = None, default_condition: Batch | None = None,
     ) -> None:
+        """``entries``: ORT session config entries (``restore.core.cpu.session_entries``)."""
         self.name = name or path.stem
 
         options = ort.SessionOptions()
+        for key, value in (entries or {}).items():
+            options.add_session_config_entry(key, value)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = settings.intra_op_threads or available_cpus()
         options.inter_op_num_threads = 1

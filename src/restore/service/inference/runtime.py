@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from restore.core import cpu
 from restore.core.hashing import sha256_file
 from restore.core.manifest import ManifestError, ModelSpec, load_manifest, select_specs
 from restore.core.tiling import FINE_GRANULE, TILE_GRANULE, Tiling, round_up, tile_side_for
@@ -77,15 +78,16 @@ class Runtime:
         self.metrics = metrics
         specs = select_specs(load_manifest(settings.models_dir), settings.models)
         providers = [CPU]
+        self.int8_flags = cpu.cpu_int8_flags()
         if engine_factory is None:
             providers = resolve_providers(settings.device)  # raises StartupError before we serve
+            entries = cpu.session_entries(self.int8_flags)
             engine_factory = lambda spec: OrtEngine(  # noqa: E731
-                spec.file, settings, providers, name=spec.name,
+                spec.file, settings, providers, name=spec.name, entries=entries,
                 default_condition=spec.condition("unknown") if spec.weather_labels else None,
             )
         self._engine_factory = engine_factory
         self._first_provider = providers[0]
-        self.int8_flags = policy.cpu_int8_flags()
         required = settings.required_models or tuple(spec.name for spec in specs)
         unknown = sorted(set(required) - {spec.name for spec in specs})
         if unknown:

@@ -6,31 +6,29 @@ import asyncio
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from restore.core import cpu
 from restore.core.manifest import ManifestError, ModelSpec, load_manifest
-from restore.service.inference import precision
+from restore.service.inference import precision, runtime
+from restore.service.inference.engine import OrtEngine
 from restore.service.settings import Settings
 from tests.conftest import BoxEngine, encode_pil, noisy_image, serve, write_fake_manifest
+from tests.restore.core.test_cpu import ISAS, write_cpuinfo
 
-X86_FLAGS = "fpu vme avx2 avx512f avx512_vnni amx_int8 amx_tile"
-X86_OLD = "fpu vme sse4_2 avx avx2 fma"
-ARM = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm asimddp"
-
-
-@pytest.mark.parametrize(
-    "key,flags,expected",
-    [("flags", X86_FLAGS, {"avx512_vnni", "amx_int8"}), ("flags", X86_OLD, set()), ("Features", ARM, {"asimddp"})],
-)
-def test_cpu_int8_flags_reads_x86_and_arm_cpuinfo(tmp_path: Path, key: str, flags: str, expected: set[str]) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\n{key}\t\t: {flags}\n\nprocessor\t: 1\n{key}\t\t: {flags}\n")
-    assert precision.cpu_int8_flags(cpuinfo) == expected
-
-
-def test_cpu_int8_flags_is_empty_when_cpuinfo_cannot_be_read(tmp_path: Path) -> None:
-    assert precision.cpu_int8_flags(tmp_path / "absent") == frozenset()
+#: What RESTORE_PRECISION=auto serves on each kind of CPU (tests.restore.core.test_cpu.ISAS): int8
+#: only with an 8-bit dot product, whose exact sums the variants' quality gates were measured with.
+AUTO = {
+    "AVX2 (Haswell, AMD Zen 2/3)": "float32",
+    "AVX-512 without VNNI (Skylake-SP)": "float32",
+    "AVX-VNNI without AVX-512 (Alder Lake)": "int8",
+    "AVX-512 VNNI (Cascade Lake, AMD Zen 4)": "int8",
+    "AMX (Sapphire Rapids)": "int8",
+    "Arm with SDOT (Neoverse N1)": "int8",
+    "Arm without SDOT (Cortex-A72)": "float32",
+}
 
 
 def with_variant(tmp_path: Path, name: str = "gray") -> Path:
@@ -69,6 +67,45 @@ def test_choose(tmp_path: Path, setting: precision.PrecisionSetting, provider: s
     assert chosen.file.name == ("gray.int8.onnx" if expected == "int8" else "gray.onnx")
 
 
+@pytest.mark.parametrize("isa", AUTO)
+def test_auto_serves_int8_only_on_a_cpu_with_an_8_bit_dot_product(tmp_path: Path, isa: str) -> None:
+    """Each kind of CPU's flags, read as the service reads /proc/cpuinfo, then the choice; forced
+    int8 runs anywhere (on x86 without VNNI with exact u8 x u8 sums: tests.restore.core.test_cpu)."""
+    found = cpu.cpu_int8_flags(write_cpuinfo(tmp_path, isa))
+    (spec,) = load_manifest(with_variant(tmp_path))
+    assert precision.choose("auto", spec, provider=CPU, int8_flags=found) == AUTO[isa]
+    assert precision.choose("int8", spec, provider=CPU, int8_flags=found) == "int8"
+    assert precision.choose("auto", spec, provider=CUDA, int8_flags=found) == "float32"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("isa", ["AVX2 (Haswell, AMD Zen 2/3)", "AMX (Sapphire Rapids)"])
+async def test_forced_int8_runs_with_the_entries_of_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isa: str) -> None:
+    """RESTORE_PRECISION=int8 with the shipped variant and real ONNX Runtime: on an x86 CPU without
+    VNNI the session carries EXACT_INT8_ENTRY (ORT's u8 x s8 sums there blank HED's edge maps)."""
+    exact_entry = ISAS[isa][3]
+    flags = cpu.cpu_int8_flags(write_cpuinfo(tmp_path, isa))
+    monkeypatch.setattr(cpu, "cpu_int8_flags", lambda: flags)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")  # whatever this host is
+    sessions: list[str | None] = []
+
+    class Recording(OrtEngine):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            try:
+                sessions.append(self._session.get_session_options().get_session_config_entry(cpu.EXACT_INT8_ENTRY[0]))
+            except RuntimeError:  # "SessionOptions does not have configuration with key: ..."
+                sessions.append(None)
+
+    monkeypatch.setattr(runtime, "OrtEngine", Recording)
+    settings = Settings(models=("dncnn-gray-s25",), precision="int8", intra_op_threads=1)
+    async with serve(settings) as client:
+        assert (await client.get("/v1/models")).json()["models"][0]["precision"] == "int8"
+        answer = await client.post("/denoise?model=dncnn-gray-s25", content=encode_pil(noisy_image(16, 16, 1), "PNG"))
+        assert answer.status_code == 200, answer.text
+    assert sessions == ["1" if exact_entry else None]
+
+
 @pytest.mark.parametrize("setting", ["auto", "int8"])
 def test_a_model_without_a_variant_runs_float32_whatever_the_setting(tmp_path: Path, setting: precision.PrecisionSetting) -> None:
     (spec,) = load_manifest(write_fake_manifest(tmp_path, [{"name": "plain"}]))
@@ -85,11 +122,13 @@ def test_an_unknown_variant_precision_is_a_manifest_error(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("flags,expected", [(VNNI, "int8"), (frozenset(), "float32")])
+@pytest.mark.parametrize("isa", ["AVX2 (Haswell, AMD Zen 2/3)", "AVX-512 without VNNI (Skylake-SP)", "AMX (Sapphire Rapids)"])
 async def test_auto_loads_the_variant_on_a_vnni_cpu_and_reports_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], expected: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isa: str
 ) -> None:
-    monkeypatch.setattr(precision, "cpu_int8_flags", lambda: flags)
+    expected = AUTO[isa]
+    flags = cpu.cpu_int8_flags(write_cpuinfo(tmp_path, isa))
+    monkeypatch.setattr(cpu, "cpu_int8_flags", lambda: flags)
     loaded: list[Path] = []
 
     def factory(spec: ModelSpec) -> BoxEngine:
