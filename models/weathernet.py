@@ -363,6 +363,22 @@ class _BlockedCopy(nn.Module):
         return F.conv2d(x, self.identity)
 
 
+class _BlockedFiLM(nn.Module):
+    """A trained ``FiLM`` followed by a ``_BlockedCopy``. Its scale and shift are per sample
+    (computed from the label), a broadcast ``Mul``/``Add`` that ONNX Runtime's blocked layout
+    lacks; without the copy the residual stream of the whole stage after it stays in plain NCHW,
+    and every block's convolutions convert in and out (41% of model 3's CPU time, against 2 extra
+    1x1 convolutions per stage with it; docs/benchmarks.md)."""
+
+    def __init__(self, film: FiLM, channels: int) -> None:
+        super().__init__()
+        self.film = film
+        self.copy = _BlockedCopy(channels)
+
+    def forward(self, x: torch.Tensor, weather: torch.Tensor) -> torch.Tensor:
+        return self.copy(self.film(x, weather))
+
+
 def is_fused(model: nn.Module) -> bool:
     """Whether ``model`` is a WeatherNet made by ``fuse_for_inference`` (inference only)."""
     return isinstance(model, WeatherNet) and any(isinstance(m, (_FusedGatedBlock, _BlockedCopy)) for m in model.modules())
@@ -370,15 +386,18 @@ def is_fused(model: nn.Module) -> bool:
 
 def fuse_for_inference(model: WeatherNet) -> WeatherNet:
     """A float32 copy of ``model`` that computes the same function (to float rounding) with fewer
-    and cheaper ONNX nodes: every ``GatedBlock`` becomes a ``_FusedGatedBlock`` and every
-    upsampling ends in a ``_BlockedCopy``. For export; it cannot be trained (the norms' and gates'
-    parameters are folded away)."""
+    and cheaper ONNX nodes: every ``GatedBlock`` becomes a ``_FusedGatedBlock``, and every
+    upsampling and every ``FiLM`` ends in a ``_BlockedCopy``. For export; it cannot be trained (the
+    norms' and gates' parameters are folded away)."""
     if is_fused(model):
         raise ValueError("the network is already fused for inference")
     fused = copy.deepcopy(model).float().eval()
     for up in fused.ups:
         shuffled = isinstance(up[1], nn.PixelShuffle)
         up.append(_BlockedCopy(up[0].out_channels // 4 if shuffled else up[0].out_channels))
+    for films in (fused.encoder_film, fused.decoder_film):
+        for i, film in enumerate(films or ()):
+            films[i] = _BlockedFiLM(film, film.linear.out_features // 2)
     for parent in list(fused.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, GatedBlock):

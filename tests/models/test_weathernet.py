@@ -208,6 +208,26 @@ def test_the_fused_network_keeps_onnx_runtimes_blocked_layout(tmp_path: Path) ->
     assert "Mul" in (_blocked_layout_leaks(tmp_path / "False.onnx", tmp_path) or [])
 
 
+def test_the_conditioned_fused_network_keeps_the_blocked_layout_after_each_film(tmp_path: Path) -> None:
+    """Model 3's FiLM scales and shifts are per sample, a broadcast Mul that leaves the blocked
+    layout: one leak per FiLM (its Mul), and the stage after it back in the layout through the
+    FiLM's identity copy. Without the copy every residual Add of the stage leaks too (33 here)."""
+    config = WeatherNetConfig(width=16, max_channels=32, encoder_blocks=(0, 1, 1, 1), middle_blocks=1,
+                              decoder_blocks=(0, 1, 1, 1), conditions=4, upsample="bilinear")
+    model = _randomised(WeatherNet(config))
+    fused = fuse_for_inference(model)
+    x, w = torch.rand(2, 3, 3 * MULTIPLE, 5 * MULTIPLE), weather_onehot(["rain", "unknown"])
+    with torch.no_grad():
+        assert float((fused(x, w) - model(x, w)).abs().max()) < 1e-5
+    export_onnx(fused, tmp_path / "c.onnx", (1, 3, 64, 64), check_shape=(2, 3, 48, 80), fp16_storage=False,
+                symbolic_shapes=True, tolerance=1e-4, conditions=len(WEATHER_LABELS))
+    leaks = _blocked_layout_leaks(tmp_path / "c.onnx", tmp_path)
+    if leaks is None:
+        pytest.skip("this CPU's ONNX Runtime has no blocked (NCHWc) layout")
+    films = len(fused.encoder_film) + len(fused.decoder_film)
+    assert leaks.count("Mul") == films and leaks.count("Add") == 1, leaks  # the FiLMs'; the head's J + R
+
+
 def test_a_fused_network_is_not_fused_again() -> None:
     fused = fuse_for_inference(_randomised(WeatherNet(WeatherNetConfig(**TINY))))
     with pytest.raises(ValueError, match="already fused"):

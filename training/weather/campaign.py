@@ -135,6 +135,7 @@ class Campaign:
         # parameters are shared, so the optimiser, the EMA and the checkpoints see no difference
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.iteration = 0
+        self.restarted: list[int] = []  # parameters whose Adam step count a resume restarted
 
     def batch(self, index: int) -> tuple[torch.Tensor, ...]:
         clean, degraded, teacher, mask = self.pool.triples(index, self.config.rows)
@@ -166,6 +167,25 @@ class Campaign:
         self.iteration += 1
         return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
 
+    def compiled_gradient_mismatches(self, rows: int = 2) -> list[str]:
+        """The parameters whose gradient through ``torch.compile`` disagrees with eager PyTorch's
+        on the same rows of the first batch (cosine under 0.99, or none where eager has one).
+        Why: inductor's CPU backward of this network (bfloat16, channels_last, torch 2.13)
+        returned zero gradients through the bilinear upsamplings and wrong ones elsewhere, and a
+        compiled run trains silently on them; one eager step costs less than finding out later."""
+        clean, degraded, _, _, weather = (t[:rows] for t in self.batch(self.iteration))
+        grads = []
+        for forward in (self.model, self.forward):
+            self.model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.amp):
+                F.l1_loss(forward(degraded, weather).float(), clean).backward()
+            grads.append({n: torch.zeros(p.shape) if p.grad is None else p.grad.detach().float().clone()
+                          for n, p in self.model.named_parameters()})
+        self.model.zero_grad(set_to_none=True)
+        eager, compiled = grads
+        return [n for n, g in eager.items() if bool(g.any())
+                and float(F.cosine_similarity(g.flatten(), compiled[n].flatten(), dim=0)) < 0.99]
+
     def state_dict(self) -> dict[str, Any]:
         return {"config": dataclasses.asdict(self.config), "iteration": self.iteration,
                 "model": self.model.state_dict(), "ema": self.ema.state_dict(),
@@ -176,7 +196,25 @@ class Campaign:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.restarted = restart_unused_moments(self.optimizer)
         self.iteration = int(state["iteration"])
+
+
+def restart_unused_moments(optimizer: torch.optim.Optimizer) -> list[int]:
+    """Reset Adam's step count of every parameter whose second moment is still all zero (it has
+    never had a gradient), so that its first real updates get Adam's bias correction instead of
+    the correction of a long-run step count: with ``v`` near zero and no correction, the first
+    hundred updates would be 3-6 times the rate. Why it happens: from step 0 to 32476 of model 3's
+    campaign, ``torch.compile``'s backward returned zero gradients through the bilinear
+    upsamplings, so two thirds of the parameters never moved (docs/weather.md). Returns the indices
+    of the parameters reset."""
+    reset = []
+    for index, state in enumerate(optimizer.state.values()):
+        if "exp_avg_sq" in state and not bool(state["exp_avg_sq"].any()) and float(state["step"]) > 0:
+            state["step"] = torch.zeros_like(state["step"]) if torch.is_tensor(state["step"]) else 0
+            state["exp_avg"].zero_()
+            reset.append(index)
+    return reset
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -327,8 +365,8 @@ def teacher_provenance(pool: Path, config: CampaignConfig) -> dict[str, dict[str
 def resumed_phases(state: dict[str, Any], config: CampaignConfig,
                    teachers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The checkpoint's record of hand-made changes, plus this resume's if it makes one: from
-    which iteration a new rate, a new batch mix or a new teacher (a teacher file added to the
-    pool) applies. The first phase is the run as started."""
+    which iteration a new rate, a new batch mix, a new teacher (a teacher file added to the
+    pool) or ``torch.compile`` switched on or off applies. The first phase is the run as started."""
     saved = CampaignConfig(**state["config"])
     phases = list(state.get("phases") or [])
     if not phases:  # a checkpoint from before phases were recorded: its rate steps are in the log
@@ -336,10 +374,11 @@ def resumed_phases(state: dict[str, Any], config: CampaignConfig,
         for row in state.get("history", []):
             if not phases or row["lr"] != phases[-1]["lr"]:
                 phases.append({"iteration": previous, "lr": row["lr"], "rows": saved.rows,
-                               "teachers": sorted(state.get("teachers", {}))})
+                               "teachers": sorted(state.get("teachers", {})), "compile": saved.compile})
             previous = int(row["iteration"])
     last = phases[-1] if phases else {}
-    now = {"lr": config.lr, "rows": config.rows, "teachers": sorted(teachers)}
+    now = {"lr": config.lr, "rows": config.rows, "teachers": sorted(teachers), "compile": config.compile}
+    last = {"compile": saved.compile, **last}  # phases recorded before compile was one
     if any(last.get(k) != v for k, v in now.items()):
         phases.append({"iteration": int(state["iteration"]), **now})
     return phases
@@ -383,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         init = None  # the checkpoint has the weights
     pool = PairPool(args.pool, config.patch, config.seed)
     campaign = Campaign(config, pool, init, init_config)
+    if config.compile and (wrong := campaign.compiled_gradient_mismatches()):
+        raise SystemExit(f"torch.compile's gradients differ from eager PyTorch's for {len(wrong)} parameters "
+                         f"(first: {', '.join(wrong[:3])}): run with --no-compile")
     if args.benchmark:
         return benchmark(campaign, args.benchmark)
     meta: dict[str, Any] = {"command": shlex.join(["python", "-m", "training.weather.campaign", *(argv or sys.argv[1:])]),
@@ -393,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta.update({k: state[k] for k in ("history", "elapsed_s", "cpu_s") if k in state})
         meta["command"] = f"{state.get('command', '')} && {meta['command']}"
         meta["phases"] = resumed_phases(state, config, meta["teachers"])
+        if campaign.restarted:
+            print(f"{len(campaign.restarted)} parameters never updated: their Adam step count restarted", flush=True)
     write_test_set(args.bsds, args.testset)
     val_sets = validation_set(args.bsds, held_out_names(args.testset), args.val_count, crop=None)
     parameters = sum(p.numel() for p in campaign.model.parameters())

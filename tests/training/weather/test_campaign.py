@@ -125,8 +125,48 @@ def test_phases_record_each_hand_made_change_and_where_it_began() -> None:
     assert [(p["iteration"], p["lr"]) for p in unchanged] == [(0, 1e-3), (912, 2e-4)]
     more_haze = dataclasses.replace(saved, lr=2e-4, rows={"rain": 2, "haze": 3, "snow": 1, "clean": 2})
     phases = resumed_phases(state, more_haze, {"rain": {}, "haze": {}})
-    assert phases[-1] == {"iteration": 1200, "lr": 2e-4, "rows": more_haze.rows, "teachers": ["haze", "rain"]}
+    assert phases[-1] == {"iteration": 1200, "lr": 2e-4, "rows": more_haze.rows, "teachers": ["haze", "rain"],
+                          "compile": False}
     assert resumed_phases({**state, "phases": phases}, more_haze, {"rain": {}, "haze": {}}) == phases
+    # phases recorded before compile was one take the saved run's setting
+    older = [{k: v for k, v in p.items() if k != "compile"} for p in phases]
+    assert resumed_phases({**state, "phases": older}, more_haze, {"rain": {}, "haze": {}}) == older
+    eager = resumed_phases({**state, "phases": older, "config": dataclasses.asdict(dataclasses.replace(saved, compile=True))},
+                           more_haze, {"rain": {}, "haze": {}})
+    assert eager[-1] == {**phases[-1], "compile": False} and len(eager) == len(older) + 1
+
+
+def test_a_resume_restarts_adam_for_parameters_that_never_had_a_gradient(pool_dir: Path, tmp_path: Path) -> None:
+    """A parameter whose gradient was always zero (as torch.compile's backward once gave two
+    thirds of model 3) gets Adam's step count restarted on resume; the others keep theirs."""
+    campaign = Campaign(config(), PairPool(pool_dir, 32, seed=0))
+    frozen = campaign.model.ups[0][0].weight
+    frozen.register_hook(torch.zeros_like)
+    for _ in range(3):
+        campaign.step()
+    torch.save(campaign.state_dict(), tmp_path / "last.pt")
+    resumed = Campaign(config(), PairPool(pool_dir, 32, seed=0))
+    resumed.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=False))
+    index = [p is frozen for p in campaign.model.parameters()].index(True)
+    assert resumed.restarted == [index]
+    states = list(resumed.optimizer.state.values())
+    assert float(states[index]["step"]) == 0 and all(float(s["step"]) == 3 for i, s in enumerate(states) if i != index)
+
+
+def test_compiled_gradients_are_checked_against_eager(pool_dir: Path) -> None:
+    """The check a --compile run makes before training: eager against itself agrees; a forward
+    that loses the gradient through an upsampling (what inductor did) names what it cut off."""
+    campaign = Campaign(config(), PairPool(pool_dir, 32, seed=0))
+    with torch.no_grad():  # away from the identity-like start, where most gradients are zero anyway
+        for p in campaign.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert campaign.compiled_gradient_mismatches() == []
+    cut = {"on": False}
+    campaign.model.ups[0].register_forward_hook(lambda module, args, out: out.detach() if cut["on"] else out)
+    campaign.forward = lambda x, w: (cut.update(on=True), campaign.model(x, w))[1]
+    wrong = campaign.compiled_gradient_mismatches()
+    assert "ups.0.0.weight" in wrong and "middle.0.expand.weight" in wrong
+    assert "ending.weight" not in wrong  # after the cut: the same gradient
 
 
 @pytest.mark.skipif(not teacher_path("student-2.0").exists(), reason="the 2.0 student checkpoint is not in this checkout")
