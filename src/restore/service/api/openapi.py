@@ -209,14 +209,20 @@ def document_auth(app: FastAPI, settings: Settings) -> None:
 
 def heldout_gains(metrics: dict[str, Any]) -> str:
     """A weather model's measured gains from its manifest metrics (held-out photos, output minus input
-    PSNR), e.g. "rain +0.89 dB, haze +6.32 dB, snow +2.45 dB; clean photos 28.4 dB"; "" when not measured."""
+    PSNR), e.g. "rain +0.89 dB, haze +6.32 dB, snow +2.45 dB; clean photos 28.4 dB" (a model told the
+    weather: "...; clean photos 34.6 dB through rain, 31.9 dB through haze, ..."); "" when not measured."""
     heldout, source = metrics.get("heldout") or {}, (metrics.get("by_method") or {}).get("input") or {}
     gains = [
         f"{weather} {heldout[weather]['psnr'] - source[weather]['psnr']:+.2f} dB"
         for weather in ("rain", "haze", "snow") if "psnr" in heldout.get(weather, {}) and "psnr" in source.get(weather, {})
     ]
     clean = heldout.get("clean", {}).get("psnr")
-    return ", ".join(gains) + (f"; clean photos {clean:.1f} dB" if clean is not None and gains else "")
+    if clean is not None:
+        no_harm = f"clean photos {clean:.1f} dB"
+    else:  # a model told the weather: clean photos were measured through each route
+        routes = {k.removeprefix("clean:"): v["psnr"] for k, v in heldout.items() if k.startswith("clean:") and "psnr" in v}
+        no_harm = "clean photos " + ", ".join(f"{psnr:.1f} dB through {route}" for route, psnr in routes.items()) if routes else ""
+    return ", ".join(gains) + (f"; {no_harm}" if no_harm and gains else "")
 
 
 def document_gains(app: FastAPI, specs: list[ModelSpec]) -> None:

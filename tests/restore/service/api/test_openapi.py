@@ -43,6 +43,9 @@ def test_heldout_gains_reads_what_was_measured() -> None:
     }
     assert heldout_gains(metrics) == "rain +0.50 dB, snow -0.25 dB; clean photos 30.0 dB"  # haze: no output measured
     assert heldout_gains({}) == ""
+    routed = {"heldout": {"rain": {"psnr": 22.0}, "clean:rain": {"psnr": 34.55}, "clean:auto": {"psnr": 32.79}},
+              "by_method": {"input": {"rain": {"psnr": 21.5}}}}
+    assert heldout_gains(routed) == "rain +0.50 dB; clean photos 34.5 dB through rain, 32.8 dB through auto"
 
 
 def test_every_status_a_model_route_returns_is_documented(tmp_path: Path) -> None:
