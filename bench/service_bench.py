@@ -28,9 +28,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
+from export.session import cpu_session
 from export.weather import condition_feed
 from restore.service.inference.engine import available_cpus
 
@@ -102,9 +102,7 @@ def post(
 def ort_seconds(model: str, array: np.ndarray, repeats: int, label: str | None = None) -> float:
     """Median seconds of one whole-image run of ``model``'s file (a conditioned weather file is
     told ``label``, as its route would tell it)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = available_cpus()
-    session = ort.InferenceSession(str(REPO / "models" / "onnx" / f"{model}.onnx"), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(REPO / "models" / "onnx" / f"{model}.onnx", available_cpus())
     x = np.ascontiguousarray(array.transpose(2, 0, 1)[None], dtype=np.float32) / 255
     feed = {"input": x, **condition_feed(session, label)}
     session.run(None, feed)

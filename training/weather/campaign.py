@@ -207,9 +207,11 @@ def restart_unused_moments(optimizer: torch.optim.Optimizer) -> list[int]:
     hundred updates would be 3-6 times the rate. Why it happens: from step 0 to 32476 of model 3's
     campaign, ``torch.compile``'s backward returned zero gradients through the bilinear
     upsamplings, so two thirds of the parameters never moved (docs/weather.md). Returns the indices
-    of the parameters reset."""
+    (in the optimizer's parameter order) of the parameters reset."""
     reset = []
-    for index, state in enumerate(optimizer.state.values()):
+    parameters = (p for group in optimizer.param_groups for p in group["params"])
+    for index, parameter in enumerate(parameters):
+        state = optimizer.state.get(parameter, {})
         if "exp_avg_sq" in state and not bool(state["exp_avg_sq"].any()) and float(state["step"]) > 0:
             state["step"] = torch.zeros_like(state["step"]) if torch.is_tensor(state["step"]) else 0
             state["exp_avg"].zero_()
@@ -422,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         init = None  # the checkpoint has the weights
     pool = PairPool(args.pool, config.patch, config.seed)
     campaign = Campaign(config, pool, init, init_config)
+    if args.resume:  # before the compile check: a fresh network's gradients are mostly zero
+        campaign.load_state_dict(state)
     if config.compile and (wrong := campaign.compiled_gradient_mismatches()):
         raise SystemExit(f"torch.compile's gradients differ from eager PyTorch's for {len(wrong)} parameters "
                          f"(first: {', '.join(wrong[:3])}): run with --no-compile")
@@ -431,7 +435,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "machine": machine_description(torch.device("cpu")), "pool": str(args.pool),
                             "teachers": teacher_provenance(args.pool, config)}
     if args.resume:
-        campaign.load_state_dict(state)
         meta.update({k: state[k] for k in ("history", "elapsed_s", "cpu_s") if k in state})
         meta["command"] = f"{state.get('command', '')} && {meta['command']}"
         meta["phases"] = resumed_phases(state, config, meta["teachers"])

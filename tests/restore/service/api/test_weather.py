@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from skimage import data
 
-from export.weather import condition_feed
+from export.weather import whole_forward
 from restore.core.metrics import psnr
 from restore.service.images import codecs
 from restore.service.settings import Settings
@@ -48,11 +48,7 @@ def whole_image(rgb: np.ndarray, label: str | None = None) -> np.ndarray:
     ``label`` where the file takes the weather."""
     entry = next(e for e in json.loads((MODELS_DIR / "manifest.json").read_text())["models"] if e["name"] == WEATHER)
     session = ort.InferenceSession(str(MODELS_DIR / entry["file"]), providers=["CPUExecutionProvider"])
-    h, w = rgb.shape[:2]
-    m = entry["multiple"]
-    x = np.pad(rgb.transpose(2, 0, 1)[None].astype(np.float32) / 255, ((0, 0), (0, 0), (0, -h % m), (0, -w % m)), mode="reflect")
-    (y,) = session.run(["output"], {"input": x, **condition_feed(session, label)})
-    return to8(y[0, :, :h, :w].transpose(1, 2, 0))
+    return to8(whole_forward(session, rgb, label))
 
 
 async def test_the_three_paths_serve_one_model(client: httpx.AsyncClient) -> None:
