@@ -267,6 +267,35 @@ class PhysicalHead(nn.Module):
         return (image - torch.sigmoid(a) * (1.0 - t)) / t + residual.float()
 
 
+class Refine(nn.Module):
+    """Plain 3x3 convolutions at full resolution on the input and the last decoder's features,
+    adding to the residual ``R``: capacity where 1-2 pixel rain streaks are.
+
+    Plain convolutions, not more ``GatedBlock``s: at full resolution a block's norms, gates and
+    depthwise filters are memory-bound (most of model 3's CPU time), while a dense 3x3
+    convolution is compute-bound and runs several times more multiply-adds per second through
+    ONNX Runtime (docs/weather.md, pilots). Dilations 1, 2, 4, ... widen the view along a streak
+    at no extra cost. The last convolution starts near zero (not at zero, so every layer has a
+    gradient from the first step): a warm-started network begins as it was."""
+
+    def __init__(self, features: int, channels: int, layers: int) -> None:
+        super().__init__()
+        convs = [nn.Conv2d(3 + features, channels, 3, padding=1)]
+        for i in range(layers - 2):
+            dilation = 2 ** (i % 3)
+            convs.append(nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation))
+        self.hidden = nn.ModuleList(convs)
+        self.out = nn.Conv2d(channels, 3, 3, padding=1)
+        nn.init.normal_(self.out.weight, std=1e-3)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([image.to(features.dtype), features], 1)
+        for conv in self.hidden:
+            h = F.relu(conv(h))
+        return self.out(h)
+
+
 # ------------------------------------------------------------------------- inference-only blocks
 def _conv_like(weight: torch.Tensor, bias: torch.Tensor, **kwargs: int) -> nn.Conv2d:
     groups = kwargs.get("groups", 1)
@@ -421,6 +450,8 @@ class WeatherNetConfig:
     t_min: float = 0.1
     conditions: int = 0  # 0: blind (model 2.0); len(WEATHER_LABELS): takes the weather as input
     upsample: str = "shuffle"  # or "bilinear" (no sub-pixel mesh; model 3)
+    refine: int = 0  # channels of the plain-convolution stage at full resolution (0: none; see Refine)
+    refine_layers: int = 4
 
     def __post_init__(self) -> None:
         if len(self.encoder_blocks) != LEVELS or len(self.decoder_blocks) != LEVELS:
@@ -435,6 +466,8 @@ class WeatherNetConfig:
             raise ValueError(f"upsample must be one of {UPSAMPLES}")
         if self.conditions not in (0, len(WEATHER_LABELS)):
             raise ValueError(f"conditions must be 0 (blind) or {len(WEATHER_LABELS)}")
+        if self.refine < 0 or (self.refine and self.refine_layers < 2):
+            raise ValueError("refine needs channels >= 0 and at least 2 layers")
 
     def channels(self, level: int) -> int:
         return min(self.width * 2**level, self.max_channels)
@@ -476,6 +509,7 @@ class WeatherNet(nn.Module):
         self.ending = nn.Conv2d(c(0), 3, 3, padding=1)
         nn.init.zeros_(self.ending.weight)
         nn.init.zeros_(self.ending.bias)
+        self.refine = Refine(c(0), config.refine, config.refine_layers) if config.refine else None
         self.physical = (PhysicalHead(c(2), c(LEVELS), config.t_min, config.conditions)
                          if config.head == "physical" else None)
         k = config.conditions
@@ -524,6 +558,8 @@ class WeatherNet(nn.Module):
             if level == 2:
                 t_features = h
         residual = self.ending(h)
+        if self.refine is not None:
+            residual = residual + self.refine(x, h)
         if self.physical is None:
             out = x + residual
         else:

@@ -66,7 +66,8 @@ def test_default_size() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(attention="global"), dict(head="none"), dict(width=12), dict(encoder_blocks=(1, 1))]
+    "bad", [dict(attention="global"), dict(head="none"), dict(width=12), dict(encoder_blocks=(1, 1)),
+            dict(refine=-1), dict(refine=8, refine_layers=1)]
 )
 def test_bad_configs_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -269,11 +270,13 @@ def test_a_blind_network_refuses_a_label() -> None:
         WeatherNet(WeatherNetConfig(**TINY))(torch.rand(1, 3, 32, 32), weather_onehot(["rain"]))
 
 
-@pytest.mark.parametrize("upsample", ["shuffle", "bilinear"])
-def test_the_conditioned_fused_network_exports_with_its_weather_input(tmp_path: Path, upsample: str) -> None:
+@pytest.mark.parametrize("upsample, refine", [("shuffle", 0), ("bilinear", 0), ("bilinear", 8)])
+def test_the_conditioned_fused_network_exports_with_its_weather_input(tmp_path: Path, upsample: str,
+                                                                       refine: int) -> None:
     """The export the service runs: fused, a second ONNX input ``weather`` (N, 4), a different
-    label per image in the check, dynamic sides; parity within 1e-4."""
-    model = _randomised(WeatherNet(WeatherNetConfig(**dict(CONDITIONED, upsample=upsample))))
+    label per image in the check, dynamic sides; parity within 1e-4 (with and without the
+    full-resolution ``Refine`` stage and its dilated convolutions)."""
+    model = _randomised(WeatherNet(WeatherNetConfig(**dict(CONDITIONED, upsample=upsample, refine=refine))))
     fused = fuse_for_inference(model)
     x, w = torch.rand(3, 3, 48, 80), weather_onehot(["rain", "snow", "unknown"])
     with torch.no_grad():
@@ -304,6 +307,31 @@ def test_a_warm_start_adds_blocks_and_labels_without_changing_the_function() -> 
     assert torch.allclose(smooth["ups.0.0.weight"], shuffled.reshape(-1, 4, *shuffled.shape[1:]).mean(1))
     with pytest.raises(ValueError, match="add blocks"):
         adapt_state_dict(target.state_dict(), target_config, source_config)
+
+
+def test_a_warm_start_adding_the_refine_stage_changes_the_output_by_little() -> None:
+    """A refine stage added to a trained network starts near zero (not at zero: every layer gets a
+    gradient from the first step), so the warm-started network begins close to where it was."""
+    source = _randomised(WeatherNet(WeatherNetConfig(**CONDITIONED)))
+    target_config = WeatherNetConfig(**dict(CONDITIONED, refine=8, refine_layers=5))
+    target = WeatherNet(target_config).eval()
+    missing = target.load_state_dict(adapt_state_dict(source.state_dict(), source.config, target_config),
+                                     strict=False).missing_keys
+    assert missing and all(k.startswith("refine.") for k in missing)
+    x, w = torch.rand(1, 3, 48, 64), weather_onehot(["rain"])
+    with torch.no_grad():
+        change = float((target(x, w) - source(x, w)).abs().max())
+    assert 0 < change < 0.05
+
+
+def test_the_refine_stage_leaves_a_flat_image_flat() -> None:
+    """Plain full-resolution convolutions give every pixel the same filter: no sub-pixel phase,
+    so no mesh on a flat sky (away from the zero-padded border)."""
+    model = _randomised(WeatherNet(WeatherNetConfig(**dict(CONDITIONED, refine=8, refine_layers=5))))
+    with torch.no_grad():
+        y = model.refine(torch.full((1, 3, 48, 48), 0.6), torch.ones(1, model.config.channels(0), 48, 48))
+    assert float(y[..., 16:-16, 16:-16].std(dim=(-1, -2)).max()) < 1e-5
+    assert float(y.abs().max()) > 0
 
 
 def test_bilinear_upsampling_leaves_a_flat_image_flat() -> None:

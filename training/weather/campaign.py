@@ -82,6 +82,7 @@ class CampaignConfig:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False  # torch.compile (inductor) of the training forward
+    refine_lr_scale: float = 1.0  # the full-resolution Refine stage's rate, as a multiple of lr
     seed: int = 0
 
     def network_config(self) -> WeatherNetConfig:
@@ -92,7 +93,7 @@ class CampaignConfig:
 #: new ``lr`` is a hand-made step of the otherwise constant rate, from the resumed iteration on
 #: (the log's ``lr`` column shows where); the warm-up is not repeated. New ``rows`` change the
 #: mix of later batches (the checkpoint's ``phases`` record each change and where it began).
-RESUME_OVERRIDES = frozenset({"amp", "channels_last", "compile", "lr", "rows"})
+RESUME_OVERRIDES = frozenset({"amp", "channels_last", "compile", "lr", "rows", "refine_lr_scale"})
 
 
 def row_labels(config: CampaignConfig, index: int) -> list[str]:
@@ -113,6 +114,19 @@ def learning_rate(config: CampaignConfig, iteration: int) -> float:
     return config.lr * min(1.0, (iteration + 1) / max(1, config.warmup))
 
 
+def parameter_groups(model: WeatherNet) -> list[dict[str, Any]]:
+    """The optimiser's groups: a ``Refine`` stage in a group of its own (``refine_lr_scale``).
+    Why: added to a trained network, it starts from nothing while the rest is fine-tuned at a rate
+    small enough not to undo it (haze fell 2.4 dB in 1400 steps at 2e-4); at the same rate the
+    new stage had not engaged after 500 steps (docs/weather.md, pilots). The grouping depends only
+    on the network, so a resume may change the scale."""
+    if model.refine is None:
+        return [{"params": list(model.parameters())}]
+    refine = set(map(id, model.refine.parameters()))
+    return [{"params": [p for p in model.parameters() if id(p) not in refine]},
+            {"params": list(model.refine.parameters()), "name": "refine"}]
+
+
 class Campaign:
     """The student, its EMA, the optimiser; ``step()`` trains on the next batch."""
 
@@ -130,7 +144,7 @@ class Campaign:
         self.model.to(memory_format=self.memory_format)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema),
                                  use_buffers=True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model), lr=config.lr, weight_decay=0.0)
         # inductor fuses the memory-bound norms, gates and depthwise filters; the module's
         # parameters are shared, so the optimiser, the EMA and the checkpoints see no difference
         self.forward = torch.compile(self.model) if config.compile else self.model
@@ -153,7 +167,8 @@ class Campaign:
 
     def step(self) -> dict[str, float]:
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config, self.iteration)
+            scale = self.config.refine_lr_scale if group.get("name") == "refine" else 1.0
+            group["lr"] = scale * learning_rate(self.config, self.iteration)
         self.model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.amp):
             terms = self.losses(self.iteration)
@@ -322,10 +337,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--encoder-blocks", type=int, nargs=4)
     parser.add_argument("--decoder-blocks", type=int, nargs=4)
     parser.add_argument("--middle-blocks", type=int)
+    parser.add_argument("--refine", type=int, help="channels of a plain-convolution stage at full resolution")
+    parser.add_argument("--refine-layers", type=int)
     parser.add_argument("--rows", type=_rows)
     for name in ("patch", "warmup", "seed"):
         parser.add_argument("--" + name, type=int)
-    for name in ("unknown_rate", "kd", "lr", "ema", "clip"):
+    for name in ("unknown_rate", "kd", "lr", "ema", "clip", "refine_lr_scale"):
         parser.add_argument("--" + name.replace("_", "-"), type=float)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
@@ -337,7 +354,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _config(args: argparse.Namespace, init_config: WeatherNetConfig | None) -> CampaignConfig:
     network = init_config.as_dict() if init_config is not None else WeatherNetConfig().as_dict()
-    for name in ("conditions", "upsample", "encoder_blocks", "decoder_blocks", "middle_blocks"):
+    for name in ("conditions", "upsample", "encoder_blocks", "decoder_blocks", "middle_blocks", "refine",
+                 "refine_layers"):
         value = getattr(args, name)
         if value is not None:
             network[name] = tuple(value) if isinstance(value, list) else value
@@ -379,8 +397,10 @@ def resumed_phases(state: dict[str, Any], config: CampaignConfig,
                                "teachers": sorted(state.get("teachers", {})), "compile": saved.compile})
             previous = int(row["iteration"])
     last = phases[-1] if phases else {}
-    now = {"lr": config.lr, "rows": config.rows, "teachers": sorted(teachers), "compile": config.compile}
-    last = {"compile": saved.compile, **last}  # phases recorded before compile was one
+    now = {"lr": config.lr, "rows": config.rows, "teachers": sorted(teachers), "compile": config.compile,
+           "refine_lr_scale": config.refine_lr_scale}
+    # phases recorded before compile (or the refine rate) was one
+    last = {"compile": saved.compile, "refine_lr_scale": saved.refine_lr_scale, **last}
     if any(last.get(k) != v for k, v in now.items()):
         phases.append({"iteration": int(state["iteration"]), **now})
     return phases

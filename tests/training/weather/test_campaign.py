@@ -126,14 +126,38 @@ def test_phases_record_each_hand_made_change_and_where_it_began() -> None:
     more_haze = dataclasses.replace(saved, lr=2e-4, rows={"rain": 2, "haze": 3, "snow": 1, "clean": 2})
     phases = resumed_phases(state, more_haze, {"rain": {}, "haze": {}})
     assert phases[-1] == {"iteration": 1200, "lr": 2e-4, "rows": more_haze.rows, "teachers": ["haze", "rain"],
-                          "compile": False}
+                          "compile": False, "refine_lr_scale": 1.0}
     assert resumed_phases({**state, "phases": phases}, more_haze, {"rain": {}, "haze": {}}) == phases
     # phases recorded before compile was one take the saved run's setting
-    older = [{k: v for k, v in p.items() if k != "compile"} for p in phases]
+    older = [{k: v for k, v in p.items() if k not in ("compile", "refine_lr_scale")} for p in phases]
     assert resumed_phases({**state, "phases": older}, more_haze, {"rain": {}, "haze": {}}) == older
     eager = resumed_phases({**state, "phases": older, "config": dataclasses.asdict(dataclasses.replace(saved, compile=True))},
                            more_haze, {"rain": {}, "haze": {}})
     assert eager[-1] == {**phases[-1], "compile": False} and len(eager) == len(older) + 1
+
+
+def test_the_refine_stage_trains_at_its_own_rate_and_a_resume_may_change_it(pool_dir: Path, tmp_path: Path) -> None:
+    """A full-resolution Refine stage added to a trained network has an optimiser group of its
+    own at ``refine_lr_scale`` x the rate; the grouping depends on the network only, so a resume
+    with another scale loads the optimiser and records the change as a phase."""
+    pool = PairPool(pool_dir, 32, seed=0)
+    cfg = config(network=WeatherNetConfig(**dict(NETWORK, refine=8, refine_layers=3)).as_dict(), refine_lr_scale=10.0)
+    campaign = Campaign(cfg, pool)
+    campaign.step()
+    groups = campaign.optimizer.param_groups
+    assert [g.get("name") for g in groups] == [None, "refine"]
+    assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in campaign.model.refine.parameters()}
+    state = campaign.state_dict()
+    slower = dataclasses.replace(cfg, refine_lr_scale=2.0)
+    resumed = Campaign(slower, pool)
+    resumed.load_state_dict(state)
+    resumed.step()
+    assert resumed.optimizer.param_groups[1]["lr"] == pytest.approx(2 * resumed.optimizer.param_groups[0]["lr"])
+    assert resumed_phases({**state, "phases": [{"iteration": 0, "lr": cfg.lr, "rows": cfg.rows, "teachers": [],
+                                                "compile": False, "refine_lr_scale": 10.0}]},
+                          slower, {})[-1]["refine_lr_scale"] == 2.0
+    assert len(Campaign(config(), pool).optimizer.param_groups) == 1  # no Refine: one group, as before
 
 
 def test_a_resume_restarts_adam_for_parameters_that_never_had_a_gradient(pool_dir: Path, tmp_path: Path) -> None:
