@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 from skimage import data
 
+from export.session import cpu_session
 from export.weather import whole_forward
 from restore.core.metrics import psnr
 from restore.service.images import codecs
@@ -47,7 +47,7 @@ def whole_image(rgb: np.ndarray, label: str | None = None) -> np.ndarray:
     """One ONNX Runtime run on the whole image, reflect-padded to the model's multiple, told
     ``label`` where the file takes the weather."""
     entry = next(e for e in json.loads((MODELS_DIR / "manifest.json").read_text())["models"] if e["name"] == WEATHER)
-    session = ort.InferenceSession(str(MODELS_DIR / entry["file"]), providers=["CPUExecutionProvider"])
+    session = cpu_session(MODELS_DIR / entry["file"], 2)
     return to8(whole_forward(session, rgb, label))
 
 
