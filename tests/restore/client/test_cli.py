@@ -220,7 +220,13 @@ def test_ctrl_c_stops_within_seconds_leaves_no_temporary_file_and_a_rerun_resume
     for i in range(12):
         (source / f"{i:02d}.png").write_bytes(encode_pil(noisy_image(16, 16, 3, seed=i), "PNG"))
     command = [sys.executable, "-m", "restore.client", "denoise", str(source), "-o", str(out), "-j", "2", "--url", url]
-    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])})
+    # A child inherits an ignored SIGINT (pytest started in the background, as `cmd &` does), and
+    # Python then keeps ignoring it: start the client as a terminal would, with Ctrl-C live.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while len(list(out.glob("*.png"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
