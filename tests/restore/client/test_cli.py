@@ -220,11 +220,12 @@ def test_ctrl_c_stops_within_seconds_leaves_no_temporary_file_and_a_rerun_resume
     for i in range(12):
         (source / f"{i:02d}.png").write_bytes(encode_pil(noisy_image(16, 16, 3, seed=i), "PNG"))
     command = [sys.executable, "-m", "restore.client", "denoise", str(source), "-o", str(out), "-j", "2", "--url", url]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     # A child inherits an ignored SIGINT (pytest started in the background, as `cmd &` does), and
     # Python then keeps ignoring it: start the client as a terminal would, with Ctrl-C live.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])})
+        run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
@@ -242,7 +243,7 @@ def test_ctrl_c_stops_within_seconds_leaves_no_temporary_file_and_a_rerun_resume
     time.sleep(handler.delay + 0.5)  # the abandoned uploads' answers would have come by now: still nothing written
     assert sorted(p.name for p in out.iterdir()) == done
     handler.delay = 0.0
-    rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}, timeout=120)
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{12 - len(done)} done, {len(done)} skipped (output exists), 0 failed" in rerun.stderr
     assert all((out / p.name).read_bytes() == p.read_bytes() for p in source.iterdir())
