@@ -48,11 +48,11 @@ from models.weathernet import WEATHER_LABELS, WeatherNet, WeatherNetConfig, fuse
 
 __all__ = [
     "NAME", "MIN_TILED_PSNR", "ARCHITECTURES", "network_config", "build_network", "load_student", "sample_image", "tiled_psnr",
-    "choose_overlap", "weather_from_onnx", "main",
+    "choose_overlap", "weather_from_onnx", "model_2_provenance", "main",
 ]
 
 NAME = "weather-unified"
-VERSION_CONDITIONED = "3.0.0"  # 3: WeatherNet told the weather (issue 28: labels, bilinear upsampling)
+VERSION_CONDITIONED = "3.0.1"  # 3.0.1: the campaign at step 58000; 3: WeatherNet told the weather (issue 28: labels, bilinear upsampling)
 VERSION = "2.0.2"  # 2.0.2: the same weights, norms and upsamplings kept in ORT's blocked layout; 2.0.1: the same weights exported fused for inference; 2: WeatherNet (issue 12); 1: MSBDN-RDFF width 0.375
 MIN_TILED_PSNR = 45.0  # dB, tiled vs whole on the sample; the issue's bound is 40
 MARGINS = (32, 48, 64, 96, 128, 160, 192)  # 16 px steps first: each tile side discards the margin, so every 16 px counts
@@ -331,13 +331,23 @@ def weather_entry(
     }
 
 
+def model_2_provenance(previous: Entry | None) -> dict[str, Any]:
+    """Model 2's provenance (where every campaign's weights began), taken from the served entry.
+
+    Why not that entry's provenance as it is: when the served file is itself a campaign export,
+    it already holds model 2's record under ``warm_start``; nesting it again would bury the
+    history one level deeper with every release."""
+    provenance = (previous or {}).get("provenance", {})
+    return provenance.get("warm_start", {}).get("model_2", provenance)
+
+
 def campaign_entry(
     path: Path, checkpoint: Path, overlap: int, overlap_check: dict[str, float], command: str,
     previous: Entry | None,
 ) -> Entry:
     """The manifest entry of a model-3 file exported from a campaign checkpoint
     (``training.weather.campaign``): its labels, network, and where its weights came from: the
-    served entry it was warm-started from (``previous``: model 2's provenance kept under
+    served entry it replaces (``previous``: its version and hash, and model 2's provenance kept under
     ``warm_start``), the campaign's commands, CPU time and teachers (``training.weather.teachers``)."""
     model, meta = load_student(checkpoint)
     config = meta["config"]
@@ -367,8 +377,8 @@ def campaign_entry(
                     f"rows per batch {config['rows']}, labels replaced by unknown at rate {config['unknown_rate']}, "
                     "clean rows under every label",
             "teachers": teachers,
-            "warm_start": {"from": config.get("init", ""),
-                           "model_2": (previous or {}).get("provenance", {})},
+            "warm_start": {"from": config.get("init", ""), "model_2": model_2_provenance(previous)},
+            "replaces": ({"version": previous["version"], "sha256": previous["sha256"]} if previous else {}),
             "machine": meta.get("machine", ""),
             "cpu_hours": round(float(meta.get("cpu_s", 0.0)) / 3600, 2),
             "iterations": meta.get("iteration"),

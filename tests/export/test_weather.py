@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from export.onnx_export import export_onnx, run_onnx
-from export.weather import CONFIG_KEY, FUSED_KEY, NAME, VERSION, build_network, inference_network, main, network_config, network_summary, weather_from_onnx, write_config
+from export.weather import CONFIG_KEY, FUSED_KEY, NAME, VERSION, build_network, inference_network, main, model_2_provenance, network_config, network_summary, weather_from_onnx, write_config
 from models.msbdn import MSBDN, MSBDNConfig
 from models.weathernet import GatedBlock, WeatherNet, WeatherNetConfig
 from restore.core.hashing import sha256_file
@@ -140,3 +140,14 @@ def test_from_onnx_and_checkpoint_are_exclusive_and_checkpoint_needs_its_stages(
         main(["--from-onnx", "a.onnx", "--checkpoint", "b.pt", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["--checkpoint", "b.pt", "--out", str(tmp_path)])
+
+
+def test_a_campaign_release_keeps_model_2_provenance_once() -> None:
+    """Shipping model 3 again must not nest the previous release inside the new one: model 2's
+    record comes from a model-2 entry as it is and from a campaign entry's ``warm_start``."""
+    model_2 = {"source": "trained", "stages": {"stage1": {"iterations": 1100}}}
+    assert model_2_provenance({"version": "2.0.2", "provenance": model_2}) == model_2
+    release = {"version": "3.0.0", "provenance": {"source": "trained", "iterations": 36000,
+                                                   "warm_start": {"from": "x.pt", "model_2": model_2}}}
+    assert model_2_provenance(release) == model_2
+    assert model_2_provenance(None) == {}

@@ -56,7 +56,7 @@ def weather_operation_for(route: str) -> Callable[..., Awaitable[Operation]]:
 _DESCRIPTION = (
     "**Experimental**: removes {weather} with the unified adverse-weather model trained here on synthetic weather, "
     "told that the photo shows {weather} (`weather=auto`: the model decides); it removes part of the weather and "
-    "also changes photos without it, and stays experimental until it meets its quality targets (documentation: "
+    "changes photos without it only slightly, and stays experimental until it meets its quality targets (documentation: "
     "models, weather). Output: the input's size, bit depth, alpha and ICC profile; gray input gives gray output."
 )
 _NOUNS = {"rain": "rain streaks", "haze": "haze", "snow": "snow"}
