@@ -35,9 +35,11 @@ def tiled_forward(
     extra: dict[str, np.ndarray] | None = None,
 ) -> npt.NDArray[np.float32]:
     """``rgb`` (H, W, 3 uint8) through ``session`` in tiles of side ``tile_size`` with the entry's
-    ``overlap`` (receptive-field margin) and ``multiple``, blended as the service blends: (H, W, outputs).
+    ``overlap`` (receptive-field margin), ``feather`` (as ``ModelSpec.feather_for``) and ``multiple``,
+    blended as the service blends: (H, W, outputs).
     ``extra``: more inputs of one row each, given with every tile (a conditioned model's ``weather``)."""
     height, width = rgb.shape[:2]
-    plan = plan_tiles(height, width, tile=tile_size, margin=int(entry["overlap"]), feather=DEFAULT_FEATHER,
+    plan = plan_tiles(height, width, tile=tile_size, margin=int(entry["overlap"]),
+                      feather=max(DEFAULT_FEATHER, int(entry.get("feather", 0))),
                       multiple=max(1, int(entry["multiple"])))
     return run_tiled(lambda tile: session.run(["output"], {"input": tile[None], **(extra or {})})[0][0], rgb, plan)

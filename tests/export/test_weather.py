@@ -114,7 +114,8 @@ def test_from_onnx_exports_the_served_file_again_with_the_same_function(tmp_path
     old_sha = sha256_file(source / f"{NAME}.onnx")
     entry = {"name": NAME, "task": "weather", "file": f"{NAME}.onnx", "sha256": old_sha, "version": "0.9",
              "channels": 3, "sigma": None, "overlap": 64, "multiple": 16, "default": True,
-             "provenance": {"source": "trained", "exported_by": "python -m export.weather --checkpoint x.pt"},
+             "provenance": {"source": "trained", "exported_by": "python -m export.weather --checkpoint x.pt",
+                            "overlap_check": {"tile": 512, "psnr_by_margin": {"64": 50.0}}},
              "metrics": {"heldout": {"rain": {"psnr": 30.0}}}}
     write_manifest(source / MANIFEST_NAME, [entry])
 
@@ -128,7 +129,9 @@ def test_from_onnx_exports_the_served_file_again_with_the_same_function(tmp_path
     assert reexport["from_sha256"] == old_sha and reexport["from_version"] == "0.9"
     assert reexport["by"].startswith("python -m export.weather --from-onnx")
     assert reexport["max_abs_change_on_sample"] < 1e-5
-    assert json.dumps(new["provenance"]["overlap_check"]["psnr_by_margin"])
+    check = new["provenance"]["tiling_check"]
+    assert f"{new['overlap']}+{new['feather']}" in check["by_margin_and_feather"] and new["min_tile"] == check["tile"]
+    assert "overlap_check" not in new["provenance"]
     metadata = {p.key: p.value for p in onnx.load(str(out / new["file"])).metadata_props}
     assert metadata[FUSED_KEY] == "1"
     x = np.random.default_rng(2).random((1, 3, 48, 80), dtype=np.float32)

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from export.session import tiled_forward
 from restore.core.pixels import to_pixels as quantize
+from restore.core.tiling import DEFAULT_TILE
 from export.weather import condition_feed
 
 ONNX_DIR = Path(__file__).resolve().parents[2] / "models" / "onnx"
@@ -69,5 +70,5 @@ def test_rounding_alone_scores_near_the_floor() -> None:
 @pytest.mark.parametrize("label", ROUTES, ids=[str(r) for r in ROUTES])
 def test_flat_skies_stay_flat_through_every_route(session: ort.InferenceSession, sky: str, label: str | None) -> None:
     image = skies()[sky]
-    out = quantize(tiled_forward(session, ENTRY, 256, image, condition_feed(session, label)))
+    out = quantize(tiled_forward(session, ENTRY, DEFAULT_TILE, image, condition_feed(session, label)))
     assert mesh_rms(out, image) <= BOUND

@@ -5,7 +5,8 @@ Shape::
     {"models": [{"name": ..., "task": ..., "file": ..., "sha256": ..., "version": ...,
                  "channels": 1 | 3, "sigma": float | null, "overlap": int, "multiple": int,
                  "default": bool, "provenance": {...}, "metrics": {...},
-                 "noise": "gaussian" | "camera", "variants": {"int8": {...}}, ...}, ...]}
+                 "noise": "gaussian" | "camera", "variants": {"int8": {...}},
+                 "feather": int, "min_tile": int, ...}, ...]}
 
 ``file`` is relative to the manifest's folder. One set of rules, ``ModelSpec.from_entry``, decides
 what a valid entry is for everyone: the service reads the entries as frozen ``ModelSpec`` records
@@ -98,6 +99,14 @@ class ModelSpec:
     #: A conditioned model's labels in the order of its one-hot ``weather`` input (empty: the model
     #: takes the image only). The weather model 3 takes rain, haze, snow or unknown.
     weather_labels: tuple[str, ...] = ()
+    #: Tiling needs measured at export, for a model whose output depends on context far beyond
+    #: ``overlap`` (the weather model's haze path reads the whole tile): neighbouring tiles then
+    #: disagree a little in flat regions, and a narrow cross-fade shows that as a seam. ``feather``:
+    #: the cross-fade it needs at least (``feather_for``); ``min_tile``: the smallest tile side that
+    #: keeps its output near the whole image's, below which the time budget never shrinks its tiles.
+    #: 0: no need beyond the service's settings (every model whose overlap is its receptive field).
+    feather: int = 0
+    min_tile: int = 0
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
     variants: dict[str, Variant] = field(default_factory=dict, compare=False)
@@ -124,6 +133,7 @@ class ModelSpec:
             overlap, multiple = _typed(entry, "overlap", int), _typed(entry, "multiple", int)
             if overlap < 0 or multiple < 1:
                 raise ValueError(f"overlap must be >= 0 and multiple >= 1, not {overlap!r} and {multiple!r}")
+            feather, min_tile = _count(entry, "feather"), _count(entry, "min_tile")
             known = {f for f in cls.__dataclass_fields__ if f != "extra"}
             return cls(
                 name=_typed(entry, "name", str),
@@ -138,6 +148,8 @@ class ModelSpec:
                 default=_typed(entry, "default", bool),
                 noise=noise,
                 weather_labels=_labels(entry.get("weather_labels") or []),
+                feather=feather,
+                min_tile=min_tile,
                 provenance=_object(entry, "provenance"),
                 metrics=_object(entry, "metrics"),
                 variants=_variants(entry.get("variants") or {}, root),
@@ -156,6 +168,15 @@ class ModelSpec:
         row[self.weather_labels.index(label)] = 1.0
         return row
 
+    def feather_for(self, setting: int) -> int:
+        """The cross-fade between this model's tiles: the service's ``setting``
+        (RESTORE_TILE_OVERLAP) or the model's own measured need, whichever is wider."""
+        return max(setting, self.feather)
+
+    def tile_overlap(self, setting: int) -> int:
+        """How far neighbouring tiles overlap: the margin each side discards, and the cross-fade."""
+        return 2 * self.overlap + self.feather_for(setting)
+
     def public(self) -> dict[str, Any]:
         """The entry as clients see it in /v1/models (file name only, no server paths)."""
         return {
@@ -171,6 +192,8 @@ class ModelSpec:
             "default": self.default,
             "noise": self.noise,
             **({"weather_labels": list(self.weather_labels)} if self.weather_labels else {}),
+            **({"feather": self.feather} if self.feather else {}),
+            **({"min_tile": self.min_tile} if self.min_tile else {}),
             "provenance": self.provenance,
             "metrics": self.metrics,
             **({"variants": {k: v.public() for k, v in self.variants.items()}} if self.variants else {}),
@@ -184,6 +207,14 @@ def _typed(entry: Entry, key: str, kind: type[T]) -> T:
     value = entry[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise TypeError(f"{key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _count(entry: Entry, key: str) -> int:
+    """An optional count (absent: 0)."""
+    value = _typed(entry, key, int) if key in entry else 0
+    if value < 0:
+        raise ValueError(f"{key} must be >= 0, not {value!r}")
     return value
 
 

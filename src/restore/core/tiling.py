@@ -93,19 +93,28 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def tile_side_for(pixels_per_s: float, seconds: float, *, overlap: int, multiple: int, largest: int) -> int:
+def tile_side_for(
+    pixels_per_s: float, seconds: float, *, overlap: int, multiple: int, largest: int, smallest: int = 0
+) -> int:
     """The tile side one model run of about ``seconds`` covers at ``pixels_per_s``.
 
     A long batch is what a newly arrived request waits for, so on a slow device tiles are sized by
     time rather than memory; ``seconds <= 0`` turns this off (always ``largest``). The side lies on
-    the tile grid, never below MIN_TILE_OVERLAPS overlaps (work) nor above ``largest`` (memory).
+    the tile grid, never below MIN_TILE_OVERLAPS overlaps (work) nor below ``smallest`` (the model's
+    ``min_tile``: smaller tiles change its output), and never above ``largest`` (memory, the
+    operator's cap, which wins). A cap no larger than the overlap leaves a tile nothing of its own:
+    a ValueError, which fails that model's load with the reason, rather than every request later.
     """
+    if largest <= overlap:
+        raise ValueError(f"RESTORE_TILE_SIZE {largest} must exceed this model's tile overlap {overlap} "
+                         "(2 x its margin + the cross-fade)")
     budget = max(pixels_per_s, 0.0) * seconds
     if seconds <= 0 or budget >= largest * largest:
         return largest
     grid = math.lcm(TILE_GRANULE, multiple)
     side = int(math.sqrt(budget)) // grid * grid
-    return min(largest, max(side, round_up(MIN_TILE_OVERLAPS * overlap, grid)))
+    floor = max(round_up(MIN_TILE_OVERLAPS * overlap, grid), round_up(smallest, grid))
+    return min(largest, max(side, floor))
 
 
 def _axis_starts(length: int, size: int, overlap: int, multiple: int) -> list[int]:

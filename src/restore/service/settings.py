@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     )
     tile_overlap: int = Field(
         DEFAULT_FEATHER, ge=1, le=512,
-        description="Cross-fade width between neighbouring tiles, added to twice the model's receptive-field margin.",
+        description="Cross-fade width between neighbouring tiles, added to twice the model's receptive-field margin; a model whose manifest entry measured a wider one (`feather`) gets that.",
     )
     max_batch: int = Field(
         0, ge=0, le=256,
@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="How long a partial batch waits for more tiles.")
     batch_seconds: float = Field(
         0.5, ge=0, le=60,
-        description="Target time of one inference batch: each model's tiles are sized at load to take about this long at its measured speed (never under 4x its overlap nor over RESTORE_TILE_SIZE); 0 = always RESTORE_TILE_SIZE.",
+        description="Target time of one inference batch: each model's tiles are sized at load to take about this long at its measured speed (never under 4x its overlap nor its manifest `min_tile`, never over RESTORE_TILE_SIZE); 0 = always RESTORE_TILE_SIZE.",
     )
     max_queue_seconds: float = Field(
         60.0, gt=0,
@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     )
     cpu_mem_arena: bool = Field(
         False,
-        description="ONNX Runtime's CPU memory arena. Off, a batch's activations go back to the system after it; on, each model keeps its largest batch's memory for good.",
+        description="Keep ONNX Runtime's CPU memory arena between batches. Off, the arena is shrunk after every batch and its activations go back to the system; on, each model keeps its largest batch's memory for good.",
     )
     load_retry_s: float = Field(
         5.0, gt=0, le=3600, description="Wait before retrying a model that failed to load; doubles after each failure."

@@ -34,6 +34,10 @@ WRONG_SHAPES: list[Any] = [
     {"models": [{**GOOD, "sigma": -25}]},
     {"models": [{**GOOD, "multiple": 0}]},
     {"models": [{**GOOD, "overlap": 2.5}]},
+    {"models": [{**GOOD, "feather": -1}]},
+    {"models": [{**GOOD, "feather": 64.0}]},
+    {"models": [{**GOOD, "min_tile": True}]},
+    {"models": [{**GOOD, "min_tile": "1024"}]},
     {"models": [{**GOOD, "channels": True}]},
     {"models": [{**GOOD, "file": "../outside.onnx"}]},
     {"models": [{**GOOD, "file": "/etc/passwd"}]},
@@ -58,3 +62,14 @@ def test_the_good_entry_loads(tmp_path: Path) -> None:
     assert (spec.name, spec.channels, spec.default, spec.noise) == ("m", 1, True, "gaussian")
     (camera,) = load_manifest(_write(tmp_path, {"models": [{**GOOD, "noise": "camera"}]}))
     assert camera.noise == "camera" and camera.public()["noise"] == "camera" and "noise" not in camera.extra
+
+
+def test_a_model_s_tiling_needs_widen_the_service_s_and_are_shown(tmp_path: Path) -> None:
+    """``feather`` and ``min_tile`` are optional (0: the service's settings decide); a model's
+    measured cross-fade widens RESTORE_TILE_OVERLAP, never narrows it."""
+    (plain,) = load_manifest(_write(tmp_path, {"models": [GOOD]}))
+    assert (plain.feather, plain.min_tile, plain.feather_for(16)) == (0, 0, 16)
+    assert "feather" not in plain.public() and "min_tile" not in plain.public()
+    (wide,) = load_manifest(_write(tmp_path, {"models": [{**GOOD, "feather": 128, "min_tile": 1024}]}))
+    assert (wide.feather_for(16), wide.feather_for(200), wide.min_tile) == (128, 200, 1024)
+    assert wide.public()["feather"] == 128 and wide.public()["min_tile"] == 1024 and not wide.extra

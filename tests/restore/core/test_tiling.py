@@ -165,6 +165,15 @@ def test_tile_side_follows_the_time_budget_within_work_and_memory_bounds(
     assert side == 1024 or side >= MIN_TILE_OVERLAPS * overlap
 
 
+def test_a_model_s_smallest_tile_outranks_the_time_budget_but_not_the_memory_cap() -> None:
+    """The weather model's ``min_tile``: at 2 CPU cores its budget gives 576 px tiles, in which a
+    hazy sky's output departs from the whole image's; 1024 px keeps it; RESTORE_TILE_SIZE still caps."""
+    assert tile_side_for(720_000, 0.5, overlap=192, multiple=16, largest=1024) == 768  # 4 overlaps
+    assert tile_side_for(720_000, 0.5, overlap=192, multiple=16, largest=1024, smallest=1024) == 1024
+    assert tile_side_for(720_000, 0.5, overlap=80, multiple=16, largest=2048, smallest=1000) == 1024  # on the grid
+    assert tile_side_for(720_000, 0.5, overlap=80, multiple=16, largest=512, smallest=1024) == 512
+
+
 def test_plan_work_counts_every_computed_pixel_overlap_included() -> None:
     plan = plan_tiles(2048, 1536, tile=1024, margin=20, feather=16)
     assert plan.work == plan.count * plan.tile_shape[0] * plan.tile_shape[1]

@@ -29,7 +29,7 @@ class Restored:
 def plan_for(spec: ModelSpec, settings: Settings, height: int, width: int, tiling: Tiling = Tiling()) -> TilePlan:
     """The tiling of a ``height x width`` image: the model's ``tiling`` (chosen at load); tile side 0 is RESTORE_TILE_SIZE."""
     return plan_tiles(
-        height, width, tile=tiling.tile or settings.tile_size, margin=spec.overlap, feather=settings.tile_overlap,
+        height, width, tile=tiling.tile or settings.tile_size, margin=spec.overlap, feather=spec.feather_for(settings.tile_overlap),
         multiple=spec.multiple, granule=tiling.granule, bucket=tiling.bucket,
     )
 

@@ -134,21 +134,21 @@ class Runtime:
         state.precision = policy.choose(
             self.settings.precision, state.spec, provider=self._first_provider, int8_flags=self.int8_flags
         )
+        s = self.settings
         try:
             engine, speed = await asyncio.to_thread(self._load, policy.at_precision(state.spec, state.precision))
+            max_batch = s.batch_limit(engine.provider)
+            state.tile = tile_side_for(  # a RESTORE_TILE_SIZE within the model's overlap fails here
+                speed, s.batch_seconds / max_batch, overlap=state.spec.tile_overlap(s.tile_overlap),
+                multiple=state.spec.multiple, largest=s.tile_size, smallest=state.spec.min_tile,
+            )
         except Exception as exc:  # any failure is reported per model; the others still load
             state.status, state.detail = "failed", public_detail(exc)
             self.metrics.model_ready.labels(name).set(0)
             log.error("model failed to load", extra={"model": name, "error": str(exc), "attempt": state.attempts})
             return
-        s = self.settings
-        max_batch = s.batch_limit(engine.provider)
         state.granule = TILE_GRANULE if max_batch > 1 else FINE_GRANULE
         state.bucket = TILE_GRANULE if max_batch > 1 and s.batch_buckets else 0
-        state.tile = tile_side_for(
-            speed, s.batch_seconds / max_batch, overlap=2 * state.spec.overlap + s.tile_overlap,
-            multiple=state.spec.multiple, largest=s.tile_size,
-        )
         state.scheduler = ModelScheduler(
             name, engine, self.metrics, max_batch=max_batch, max_wait_s=s.max_batch_wait_ms / 1000,
             max_queue_s=s.max_queue_seconds, pixels_per_s=speed, retry_after_s=s.retry_after_s,

@@ -35,7 +35,7 @@ def to8(image: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(Settings(models=(WEATHER,), tile_size=256)) as c:
+    async with serve(Settings(models=(WEATHER,), tile_size=448)) as c:
         yield c
 
 
@@ -91,7 +91,7 @@ async def test_sizes_that_are_not_multiples_of_16(client: httpx.AsyncClient, hei
 
 @pytest.mark.slow  # over 5 s on 2 busy cores: make test-all only
 async def test_tiled_service_output_matches_whole_image_inference(client: httpx.AsyncClient) -> None:
-    """tile_size=256 cuts this 400x520 image into several tiles; blended, they match one run."""
+    """tile_size=448 cuts this 400x520 image into several tiles; blended, they match one run."""
     from skimage.transform import resize  # noqa: PLC0415 (scikit-image, dev extra: this reference alone needs it)
 
     big = to8(add_rain(resize(data.astronaut(), (400, 520), anti_aliasing=True).astype(np.float32), np.random.default_rng(5)))

@@ -100,6 +100,30 @@ async def test_tiles_are_sized_by_the_time_budget_at_load(tmp_path: Path, batch_
         assert round_up_64(MIN_TILE_OVERLAPS * tile["overlap"]) <= tile["size"] <= 384
 
 
+async def test_a_model_s_own_tiling_needs_are_kept_under_the_time_budget(tmp_path: Path) -> None:
+    """A manifest ``min_tile`` floors the time budget's tile and a ``feather`` widens the cross-fade
+    (the weather model: small tiles and narrow cross-fades show seams in hazy skies); both show in
+    /v1/models, and the other models keep the service's settings."""
+    root = write_fake_manifest(tmp_path, [{"name": "wide", "overlap": 20, "feather": 40, "min_tile": 768},
+                                          {"name": "plain", "overlap": 20, "sigma": 25}])
+    settings = Settings(models_dir=root, batch_seconds=0.5, tile_overlap=16)
+    async with serve(settings, lambda spec: BoxEngine(delay=0.05)) as client:
+        tiles = {m["name"]: m["tile"] for m in (await client.get("/v1/models")).json()["models"]}
+    assert tiles["wide"]["size"] == 768 and (tiles["wide"]["feather"], tiles["wide"]["overlap"]) == (40, 80)
+    assert tiles["plain"]["size"] <= 384 and (tiles["plain"]["feather"], tiles["plain"]["overlap"]) == (16, 56)
+
+
+async def test_a_tile_size_within_a_model_s_overlap_fails_that_model_with_the_reason(tmp_path: Path) -> None:
+    """RESTORE_TILE_SIZE 64 leaves nothing of a tile of the "wide" model (overlap 2 x 20 + 40):
+    /readyz says so instead of every request of it failing later; the other model serves."""
+    root = write_fake_manifest(tmp_path, [{"name": "wide", "overlap": 20, "feather": 40},
+                                          {"name": "plain", "sigma": 25}])
+    settings = Settings(models_dir=root, tile_size=64, tile_overlap=2, load_retry_s=60, required_models=("plain",))
+    async with serve(settings, lambda spec: BoxEngine(), wait_ready=False) as client:
+        body = (await until_ready(client, 200, says="RESTORE_TILE_SIZE")).json()
+        assert "must exceed this model's tile overlap 80" in body["not_ready"]["wide"]
+
+
 def round_up_64(value: int) -> int:
     return -(-value // 64) * 64
 
