@@ -55,7 +55,8 @@ def main() -> None:
     settings = Settings()
     spec = next(s for s in load_manifest(DEFAULT_MODELS_DIR) if s.name == args.model)
     runs = {arena: session(str(spec.file), arena) for arena in (False, True)}
-    print(f"{args.model}: overlap {2 * spec.overlap + settings.tile_overlap} px (2 x margin {spec.overlap} + {settings.tile_overlap}), "
+    print(f"{args.model}: overlap {spec.tile_overlap(settings.tile_overlap)} px (2 x margin {spec.overlap} + "
+          f"{spec.feather_for(settings.tile_overlap)}), "
           f"{available_cpus()} CPUs\n")
     print("| tile | one tile, arena off / on | 4 MP: tiles, work / pixels, seconds | 0.25 MP: tiles, work / pixels, seconds |")
     print("|---|---|---|---|")
@@ -71,8 +72,8 @@ def main() -> None:
     probe = round_up(SPEED_PROBE_SIDE, spec.multiple)
     speed = probe * probe / seconds(runs[False], spec.channels, probe, 2)
     chosen = tile_side_for(
-        speed, settings.batch_seconds, overlap=2 * spec.overlap + settings.tile_overlap, multiple=spec.multiple,
-        largest=settings.tile_size,
+        speed, settings.batch_seconds, overlap=spec.tile_overlap(settings.tile_overlap), multiple=spec.multiple,
+        largest=settings.tile_size, smallest=spec.min_tile,
     )
     print(f"\nspeed probe ({probe} px): {speed / 1e6:.3f} MP/s -> tile {chosen} px for RESTORE_BATCH_SECONDS={settings.batch_seconds:g}")
 

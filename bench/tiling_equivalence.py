@@ -37,7 +37,7 @@ def main() -> None:
     options.intra_op_num_threads = available_cpus()
     session = ort.InferenceSession(str(spec.file), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    print(f"model {spec.name}, tile {args.tile}, overlap {2 * spec.overlap + settings.tile_overlap}")
+    print(f"model {spec.name}, tile {args.tile}, overlap {spec.tile_overlap(settings.tile_overlap)}")
     print("| size | tiles | PSNR tiled vs whole (8-bit) | max abs diff (8-bit levels) |")
     print("|---|---|---|---|")
     for height, width in SIZES:
